@@ -1,0 +1,3 @@
+"""sshklm-agent: the host-side agent of SSH key lifecycle management."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,455 @@
+"""ApiClient: the agent's one HTTP client for the control plane (contract sections 1-7).
+
+One ``httpx.Client`` per ApiClient with explicit timeouts, pool limits and verified TLS. Every
+call goes through ``_call``, which: waits for the request class's rate budget; attaches a bearer
+token from the TokenManager (refreshing once on a 401); gives every POST/PUT an Idempotency-Key
+that all retries of that logical request reuse; retries 5xx/timeouts/connection errors with
+exponential backoff and full jitter up to ``max_attempts``; honours 429 Retry-After for the whole
+class; and raises ApiError for everything else (403 and validation errors are never retried).
+Time, sleep and randomness are injected so every branch is testable without waiting.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import ssl
+import time
+import uuid
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, TypedDict
+from urllib.parse import quote
+
+import httpx
+
+from agent import __version__
+from agent.control.backoff import (
+    BackoffPolicy,
+    RateBudget,
+    RequestClass,
+    classify,
+    parse_retry_after,
+    retry_after_from_details,
+)
+from agent.control.errors import (
+    AUTH_INVALID,
+    RATE_LIMITED,
+    SERVER_ERROR,
+    TRANSPORT_ERROR,
+    VALIDATION_ERROR,
+    ApiError,
+    error_from_response,
+)
+from agent.control.tokens import AuthState, TokenManager
+
+log = logging.getLogger("sshklm.control")
+
+USER_AGENT = f"sshklm-agent/{__version__}"
+MAX_EVENTS_PER_CALL = 500
+_WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+
+JSONDict = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Enrollment:
+    host_id: str
+    agent_id: str
+    api_key: str = field(repr=False)
+
+
+@dataclass(frozen=True)
+class Timeouts:
+    connect: float = 10.0
+    read: float = 30.0
+    write: float = 30.0
+    pool: float = 10.0
+
+
+class DroppedEvent(TypedDict):
+    id: str
+    reason: str
+
+
+class EventBatchResult(TypedDict):
+    accepted: int  # new events the server stored
+    duplicates: int  # events the server already had
+    accepted_ids: list[str]  # every id the server now holds (new or duplicate): ack them
+    dropped: list[DroppedEvent]  # rejected one by one as invalid: ack (drop) them too
+
+
+DEFAULT_TIMEOUTS = Timeouts()
+DEFAULT_BACKOFF = BackoffPolicy()
+
+
+def tls_context(ca_file: str | None) -> ssl.SSLContext:
+    """Verified TLS: the system trust store, or only ``ca_file`` when one is configured."""
+    return ssl.create_default_context(cafile=ca_file) if ca_file else ssl.create_default_context()
+
+
+def _seg(value: str) -> str:
+    """One path segment: an id from the server must not be able to change the path."""
+    return quote(value, safe="")
+
+
+class ApiClient:
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        api_key: str | None = None,
+        timeouts: Timeouts = DEFAULT_TIMEOUTS,
+        ca_file: str | None = None,
+        verify: ssl.SSLContext | None = None,
+        max_connections: int = 4,
+        backoff: BackoffPolicy = DEFAULT_BACKOFF,
+        rate_limits: Mapping[str, int] | None = None,
+        clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+        rng: random.Random | None = None,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        """``verify`` overrides the TLS context (tests with their own CA); ``transport`` replaces the
+        network entirely (httpx.MockTransport in unit tests). ``clock`` is wall time (token expiry,
+        HTTP-dates); ``monotonic`` drives the rate budget and Retry-After blocks."""
+        self.base_url = base_url.rstrip("/")
+        self._clock = clock
+        self._monotonic = monotonic
+        self._sleep = sleep
+        self._rng = rng if rng is not None else random.Random()
+        self.backoff = backoff
+        self.budget = RateBudget(rate_limits)
+        if transport is None:
+            # With transport= given httpx ignores its own verify/limits, so they go on the transport.
+            transport = httpx.HTTPTransport(
+                verify=verify if verify is not None else tls_context(ca_file),
+                limits=httpx.Limits(
+                    max_connections=max_connections, max_keepalive_connections=max_connections
+                ),
+                retries=0,
+            )
+        self._http = httpx.Client(
+            base_url=self.base_url,
+            transport=transport,
+            timeout=httpx.Timeout(
+                connect=timeouts.connect, read=timeouts.read, write=timeouts.write, pool=timeouts.pool
+            ),
+            headers={"User-Agent": USER_AGENT, "Accept": "application/json"},
+            follow_redirects=False,
+        )
+        self._tokens = TokenManager(api_key, self._token_post, clock=clock)
+
+    def __repr__(self) -> str:
+        return f"ApiClient(base_url={self.base_url!r}, auth_state={self.auth_state!r})"
+
+    def __enter__(self) -> ApiClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._http.close()
+
+    # -- status --
+
+    @property
+    def auth_state(self) -> AuthState:
+        return self._tokens.state
+
+    @property
+    def token_expires_at(self) -> datetime | None:
+        """When the current access token expires (for ``status``); None before authenticating."""
+        return self._tokens.token_expires_at
+
+    def set_api_key(self, api_key: str) -> None:
+        self._tokens.set_api_key(api_key)
+
+    # -- agent-facing calls --
+
+    def enroll(self, bootstrap_token: str, facts: Mapping[str, Any], *, wait: bool = True) -> Enrollment:
+        answer = self._call_json(
+            "POST",
+            "/v1/agents/enroll",
+            json=facts,
+            auth=False,
+            headers={"Authorization": f"Bearer {bootstrap_token}"},
+            extra_secrets=(bootstrap_token,),
+            wait=wait,
+        )
+        try:
+            enrollment = Enrollment(str(answer["host_id"]), str(answer["agent_id"]), str(answer["api_key"]))
+        except KeyError as missing:
+            raise ApiError(SERVER_ERROR, f"enrollment answer lacks {missing}") from None
+        self._tokens.set_api_key(enrollment.api_key)
+        log.info("enrolled as host %s (agent %s)", enrollment.host_id, enrollment.agent_id)
+        return enrollment
+
+    def heartbeat(
+        self, host_id: str, body: Mapping[str, Any], *, idempotency_key: str | None = None, wait: bool = True
+    ) -> JSONDict:
+        return self._call_json(
+            "POST",
+            f"/v1/hosts/{_seg(host_id)}/heartbeat",
+            json=body,
+            idempotency_key=idempotency_key,
+            wait=wait,
+        )
+
+    def put_inventory(
+        self,
+        host_id: str,
+        inventory_json: Mapping[str, Any],
+        *,
+        idempotency_key: str | None = None,
+        wait: bool = True,
+    ) -> JSONDict:
+        return self._call_json(
+            "PUT",
+            f"/v1/hosts/{_seg(host_id)}/inventory",
+            json=inventory_json,
+            idempotency_key=idempotency_key,
+            wait=wait,
+        )
+
+    def post_events(
+        self, host_id: str, events_json_list: Sequence[Mapping[str, Any]], *, wait: bool = True
+    ) -> EventBatchResult:
+        """Send events in order, at most 500 per call.
+
+        A batch refused with VALIDATION_ERROR is split (at the index the server names, else in
+        halves) until the bad events stand alone; those are dropped and logged by id and reason,
+        never content. Other errors propagate (the outbox keeps everything and resends; the
+        server ignores ids it has already seen).
+        """
+        path = f"/v1/hosts/{_seg(host_id)}/events"
+        result: EventBatchResult = {"accepted": 0, "duplicates": 0, "accepted_ids": [], "dropped": []}
+        events = list(events_json_list)
+        for start in range(0, len(events), MAX_EVENTS_PER_CALL):
+            self._post_event_batch(path, events[start : start + MAX_EVENTS_PER_CALL], result, wait)
+        return result
+
+    def get_instructions(self, host_id: str, *, wait: bool = True) -> tuple[list[str], int | None]:
+        answer = self._call_json("GET", f"/v1/hosts/{_seg(host_id)}/instructions", wait=wait)
+        raw = answer.get("instructions")
+        instructions = [item for item in raw if isinstance(item, str)] if isinstance(raw, list) else []
+        poll = answer.get("poll_interval")
+        return instructions, poll if isinstance(poll, int) and not isinstance(poll, bool) else None
+
+    def post_instruction_result(
+        self, jti: str, body: Mapping[str, Any], *, idempotency_key: str | None = None, wait: bool = True
+    ) -> JSONDict:
+        return self._call_json(
+            "POST",
+            f"/v1/instructions/{_seg(jti)}/result",
+            json=body,
+            idempotency_key=idempotency_key,
+            wait=wait,
+        )
+
+    def put_scan_result(
+        self,
+        scan_id: str,
+        inventory_json: Mapping[str, Any],
+        *,
+        idempotency_key: str | None = None,
+        wait: bool = True,
+    ) -> JSONDict:
+        return self._call_json(
+            "PUT",
+            f"/v1/scans/{_seg(scan_id)}/result",
+            json=inventory_json,
+            idempotency_key=idempotency_key,
+            wait=wait,
+        )
+
+    def get_policy(
+        self, host_id: str, etag: str | None, *, wait: bool = True
+    ) -> tuple[JSONDict | None, str | None]:
+        """(policy, etag); (None, etag) when the server answers 304 Not Modified."""
+        headers = {"If-None-Match": etag} if etag else None
+        response = self._call("GET", f"/v1/hosts/{_seg(host_id)}/policy", headers=headers, wait=wait)
+        if response.status_code == 304:
+            return None, etag
+        return _json_object(response), response.headers.get("ETag", etag)
+
+    # -- the request engine --
+
+    def _token_post(self, path: str, body: Mapping[str, Any]) -> Mapping[str, Any]:
+        return self._call_json("POST", path, json=body, auth=False)
+
+    def _call_json(self, method: str, path: str, **kwargs: Any) -> JSONDict:
+        return _json_object(self._call(method, path, **kwargs))
+
+    def _call(
+        self,
+        method: str,
+        path: str,
+        *,
+        json: Mapping[str, Any] | None = None,
+        headers: Mapping[str, str] | None = None,
+        auth: bool = True,
+        idempotency_key: str | None = None,
+        extra_secrets: Iterable[str] = (),
+        wait: bool = True,
+    ) -> httpx.Response:
+        cls = classify(method, path)
+        send_headers = dict(headers or {})
+        if method.upper() in _WRITE_METHODS:
+            send_headers["Idempotency-Key"] = idempotency_key or str(uuid.uuid4())
+        retried_401 = False
+        failures = 0
+        while True:
+            self._await_budget(cls, wait)
+            token = self._tokens.access_token() if auth else None  # its errors are final here
+            if token is not None:
+                send_headers["Authorization"] = f"Bearer {token}"
+            try:
+                response = self._http.request(method, path, json=json, headers=send_headers)
+            except httpx.UnsupportedProtocol as exc:
+                raise ApiError(TRANSPORT_ERROR, f"unsupported URL: {exc}") from None
+            except httpx.TransportError as exc:  # timeouts, connection and protocol errors
+                err = ApiError(TRANSPORT_ERROR, f"{type(exc).__name__}: {exc}")
+            else:
+                if response.status_code < 400:
+                    return response
+                err = error_from_response(
+                    response.status_code,
+                    response.read(),
+                    (*self._tokens.secrets(), *extra_secrets),
+                )
+                if response.status_code == 401 and token is not None and not retried_401:
+                    retried_401 = True
+                    log.info("%s %s: access token refused (%s); renewing once", method, path, err.code)
+                    self._tokens.reject(token)
+                    continue
+                if response.status_code == 429:
+                    failures += 1
+                    self._throttle(cls, err, response, failures)
+                    if not wait or failures >= self.backoff.max_attempts:
+                        raise err
+                    continue
+                if response.status_code < 500:
+                    if err.code == VALIDATION_ERROR:
+                        log.warning("%s %s refused: %s details=%s", method, path, err, err.details)
+                    raise err
+            failures += 1
+            if failures >= self.backoff.max_attempts:
+                log.warning("%s %s failed after %d attempts: %s", method, path, failures, err)
+                raise err
+            delay = self.backoff.transient_delay(failures - 1, self._rng)
+            log.warning(
+                "%s %s: %s; retry %d/%d in %.2f s",
+                method,
+                path,
+                err,
+                failures,
+                self.backoff.max_attempts - 1,
+                delay,
+            )
+            self._sleep(delay)
+
+    def _throttle(self, cls: RequestClass, err: ApiError, response: httpx.Response, failures: int) -> None:
+        """A 429: block the whole class for at least Retry-After (header, else details, else exponential)."""
+        now_wall = datetime.fromtimestamp(self._clock(), UTC)
+        retry_after = parse_retry_after(response.headers.get("Retry-After"), now_wall)
+        if retry_after is None:
+            retry_after = retry_after_from_details(err.details)
+        delay = self.backoff.rate_limited_delay(retry_after, failures - 1, self._rng)
+        self.budget.block_until(cls, self._monotonic() + delay)
+        err.details.setdefault("retry_after", round(delay, 3))
+        log.warning("%s calls rate limited by the server (%s); pausing them for %.2f s", cls, err.code, delay)
+
+    def _await_budget(self, cls: RequestClass, wait: bool) -> None:
+        while True:
+            delay = self.budget.acquire(cls, self._monotonic())
+            if delay <= 0:
+                return
+            if not wait:
+                raise ApiError(
+                    RATE_LIMITED,
+                    f"client-side rate budget for {cls} calls exhausted",
+                    {"retry_after": round(delay, 3), "class": cls, "local": True},
+                )
+            log.debug("%s budget: waiting %.2f s", cls, delay)
+            self._sleep(delay)
+
+    def _post_event_batch(
+        self, path: str, batch: list[Mapping[str, Any]], result: EventBatchResult, wait: bool
+    ) -> None:
+        try:
+            answer = self._call_json("POST", path, json={"events": batch}, wait=wait)
+        except ApiError as err:
+            if err.code != VALIDATION_ERROR:
+                raise
+            if len(batch) == 1:
+                event_id = str(batch[0].get("id"))
+                reason = _reason(err)
+                log.warning("dropping event %s rejected by the server: %s", event_id, reason)
+                result["dropped"].append({"id": event_id, "reason": reason})
+                return
+            for part in split_batch(batch, bad_index_hint(err.details, len(batch))):
+                self._post_event_batch(path, part, result, wait)
+            return
+        accepted = answer.get("accepted")
+        duplicates = answer.get("duplicates")
+        result["accepted"] += accepted if isinstance(accepted, int) else 0
+        result["duplicates"] += duplicates if isinstance(duplicates, int) else 0
+        result["accepted_ids"].extend(str(event.get("id")) for event in batch)
+
+
+def bad_index_hint(details: Mapping[str, Any], size: int) -> int | None:
+    """The batch index the server blamed, when its details name one (only a hint: every part is
+    re-sent, so a wrong hint costs a request, never an event)."""
+    for key in ("index", "event_index"):
+        value = details.get(key)
+        if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < size:
+            return value
+    for key in ("indices", "indexes", "invalid"):
+        values = details.get(key)
+        if isinstance(values, list):
+            for value in values:
+                if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < size:
+                    return value
+    return None
+
+
+def split_batch(batch: list[Mapping[str, Any]], hint: int | None) -> list[list[Mapping[str, Any]]]:
+    """Split a refused batch (len >= 2) in order: around the blamed index, else in halves."""
+    if hint is None:
+        middle = len(batch) // 2
+        return [batch[:middle], batch[middle:]]
+    parts = [batch[:hint], batch[hint : hint + 1], batch[hint + 1 :]]
+    return [part for part in parts if part]
+
+
+def _reason(err: ApiError) -> str:
+    reason = err.details.get("reason")
+    text = reason if isinstance(reason, str) and reason else err.message
+    return f"{err.code}: {text[:200]}"
+
+
+def _json_object(response: httpx.Response) -> JSONDict:
+    if response.status_code == 204 or not response.content:
+        return {}
+    try:
+        value = response.json()
+    except ValueError:
+        raise ApiError(SERVER_ERROR, "answer is not JSON", status=response.status_code) from None
+    if not isinstance(value, dict):
+        raise ApiError(SERVER_ERROR, "answer is not a JSON object", status=response.status_code)
+    return value
+
+
+__all__ = [
+    "AUTH_INVALID",
+    "ApiClient",
+    "DroppedEvent",
+    "Enrollment",
+    "EventBatchResult",
+    "Timeouts",
+    "tls_context",
+]

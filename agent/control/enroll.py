@@ -1,0 +1,279 @@
+"""Enrollment: host facts, the bootstrap token, and the credential files in the state directory.
+
+Files written under ``state_dir`` (mode 0700):
+- ``api_key``         the host's API key, mode 0600 (what ``server.api_key_file`` points at)
+- ``enrollment.json`` host_id, agent_id, server_url, enrolled_at: not secret, mode 0644
+Both are written to a fresh O_EXCL temp file, fsynced, renamed over the old one and the directory
+fsynced, so a re-enrollment atomically replaces the old key. The bootstrap token is only ever read
+from a file or stdin (never argv) and is never stored.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import platform
+import re
+import socket
+import stat
+import subprocess
+import sys
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, TextIO
+
+from agent import __version__
+from agent.control.client import ApiClient, Enrollment
+
+log = logging.getLogger("sshklm.control")
+
+API_KEY_FILE = "api_key"
+ENROLLMENT_FILE = "enrollment.json"
+MAX_TOKEN_BYTES = 16 * 1024
+STDIN_MARKER = "-"
+
+
+class EnrollmentError(Exception):
+    """Local enrollment problem (token file, state directory); messages never carry secrets."""
+
+
+# -- facts ------------------------------------------------------------------
+
+
+def parse_os_release(text: str) -> dict[str, str]:
+    """KEY=value lines of os-release(5), with shell-style quotes removed (pure)."""
+    fields: dict[str, str] = {}
+    for raw in text.splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#") or "=" not in line:
+            continue
+        key, _, value = line.partition("=")
+        value = value.strip()
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "\"'":
+            value = value[1:-1]
+        fields[key.strip()] = value
+    return fields
+
+
+_SSHD_VERSION = re.compile(r"OpenSSH_[0-9A-Za-z.]+")
+
+
+def parse_sshd_version(output: str) -> str | None:
+    """``OpenSSH_9.2p1`` out of ``sshd -V`` output (pure)."""
+    match = _SSHD_VERSION.search(output)
+    return match.group(0) if match else None
+
+
+def _read_text(path: str, limit: int = 64 * 1024) -> str | None:
+    try:
+        with open(path, "rb") as handle:
+            return handle.read(limit).decode("utf-8", "replace")
+    except OSError:
+        return None
+
+
+def sshd_version(
+    sshd: str = "/usr/sbin/sshd", run: Callable[..., subprocess.CompletedProcess[str]] = subprocess.run
+) -> str | None:
+    """Best effort: the version sshd prints for ``-V`` (on stderr), or None."""
+    try:
+        done = run([sshd, "-V"], capture_output=True, text=True, timeout=5, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return parse_sshd_version(f"{done.stderr}\n{done.stdout}")
+
+
+def collect_host_facts(
+    root: str = "/",
+    *,
+    host_keys: Sequence[Mapping[str, Any]] = (),
+    sshd_version_text: str | None = None,
+    probe_sshd: bool = True,
+) -> dict[str, Any]:
+    """The enrollment body (contract section 4) for the host at ``root``.
+
+    With ``root`` other than "/" (tests, images) hostname and kernel come from files under it;
+    for the live host the kernel and FQDN come from the running system. ``host_keys`` is supplied
+    by the caller (the scanner knows them); the sshd version is probed only for the live host.
+    """
+
+    def under(path: str) -> str:
+        return os.path.join(root, path.lstrip("/"))
+
+    live = os.path.realpath(root) == "/"
+    machine_id = (
+        _read_text(under("/etc/machine-id")) or _read_text(under("/var/lib/dbus/machine-id")) or ""
+    ).strip()
+    if not machine_id:
+        raise EnrollmentError("no machine-id found (/etc/machine-id)")
+    hostname = (_read_text(under("/etc/hostname")) or "").strip() or (socket.gethostname() if live else "")
+    fqdn = socket.getfqdn(hostname) if live and hostname else hostname
+    os_release = parse_os_release(
+        _read_text(under("/etc/os-release")) or _read_text(under("/usr/lib/os-release")) or ""
+    )
+    kernel = platform.release() if live else (_read_text(under("/proc/sys/kernel/osrelease")) or "").strip()
+    version = sshd_version_text
+    if version is None and live and probe_sshd:
+        version = sshd_version()
+    return {
+        "machine_id": machine_id,
+        "hostname": hostname,
+        "fqdn": fqdn,
+        "os": {"id": os_release.get("ID", ""), "version_id": os_release.get("VERSION_ID", "")},
+        "kernel": kernel,
+        "agent_version": __version__,
+        "sshd_version": version,
+        "host_keys": [dict(key) for key in host_keys],
+    }
+
+
+# -- bootstrap token --------------------------------------------------------
+
+
+def read_token(token_file: str, stdin: TextIO | None = None) -> str:
+    """The bootstrap token from a file, or from stdin when ``token_file`` is "-"; stripped, not empty."""
+    if token_file == STDIN_MARKER:
+        source = stdin if stdin is not None else sys.stdin
+        text = source.read(MAX_TOKEN_BYTES)
+    else:
+        try:
+            with open(token_file, "rb") as handle:
+                text = handle.read(MAX_TOKEN_BYTES).decode("utf-8")
+        except OSError as exc:
+            raise EnrollmentError(f"cannot read token file {token_file}: {exc.strerror}") from None
+        except UnicodeDecodeError:
+            raise EnrollmentError(f"token file {token_file} is not UTF-8 text") from None
+    token = text.strip()
+    if not token:
+        raise EnrollmentError("bootstrap token is empty")
+    if any(ch.isspace() for ch in token):
+        raise EnrollmentError("bootstrap token must be a single line without spaces")
+    return token
+
+
+# -- credential files -------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StoredCredentials:
+    host_id: str
+    agent_id: str
+    server_url: str
+    api_key: str = field(repr=False)
+
+
+def ensure_state_dir(state_dir: str) -> None:
+    """Create ``state_dir`` 0700 (or tighten it); refuse a symlink or a non-directory."""
+    try:
+        os.makedirs(state_dir, mode=0o700, exist_ok=True)
+    except FileExistsError:
+        raise EnrollmentError(f"state directory {state_dir} exists and is not a directory") from None
+    info = os.lstat(state_dir)
+    if not stat.S_ISDIR(info.st_mode):
+        raise EnrollmentError(f"state directory {state_dir} is not a directory (symlink?)")
+    if stat.S_IMODE(info.st_mode) != 0o700:
+        os.chmod(state_dir, 0o700)
+
+
+def write_file_atomic(directory: str, name: str, data: bytes, mode: int) -> None:
+    """Replace ``directory/name`` atomically with ``data`` created at ``mode`` (never wider)."""
+    temp = os.path.join(directory, f".{name}.{uuid.uuid4().hex}.tmp")
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    fd = os.open(temp, flags, mode)
+    try:
+        try:
+            os.fchmod(fd, mode)  # the umask may have narrowed it; never widened
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(temp, os.path.join(directory, name))
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temp)
+        raise
+    dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def save_credentials(
+    state_dir: str, enrollment: Enrollment, server_url: str, now: datetime | None = None
+) -> None:
+    ensure_state_dir(state_dir)
+    write_file_atomic(state_dir, API_KEY_FILE, (enrollment.api_key + "\n").encode("utf-8"), 0o600)
+    record = {
+        "host_id": enrollment.host_id,
+        "agent_id": enrollment.agent_id,
+        "server_url": server_url,
+        "enrolled_at": (now or datetime.now(UTC)).strftime("%Y-%m-%dT%H:%M:%SZ"),
+    }
+    write_file_atomic(
+        state_dir, ENROLLMENT_FILE, (json.dumps(record, indent=2) + "\n").encode("utf-8"), 0o644
+    )
+
+
+def read_api_key(path: str) -> str:
+    """The API key from ``path``; refuses a file other users could read or a symlink."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as exc:
+        raise EnrollmentError(f"cannot open API key file {path}: {exc.strerror}") from None
+    try:
+        info = os.fstat(fd)
+        if info.st_mode & 0o077:
+            raise EnrollmentError(
+                f"API key file {path} is accessible by group/other (mode {stat.S_IMODE(info.st_mode):o})"
+            )
+        key = os.read(fd, 4096).decode("utf-8", "replace").strip()
+    finally:
+        os.close(fd)
+    if not key:
+        raise EnrollmentError(f"API key file {path} is empty")
+    return key
+
+
+def load_credentials(state_dir: str) -> StoredCredentials | None:
+    """What ``save_credentials`` wrote, or None when this host has not enrolled yet."""
+    text = _read_text(os.path.join(state_dir, ENROLLMENT_FILE))
+    if text is None:
+        return None
+    try:
+        record = json.loads(text)
+        host_id, agent_id, server_url = record["host_id"], record["agent_id"], record["server_url"]
+    except (ValueError, KeyError, TypeError):
+        raise EnrollmentError(f"{ENROLLMENT_FILE} in {state_dir} is malformed") from None
+    api_key = read_api_key(os.path.join(state_dir, API_KEY_FILE))
+    return StoredCredentials(str(host_id), str(agent_id), str(server_url), api_key)
+
+
+def enroll_host(
+    server_url: str,
+    bootstrap_token: str,
+    state_dir: str,
+    facts: Mapping[str, Any],
+    *,
+    client: ApiClient | None = None,
+    **client_options: Any,
+) -> Enrollment:
+    """Enroll this host and store its credentials; safe to repeat (same machine -> same host_id,
+    the new key replaces the old one). ``client_options`` go to ApiClient when no client is given."""
+    ensure_state_dir(state_dir)  # fail on a bad state dir before using the one-time token
+    own = client is None
+    api = client if client is not None else ApiClient(server_url, **client_options)
+    try:
+        enrollment = api.enroll(bootstrap_token, facts)
+    finally:
+        if own:
+            api.close()
+    save_credentials(state_dir, enrollment, server_url)
+    log.info("stored credentials for host %s in %s", enrollment.host_id, state_dir)
+    return enrollment

@@ -1,0 +1,203 @@
+"""Token lifecycle: API key -> access + refresh token, refresh before expiry, re-authenticate.
+
+The TokenManager owns the secrets (API key, access and refresh tokens) and never exposes them in
+repr/str or logs. It talks to the server only through the injected ``post`` callable (the
+ApiClient's unauthenticated request path, which does its own retries), so it is testable with a
+fake. One lock serialises every token exchange: a thread that finds the token stale takes the lock,
+checks again (another thread may have refreshed meanwhile) and only then calls the server, so
+concurrent callers share one refresh.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+import jwt
+
+from agent.control.errors import AUTH_FORBIDDEN, AUTH_INVALID, ApiError
+
+log = logging.getLogger("sshklm.control")
+
+AuthState = Literal["unauthenticated", "ok", "auth_invalid"]
+PostFn = Callable[[str, Mapping[str, Any]], Mapping[str, Any]]
+
+TOKEN_PATH = "/v1/auth/token"  # noqa: S105 - a URL path, not a secret
+REFRESH_PATH = "/v1/auth/refresh"
+REFRESH_MARGIN_S = 60.0
+AUTH_INVALID_RETRY_S = 15 * 60.0
+
+
+def jwt_expiry(token: str) -> float | None:
+    """The ``exp`` claim (epoch seconds) of a JWT, read without verifying it.
+
+    Only used to schedule a refresh: the signature is the server's business. None when the token
+    is not a JWT or carries no numeric ``exp``.
+    """
+    try:
+        claims = jwt.decode(token, options={"verify_signature": False})
+    except jwt.PyJWTError:
+        return None
+    exp = claims.get("exp")
+    if isinstance(exp, bool) or not isinstance(exp, int | float):
+        return None
+    return float(exp)
+
+
+@dataclass(frozen=True)
+class TokenSet:
+    access_token: str = field(repr=False)
+    refresh_token: str | None = field(repr=False)
+    access_expires_at: float  # epoch seconds
+    refresh_expires_at: float | None
+
+
+def token_set_from_response(
+    body: Mapping[str, Any], now: float, previous_refresh: str | None = None
+) -> TokenSet:
+    """Parse a /v1/auth/token or /v1/auth/refresh answer (pure).
+
+    The access token's own ``exp`` wins over ``expires_in`` (it is what the server enforces).
+    A refresh answer without a refresh token keeps the previous one; with one, the newest wins.
+    """
+    access = body.get("access_token")
+    if not isinstance(access, str) or not access:
+        raise ApiError("SERVER_ERROR", "token answer has no access_token")
+    expires_in = body.get("expires_in")
+    fallback = now + float(expires_in) if isinstance(expires_in, int | float) else now + 900.0
+    access_exp = jwt_expiry(access) or fallback
+    refresh = body.get("refresh_token")
+    refresh_token = refresh if isinstance(refresh, str) and refresh else previous_refresh
+    refresh_in = body.get("refresh_expires_in")
+    refresh_exp: float | None = None
+    if isinstance(refresh_token, str):
+        refresh_exp = jwt_expiry(refresh_token)
+        if refresh_exp is None and isinstance(refresh_in, int | float):
+            refresh_exp = now + float(refresh_in)
+    return TokenSet(access, refresh_token, access_exp, refresh_exp)
+
+
+class TokenManager:
+    def __init__(
+        self,
+        api_key: str | None,
+        post: PostFn,
+        *,
+        clock: Callable[[], float],
+        refresh_margin: float = REFRESH_MARGIN_S,
+        auth_invalid_retry: float = AUTH_INVALID_RETRY_S,
+    ) -> None:
+        self._api_key = api_key
+        self._post = post
+        self._clock = clock
+        self._refresh_margin = refresh_margin
+        self._auth_invalid_retry = auth_invalid_retry
+        self._tokens: TokenSet | None = None
+        self._state: AuthState = "unauthenticated"
+        self._auth_invalid_until = 0.0
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"TokenManager(state={self._state!r}, expires_at={self.token_expires_at!r})"
+
+    @property
+    def state(self) -> AuthState:
+        return self._state
+
+    @property
+    def token_expires_at(self) -> datetime | None:
+        tokens = self._tokens
+        return None if tokens is None else datetime.fromtimestamp(tokens.access_expires_at, UTC)
+
+    def secrets(self) -> tuple[str, ...]:
+        """Every secret currently held, so error messages from the server can be scrubbed of them."""
+        tokens = self._tokens
+        found = [self._api_key] if self._api_key else []
+        if tokens is not None:
+            found.append(tokens.access_token)
+            if tokens.refresh_token:
+                found.append(tokens.refresh_token)
+        return tuple(found)
+
+    def set_api_key(self, api_key: str) -> None:
+        """A new key (re-enrollment): forget tokens and any auth_invalid pause from the old one."""
+        with self._lock:
+            self._api_key = api_key
+            self._tokens = None
+            self._state = "unauthenticated"
+            self._auth_invalid_until = 0.0
+
+    def access_token(self) -> str:
+        """A valid access token, exchanging tokens with the server only when needed."""
+        tokens = self._tokens
+        if tokens is not None and not self._stale(tokens):
+            return tokens.access_token
+        with self._lock:
+            tokens = self._tokens  # someone may have refreshed while we waited for the lock
+            if tokens is not None and not self._stale(tokens):
+                return tokens.access_token
+            return self._renew(tokens).access_token
+
+    def reject(self, access_token: str) -> str:
+        """The server answered 401 to ``access_token``: renew it once (shared) and return the new one."""
+        with self._lock:
+            tokens = self._tokens
+            if tokens is not None and tokens.access_token != access_token:
+                return tokens.access_token  # another caller already replaced the rejected token
+            return self._renew(tokens, force=True).access_token
+
+    # -- internals (called with the lock held) --
+
+    def _stale(self, tokens: TokenSet) -> bool:
+        return self._clock() >= tokens.access_expires_at - self._refresh_margin
+
+    def _renew(self, tokens: TokenSet | None, force: bool = False) -> TokenSet:
+        if tokens is not None and tokens.refresh_token and self._refresh_usable(tokens):
+            try:
+                return self._exchange(REFRESH_PATH, {"refresh_token": tokens.refresh_token}, tokens)
+            except ApiError as err:
+                if err.code not in (AUTH_INVALID, AUTH_FORBIDDEN):
+                    raise
+                log.info("refresh token refused (%s); re-authenticating with the API key", err.code)
+        return self._authenticate()
+
+    def _refresh_usable(self, tokens: TokenSet) -> bool:
+        return tokens.refresh_expires_at is None or self._clock() < tokens.refresh_expires_at
+
+    def _authenticate(self) -> TokenSet:
+        now = self._clock()
+        if self._state == "auth_invalid" and now < self._auth_invalid_until:
+            raise ApiError(
+                AUTH_INVALID,
+                "API key was refused; not retrying before the pause ends",
+                {"retry_after": round(self._auth_invalid_until - now, 1)},
+            )
+        if not self._api_key:
+            raise ApiError(AUTH_INVALID, "no API key configured (enroll first)")
+        try:
+            return self._exchange(TOKEN_PATH, {"api_key": self._api_key}, None)
+        except ApiError as err:
+            if err.code in (AUTH_INVALID, AUTH_FORBIDDEN):
+                self._tokens = None
+                self._state = "auth_invalid"
+                self._auth_invalid_until = self._clock() + self._auth_invalid_retry
+                log.error(
+                    "the control plane refused this host's API key (%s); authentication paused for %d s "
+                    "- re-enroll or install a new key",
+                    err.code,
+                    int(self._auth_invalid_retry),
+                )
+            raise
+
+    def _exchange(self, path: str, body: Mapping[str, Any], previous: TokenSet | None) -> TokenSet:
+        answer = self._post(path, body)
+        previous_refresh = previous.refresh_token if previous is not None else None
+        tokens = token_set_from_response(answer, self._clock(), previous_refresh)
+        self._tokens = tokens
+        self._state = "ok"
+        log.debug("obtained access token via %s, expires %s", path, self.token_expires_at)
+        return tokens

@@ -1,0 +1,167 @@
+"""Users and groups: from <root>/etc/passwd and <root>/etc/group (pure parsers + HostFS) or from NSS.
+
+`RootUserSource` serves scans of a (possibly fake) root and reads only local files.
+`NssUserSource` asks the C library, so LDAP/SSSD users count too (as far as the NSS
+backend enumerates them: SSSD with `enumerate = false` lists only local users in `all()`,
+while `get(name)` still finds directory users).
+Home paths are returned as given; the scanner treats them as paths inside the root.
+"""
+
+from __future__ import annotations
+
+import grp
+import os
+import pwd
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Final, Protocol
+
+from agent.host.safefs import HostFS
+
+PASSWD_PATH: Final = "/etc/passwd"  # noqa: S105 - a path, not a password
+GROUP_PATH: Final = "/etc/group"
+# Account databases can be large (thousands of users); the default per-file cap is for key files.
+ACCOUNT_DB_MAX_BYTES: Final = 64 << 20
+_MAX_ID: Final = (1 << 32) - 1
+
+PasswdEntry = tuple[str, int, int, str, str]  # name, uid, gid, home, shell
+GroupEntry = tuple[str, int, tuple[str, ...]]  # name, gid, members
+
+
+@dataclass(frozen=True)
+class User:
+    name: str
+    uid: int
+    gid: int
+    home: str
+    shell: str
+    groups: frozenset[str]  # names of the primary group (when known) and supplementary groups
+
+
+class UserSource(Protocol):
+    def all(self) -> list[User]: ...
+
+    def get(self, name: str) -> User | None: ...
+
+
+def _parse_id(text: str) -> int | None:
+    if not text.isascii() or not text.isdigit():
+        return None
+    value = int(text)
+    return value if value <= _MAX_ID else None
+
+
+def _records(text: str, field_count: int) -> Iterable[list[str]]:
+    """Well-formed colon-separated records: skips blank, comment, NIS compat (+/-) and malformed lines."""
+    for line in text.splitlines():  # also splits on \r\n
+        line = line.rstrip("\r")
+        if not line.strip() or line.lstrip().startswith("#") or line[0] in "+-":
+            continue
+        fields = line.split(":")
+        if len(fields) != field_count or not fields[0]:
+            continue
+        yield fields
+
+
+def parse_passwd(text: str) -> list[PasswdEntry]:
+    """passwd(5) lines -> (name, uid, gid, home, shell), in file order (pure)."""
+    out: list[PasswdEntry] = []
+    for name, _pw, uid_text, gid_text, _gecos, home, shell in _records(text, 7):
+        uid, gid = _parse_id(uid_text), _parse_id(gid_text)
+        if uid is None or gid is None:
+            continue
+        out.append((name, uid, gid, home, shell))
+    return out
+
+
+def parse_group(text: str) -> list[GroupEntry]:
+    """group(5) lines -> (name, gid, members), in file order (pure)."""
+    out: list[GroupEntry] = []
+    for name, _pw, gid_text, members_text in _records(text, 4):
+        gid = _parse_id(gid_text)
+        if gid is None:
+            continue
+        members = tuple(m.strip() for m in members_text.split(",") if m.strip())
+        out.append((name, gid, members))
+    return out
+
+
+def build_users(passwd: Iterable[PasswdEntry], groups: Iterable[GroupEntry]) -> list[User]:
+    """Join passwd and group entries (pure). Duplicate user or group names: the first wins."""
+    group_name_by_gid: dict[int, str] = {}
+    member_of: dict[str, set[str]] = {}
+    seen_groups: set[str] = set()
+    for gname, gid, members in groups:
+        if gname in seen_groups:
+            continue
+        seen_groups.add(gname)
+        group_name_by_gid.setdefault(gid, gname)
+        for member in members:
+            member_of.setdefault(member, set()).add(gname)
+    users: list[User] = []
+    seen_users: set[str] = set()
+    for name, uid, gid, home, shell in passwd:
+        if name in seen_users:
+            continue
+        seen_users.add(name)
+        names = set(member_of.get(name, ()))
+        primary = group_name_by_gid.get(gid)
+        if primary is not None:
+            names.add(primary)
+        users.append(User(name, uid, gid, home, shell, frozenset(names)))
+    return users
+
+
+class RootUserSource:
+    """Users of a root read through HostFS: <root>/etc/passwd and <root>/etc/group.
+
+    Each call reads the files afresh, so a long-running daemon sees added users."""
+
+    def __init__(self, fs: HostFS) -> None:
+        self._fs = fs
+
+    def _text(self, path: str) -> str:
+        result = self._fs.read(path, max_bytes=ACCOUNT_DB_MAX_BYTES)
+        data = result.data
+        if result.truncated:
+            # Never parse a cut-off last line (it would yield a wrong home or shell).
+            data = data[: data.rfind(b"\n") + 1]
+        return data.decode("utf-8", errors="replace")
+
+    def all(self) -> list[User]:
+        passwd = parse_passwd(self._text(PASSWD_PATH))
+        try:
+            groups = parse_group(self._text(GROUP_PATH))
+        except FileNotFoundError:
+            groups = []
+        return build_users(passwd, groups)
+
+    def get(self, name: str) -> User | None:
+        return next((u for u in self.all() if u.name == name), None)
+
+
+class NssUserSource:
+    """Users from the C library's NSS (files, LDAP, SSSD...)."""
+
+    def all(self) -> list[User]:
+        passwd = [(p.pw_name, p.pw_uid, p.pw_gid, p.pw_dir, p.pw_shell) for p in pwd.getpwall()]
+        groups = [(g.gr_name, g.gr_gid, tuple(g.gr_mem)) for g in grp.getgrall()]
+        return build_users(passwd, groups)
+
+    def get(self, name: str) -> User | None:
+        try:
+            p = pwd.getpwnam(name)
+        except KeyError:
+            return None
+        # getgrouplist asks the backend directly, so it works without group enumeration.
+        names: set[str] = set()
+        try:
+            gids = os.getgrouplist(p.pw_name, p.pw_gid)
+        except OSError:
+            gids = [p.pw_gid]
+        for gid in gids:
+            try:
+                names.add(grp.getgrgid(gid).gr_name)
+            except KeyError:
+                continue
+        return User(p.pw_name, p.pw_uid, p.pw_gid, p.pw_dir, p.pw_shell, frozenset(names))

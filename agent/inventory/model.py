@@ -1,0 +1,196 @@
+"""The contract's data shapes: KeyRecord, Inventory, Event (agent-api.md sections 5.3-5.4).
+
+Plain frozen dataclasses with `to_json()` producing exactly the wire dictionaries.
+No I/O here; times are timezone-aware UTC datetimes and are rendered RFC 3339 with `Z`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from agent.ssh.certificate import Certificate, rfc3339
+
+__all__ = ["Certificate", "rfc3339"]
+
+KeyKind = Literal["authorized_key", "authorized_principal_ca", "host_key", "identity_key", "trusted_user_ca"]
+
+EventType = Literal[
+    "key_added",
+    "key_removed",
+    "key_changed",
+    "file_unreadable",
+    "sshd_config_changed",
+    "key_used",
+    "instruction_applied",
+    "instruction_failed",
+]
+
+JSON = dict[str, Any]
+
+
+def parse_rfc3339(text: str) -> datetime:
+    """Parse the contract's time format (also accepts an explicit offset)."""
+    value = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    if value.tzinfo is None:
+        raise ValueError("time without a zone")
+    return value.astimezone(UTC)
+
+
+@dataclass(frozen=True)
+class Risk:
+    score: int
+    factors: tuple[str, ...]
+
+    def to_json(self) -> JSON:
+        return {"score": self.score, "factors": list(self.factors)}
+
+
+NO_RISK = Risk(0, ())
+
+
+@dataclass(frozen=True)
+class KeyRecord:
+    kind: KeyKind
+    user: str | None
+    uid: int | None
+    path: str
+    line: int | None
+    type: str
+    bits: int
+    fingerprint: str
+    fingerprint_md5: str
+    comment: str
+    options: JSON = field(default_factory=dict)
+    certificate: Certificate | None = None
+    effective: bool = True
+    ineffective_reason: str | None = None
+    file_mtime: datetime | None = None
+    first_seen: datetime | None = None
+    last_used: datetime | None = None
+    managed_by: str | None = None
+    expires_at: datetime | None = None
+    encrypted: bool | None = None
+    risk: Risk = NO_RISK
+
+    @property
+    def identity(self) -> tuple[str, str | None, str, str]:
+        """What makes two records 'the same key in the same place' for diffing."""
+        return (self.kind, self.user, self.path, self.fingerprint)
+
+    def to_json(self) -> JSON:
+        return {
+            "kind": self.kind,
+            "user": self.user,
+            "uid": self.uid,
+            "path": self.path,
+            "line": self.line,
+            "type": self.type,
+            "bits": self.bits,
+            "fingerprint": self.fingerprint,
+            "fingerprint_md5": self.fingerprint_md5,
+            "comment": self.comment,
+            "options": dict(self.options),
+            "certificate": self.certificate.to_json() if self.certificate else None,
+            "effective": self.effective,
+            "ineffective_reason": self.ineffective_reason,
+            "file_mtime": rfc3339(self.file_mtime),
+            "first_seen": rfc3339(self.first_seen),
+            "last_used": rfc3339(self.last_used),
+            "managed_by": self.managed_by,
+            "expires_at": rfc3339(self.expires_at),
+            "encrypted": self.encrypted,
+            "risk": self.risk.to_json(),
+        }
+
+
+@dataclass(frozen=True)
+class ScanError:
+    """A file or line that could not be used. `error` is a reason, never file content."""
+
+    path: str
+    user: str | None
+    error: str
+    line: int | None = None
+
+    def to_json(self) -> JSON:
+        out: JSON = {"path": self.path, "user": self.user, "error": self.error}
+        if self.line is not None:
+            out["line"] = self.line
+        return out
+
+
+@dataclass(frozen=True)
+class SshdSummary:
+    version: str | None
+    authorized_keys_file: tuple[str, ...]
+    authorized_keys_command: str | None
+    trusted_user_ca_keys: str | None
+    permit_root_login: str
+    password_authentication: bool
+    pubkey_authentication: bool
+    strict_modes: bool
+
+    def to_json(self) -> JSON:
+        return {
+            "version": self.version,
+            "authorized_keys_file": list(self.authorized_keys_file),
+            "authorized_keys_command": self.authorized_keys_command,
+            "trusted_user_ca_keys": self.trusted_user_ca_keys,
+            "permit_root_login": self.permit_root_login,
+            "password_authentication": self.password_authentication,
+            "pubkey_authentication": self.pubkey_authentication,
+            "strict_modes": self.strict_modes,
+        }
+
+
+@dataclass(frozen=True)
+class Inventory:
+    snapshot_id: str
+    generation: int
+    collected_at: datetime
+    host_id: str | None
+    sshd: SshdSummary
+    keys: tuple[KeyRecord, ...]
+    errors: tuple[ScanError, ...]
+    # Not on the wire: what the scan read, for the watcher and the summary line.
+    users_scanned: int = 0
+    files_read: tuple[str, ...] = ()
+
+    def to_json(self) -> JSON:
+        return {
+            "snapshot_id": self.snapshot_id,
+            "generation": self.generation,
+            "collected_at": rfc3339(self.collected_at),
+            "host_id": self.host_id,
+            "sshd": self.sshd.to_json(),
+            "keys": [k.to_json() for k in self.keys],
+            "errors": [e.to_json() for e in self.errors],
+        }
+
+
+@dataclass(frozen=True)
+class Event:
+    id: str
+    seq: int
+    at: datetime
+    type: EventType
+    user: str | None
+    path: str | None
+    fingerprint: str | None
+    key: KeyRecord | None
+    detail: JSON = field(default_factory=dict)
+
+    def to_json(self) -> JSON:
+        return {
+            "id": self.id,
+            "seq": self.seq,
+            "at": rfc3339(self.at),
+            "type": self.type,
+            "user": self.user,
+            "path": self.path,
+            "fingerprint": self.fingerprint,
+            "key": self.key.to_json() if self.key else None,
+            "detail": dict(self.detail),
+        }

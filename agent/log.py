@@ -1,0 +1,236 @@
+"""Logging setup: plain text, sd-daemon priority prefixes for journald, or JSON lines;
+with secret redaction applied to every record before it is formatted.
+
+Formats
+- plain:   `2026-01-02 03:04:05,678 INFO agent.daemon: message`
+- journal: `<6>agent.daemon: message` (sd-daemon(3) priority prefix; no timestamp, journald
+           adds its own). A multi-line message (a traceback) gets the prefix on EVERY line:
+           journald's stream reader turns each line into its own entry and gives an
+           unprefixed line the default priority (info), so `journalctl -p err` would show a
+           failure's first line but not its traceback. Prefixing every line keeps all of them
+           at the record's priority (and each line still names the logger).
+- json:    one object per line: ts, level, logger, msg, exc (when any), plus `extra=` fields.
+- auto:    journal when JOURNAL_STREAM names the stream we write to (systemd.exec(5): compare
+           its device:inode with fstat of the stream, so output redirected elsewhere by hand
+           stays plain), else plain.
+
+Redaction
+`RedactingFilter` (installed on the handler) masks registered secret values
+(`register_secret`: the API key, tokens; values shorter than 8 characters are ignored, they
+would mask ordinary words), anything shaped like a JWT (three base64url segments starting
+`eyJ`), `sk_agent_...` API keys and PEM private key blocks, in the message with its args,
+in exception and stack text, and in string `extra=` fields.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import sys
+import threading
+from datetime import UTC, datetime
+from typing import Any, Literal, TextIO
+
+Format = Literal["auto", "plain", "json", "journal"]
+
+REDACTED = "[REDACTED]"
+MIN_SECRET_LENGTH = 8
+
+_SECRET_SHAPES = re.compile(
+    r"eyJ[A-Za-z0-9_-]*\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*"  # JWT / compact JWS
+    r"|sk_agent_[A-Za-z0-9_-]+"  # agent API keys
+    r"|-----BEGIN [A-Z0-9 ]*PRIVATE KEY-----.*?(?:-----END [A-Z0-9 ]*PRIVATE KEY-----|\Z)",
+    re.DOTALL,
+)
+
+_secrets_lock = threading.Lock()
+_secrets: frozenset[str] = frozenset()
+_secrets_pattern: re.Pattern[str] | None = None
+
+
+def register_secret(value: str | None) -> None:
+    """Mask `value` in every log record from now on. Values under 8 characters are ignored."""
+    global _secrets, _secrets_pattern
+    if not value or len(value) < MIN_SECRET_LENGTH:
+        return
+    with _secrets_lock:
+        if value in _secrets:
+            return
+        _secrets = _secrets | {value}
+        # Longest first, so a secret containing another is masked whole.
+        ordered = sorted(_secrets, key=len, reverse=True)
+        _secrets_pattern = re.compile("|".join(re.escape(s) for s in ordered))
+
+
+def clear_secrets() -> None:
+    """Forget registered secrets (tests; a replaced API key is better left registered)."""
+    global _secrets, _secrets_pattern
+    with _secrets_lock:
+        _secrets = frozenset()
+        _secrets_pattern = None
+
+
+def looks_like_secret(text: str) -> bool:
+    """True if `text` contains a registered secret or a JWT / API-key / private-key shape."""
+    pattern = _secrets_pattern
+    return bool(_SECRET_SHAPES.search(text) or (pattern is not None and pattern.search(text)))
+
+
+def redact(text: str) -> str:
+    pattern = _secrets_pattern
+    if pattern is not None:
+        text = pattern.sub(REDACTED, text)
+    return _SECRET_SHAPES.sub(REDACTED, text)
+
+
+# Attributes every LogRecord has; anything else came from `extra=`.
+_RECORD_ATTRS = frozenset(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {
+    "message",
+    "asctime",
+}
+
+
+def _extra_fields(record: logging.LogRecord) -> dict[str, Any]:
+    return {k: v for k, v in record.__dict__.items() if k not in _RECORD_ATTRS and not k.startswith("_")}
+
+
+class RedactingFilter(logging.Filter):
+    """Rewrites each record in place, before any formatter sees it: the message is rendered
+    with its args and redacted (so args are cleared), the exception text is rendered and
+    redacted into `exc_text` (which logging's formatters reuse), stack text and string
+    extra fields are redacted. Never drops a record."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            message = record.getMessage()
+        except Exception:  # a bad format string: keep what we have, still redacted
+            message = f"{record.msg!s} {record.args!r}"
+        record.msg = redact(message)
+        record.args = None
+        if record.exc_info and not record.exc_text:
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = redact(record.exc_text)
+        if record.stack_info:
+            record.stack_info = redact(record.stack_info)
+        for key, value in _extra_fields(record).items():
+            if isinstance(value, str):
+                setattr(record, key, redact(value))
+        return True
+
+
+def journal_priority(levelno: int) -> int:
+    """sd-daemon(3) priority for a logging level: 2 crit, 3 err, 4 warning, 5 notice
+    (levels between INFO and WARNING), 6 info, 7 debug."""
+    if levelno >= logging.CRITICAL:
+        return 2
+    if levelno >= logging.ERROR:
+        return 3
+    if levelno >= logging.WARNING:
+        return 4
+    if levelno > logging.INFO:
+        return 5
+    if levelno >= logging.INFO:
+        return 6
+    return 7
+
+
+class JournalFormatter(logging.Formatter):
+    def __init__(self) -> None:
+        super().__init__("%(name)s: %(message)s")
+
+    def format(self, record: logging.LogRecord) -> str:
+        prefix = f"<{journal_priority(record.levelno)}>"
+        text = super().format(record)
+        return "\n".join(prefix + line for line in text.splitlines() or [""])
+
+
+class PlainFormatter(logging.Formatter):
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        out: dict[str, Any] = {
+            "ts": datetime.fromtimestamp(record.created, UTC)
+            .isoformat(timespec="milliseconds")
+            .replace("+00:00", "Z"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        if record.exc_info and not record.exc_text:
+            record.exc_text = self.formatException(record.exc_info)
+        if record.exc_text:
+            out["exc"] = record.exc_text
+        if record.stack_info:
+            out["stack"] = record.stack_info
+        for key, value in _extra_fields(record).items():
+            out.setdefault(key, value)
+        return json.dumps(out, default=str, ensure_ascii=False)
+
+
+def stream_is_journal(stream: TextIO, environ: dict[str, str] | None = None) -> bool:
+    """True if JOURNAL_STREAM (`<dev>:<inode>`) names the file `stream` writes to."""
+    value = (os.environ if environ is None else environ).get("JOURNAL_STREAM", "")
+    dev, sep, ino = value.partition(":")
+    if not sep:
+        return False
+    try:
+        st = os.fstat(stream.fileno())
+        return st.st_dev == int(dev) and st.st_ino == int(ino)
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+# Libraries that log every request / job run at INFO; quieter unless we are debugging.
+_CHATTY_LOGGERS = ("httpx", "httpcore", "apscheduler", "watchdog")
+
+
+def _parse_level(level: str | int) -> int:
+    if isinstance(level, int):
+        return level
+    value = logging.getLevelNamesMapping().get(level.upper())
+    if value is None:
+        raise ValueError(f"unknown log level {level!r}")
+    return value
+
+
+def setup_logging(
+    level: str | int = "info", fmt: Format = "auto", stream: TextIO | None = None
+) -> logging.Handler:
+    """Configure the root logger with one handler on `stream` (default: sys.stderr at call
+    time). Calling again replaces the handler installed by the previous call."""
+    target = sys.stderr if stream is None else stream
+    chosen = fmt
+    if chosen == "auto":
+        chosen = "journal" if stream_is_journal(target) else "plain"
+    formatter: logging.Formatter
+    if chosen == "journal":
+        formatter = JournalFormatter()
+    elif chosen == "json":
+        formatter = JsonFormatter()
+    elif chosen == "plain":
+        formatter = PlainFormatter()
+    else:
+        raise ValueError(f"unknown log format {fmt!r}")
+    levelno = _parse_level(level)
+
+    handler = logging.StreamHandler(target)
+    handler.setFormatter(formatter)
+    handler.addFilter(RedactingFilter())
+    handler.set_name("sshklm-agent")
+
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        if old.get_name() == "sshklm-agent":
+            root.removeHandler(old)
+            old.close()
+    root.addHandler(handler)
+    root.setLevel(levelno)
+    for name in _CHATTY_LOGGERS:
+        logging.getLogger(name).setLevel(logging.NOTSET if levelno <= logging.DEBUG else logging.WARNING)
+    return handler
