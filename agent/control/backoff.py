@@ -30,16 +30,18 @@ WINDOW_S = 60.0
 
 
 def classify(method: str, path: str) -> RequestClass:
-    """The rate-limit class of a request.
+    """The rate-limit class of a request, as the control plane counts it.
 
-    Discovery scans (``/v1/scans``) and ephemeral access (``/v1/ephemeral``) have their own, much
-    smaller budgets; any other GET is a read and any other write method a write.
+    Starting a discovery scan (``POST /v1/scans``) and requesting ephemeral access
+    (``POST /v1/ephemeral``) have their own, much smaller budgets; any other GET is a read and
+    any other call (including the agent's ``PUT /v1/scans/{id}/result`` and the token calls) a write.
     """
-    if path.startswith("/v1/scans"):
+    verb = method.upper()
+    if verb == "POST" and path.rstrip("/") == "/v1/scans":
         return "scan"
-    if path.startswith("/v1/ephemeral"):
+    if verb == "POST" and path.rstrip("/") == "/v1/ephemeral":
         return "ephemeral"
-    return "read" if method.upper() in ("GET", "HEAD") else "write"
+    return "read" if verb in ("GET", "HEAD") else "write"
 
 
 def parse_retry_after(value: str | None, now: datetime) -> float | None:

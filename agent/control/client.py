@@ -168,6 +168,10 @@ class ApiClient:
     def set_api_key(self, api_key: str) -> None:
         self._tokens.set_api_key(api_key)
 
+    def ensure_token(self) -> None:
+        """Refresh (or re-authenticate) now if the access token is within a minute of expiry."""
+        self._tokens.access_token()
+
     # -- agent-facing calls --
 
     def enroll(self, bootstrap_token: str, facts: Mapping[str, Any], *, wait: bool = True) -> Enrollment:
@@ -378,10 +382,10 @@ class ApiClient:
             self._sleep(delay)
 
     def _post_event_batch(
-        self, path: str, batch: list[Mapping[str, Any]], result: EventBatchResult, wait: bool
+        self, path: str, batch: Sequence[Mapping[str, Any]], result: EventBatchResult, wait: bool
     ) -> None:
         try:
-            answer = self._call_json("POST", path, json={"events": batch}, wait=wait)
+            answer = self._call_json("POST", path, json={"events": list(batch)}, wait=wait)
         except ApiError as err:
             if err.code != VALIDATION_ERROR:
                 raise
@@ -417,7 +421,7 @@ def bad_index_hint(details: Mapping[str, Any], size: int) -> int | None:
     return None
 
 
-def split_batch(batch: list[Mapping[str, Any]], hint: int | None) -> list[list[Mapping[str, Any]]]:
+def split_batch(batch: Sequence[Mapping[str, Any]], hint: int | None) -> list[Sequence[Mapping[str, Any]]]:
     """Split a refused batch (len >= 2) in order: around the blamed index, else in halves."""
     if hint is None:
         middle = len(batch) // 2
@@ -427,8 +431,15 @@ def split_batch(batch: list[Mapping[str, Any]], hint: int | None) -> list[list[M
 
 
 def _reason(err: ApiError) -> str:
+    """Why the server refused a lone event: its per-event reason when details give one."""
+    text = err.message
     reason = err.details.get("reason")
-    text = reason if isinstance(reason, str) and reason else err.message
+    errors = err.details.get("errors")
+    if isinstance(reason, str) and reason:
+        text = reason
+    elif isinstance(errors, list) and errors and isinstance(errors[0], dict):
+        first = errors[0].get("reason")
+        text = first if isinstance(first, str) and first else text
     return f"{err.code}: {text[:200]}"
 
 

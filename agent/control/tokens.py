@@ -54,6 +54,7 @@ class TokenSet:
     refresh_token: str | None = field(repr=False)
     access_expires_at: float  # epoch seconds
     refresh_expires_at: float | None
+    obtained_at: float = 0.0  # epoch seconds, for the token's lifetime
 
 
 def token_set_from_response(
@@ -78,7 +79,7 @@ def token_set_from_response(
         refresh_exp = jwt_expiry(refresh_token)
         if refresh_exp is None and isinstance(refresh_in, int | float):
             refresh_exp = now + float(refresh_in)
-    return TokenSet(access, refresh_token, access_exp, refresh_exp)
+    return TokenSet(access, refresh_token, access_exp, refresh_exp, now)
 
 
 class TokenManager:
@@ -153,7 +154,11 @@ class TokenManager:
     # -- internals (called with the lock held) --
 
     def _stale(self, tokens: TokenSet) -> bool:
-        return self._clock() >= tokens.access_expires_at - self._refresh_margin
+        # About a minute early, but never more than half the lifetime: a short-lived token
+        # (tests, a strict server) must not be renewed on every call.
+        lifetime = tokens.access_expires_at - tokens.obtained_at
+        margin = min(self._refresh_margin, max(lifetime, 0.0) / 2)
+        return self._clock() >= tokens.access_expires_at - margin
 
     def _renew(self, tokens: TokenSet | None, force: bool = False) -> TokenSet:
         if tokens is not None and tokens.refresh_token and self._refresh_usable(tokens):

@@ -620,7 +620,9 @@ class HostFS:
             st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
         except OSError:
             return "changed during the walk"
-        return "symlink on the write path" if stat.S_ISLNK(st.st_mode) else _kind(st.st_mode)
+        if stat.S_ISLNK(st.st_mode):
+            return "symlink on the write path"
+        return "is not a directory" if stat.S_ISREG(st.st_mode) else _kind(st.st_mode)
 
     @staticmethod
     def _check_dir(info: FileInfo, owners: frozenset[int], path: str) -> None:

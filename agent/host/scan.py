@@ -479,7 +479,8 @@ def assemble(plan: Plan, results: Mapping[str, FileResult], ctx: ScanContext, fi
             kind=r.kind, base_type=_base_type(r.type), bits=r.bits,
             age=(ctx.now - since) if since else None, encrypted=r.encrypted,
             grants_root=r.uid == 0 and r.kind in ("authorized_key", "authorized_principal_ca"),
-            orphaned=orphaned, shared=len(users_per_key.get(r.fingerprint, ())) > 1,
+            orphaned=orphaned,
+            shared=r.kind == "authorized_key" and len(users_per_key.get(r.fingerprint, ())) > 1,
             managed=r.managed_by is not None, has_from=has_from,
         )
         final.append(replace(r, risk=risk_of(inputs, ctx.policy)))
@@ -498,16 +499,7 @@ def _base_type(type_name: str) -> str:
 def scan_host(fs: HostFS, users: UserSource, settings: ScanSettings, ctx: ScanContext) -> tuple[Plan, dict[str, FileResult], Inventory]:
     """A full discovery. Returns the plan and per-file results so callers can re-read single files."""
     plan = plan_targets(fs, users, settings, ctx.sshd_version)
-    plan = replace(plan, summary=replace(plan.summary, version=ctx.sshd_version))
-    results: dict[str, FileResult] = {}
-    cache: dict[tuple[str, str, str | None], FileResult] = {}
-    for target in plan.targets:
-        key = (target.path, target.kind, target.user.name if target.user else None)
-        res = cache.get(key)
-        if res is None:
-            res = read_target(fs, target, plan, ctx)
-            cache[key] = res
-        results[target_key(target)] = res
+    results = {target_key(t): read_target(fs, t, plan, ctx) for t in plan.targets}
     read = [t.path for t in plan.targets if results[target_key(t)].read]
     return plan, results, assemble(plan, results, ctx, read)
 

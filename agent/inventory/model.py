@@ -50,6 +50,20 @@ class Risk:
 NO_RISK = Risk(0, ())
 
 
+def _time(value: Any) -> datetime | None:
+    return parse_rfc3339(value) if isinstance(value, str) else None
+
+
+def _certificate_from_json(data: Any) -> Certificate | None:
+    if not isinstance(data, dict):
+        return None
+    return Certificate(
+        cert_type=data["cert_type"], key_id=data["key_id"], serial=int(data["serial"]),
+        principals=tuple(data.get("principals", ())), valid_after=_time(data.get("valid_after")),
+        valid_before=_time(data.get("valid_before")), ca_fingerprint=data["ca_fingerprint"],
+    )
+
+
 @dataclass(frozen=True)
 class KeyRecord:
     kind: KeyKind
@@ -104,6 +118,22 @@ class KeyRecord:
             "risk": self.risk.to_json(),
         }
 
+    @classmethod
+    def from_json(cls, d: JSON) -> KeyRecord:
+        """The inverse of to_json (for the snapshot kept across restarts)."""
+        risk = d.get("risk") or {}
+        return cls(
+            kind=d["kind"], user=d.get("user"), uid=d.get("uid"), path=d["path"], line=d.get("line"),
+            type=d["type"], bits=int(d["bits"]), fingerprint=d["fingerprint"],
+            fingerprint_md5=d.get("fingerprint_md5", ""), comment=d.get("comment", ""),
+            options=dict(d.get("options") or {}), certificate=_certificate_from_json(d.get("certificate")),
+            effective=bool(d.get("effective", True)), ineffective_reason=d.get("ineffective_reason"),
+            file_mtime=_time(d.get("file_mtime")), first_seen=_time(d.get("first_seen")),
+            last_used=_time(d.get("last_used")), managed_by=d.get("managed_by"),
+            expires_at=_time(d.get("expires_at")), encrypted=d.get("encrypted"),
+            risk=Risk(int(risk.get("score", 0)), tuple(risk.get("factors", ()))),
+        )
+
 
 @dataclass(frozen=True)
 class ScanError:
@@ -113,6 +143,10 @@ class ScanError:
     user: str | None
     error: str
     line: int | None = None
+
+    @classmethod
+    def from_json(cls, d: JSON) -> ScanError:
+        return cls(path=d["path"], user=d.get("user"), error=d["error"], line=d.get("line"))
 
     def to_json(self) -> JSON:
         out: JSON = {"path": self.path, "user": self.user, "error": self.error}
@@ -144,6 +178,18 @@ class SshdSummary:
             "strict_modes": self.strict_modes,
         }
 
+    @classmethod
+    def from_json(cls, d: JSON) -> SshdSummary:
+        return cls(
+            version=d.get("version"), authorized_keys_file=tuple(d.get("authorized_keys_file", ())),
+            authorized_keys_command=d.get("authorized_keys_command"),
+            trusted_user_ca_keys=d.get("trusted_user_ca_keys"),
+            permit_root_login=d.get("permit_root_login", "prohibit-password"),
+            password_authentication=bool(d.get("password_authentication", True)),
+            pubkey_authentication=bool(d.get("pubkey_authentication", True)),
+            strict_modes=bool(d.get("strict_modes", True)),
+        )
+
 
 @dataclass(frozen=True)
 class Inventory:
@@ -168,6 +214,15 @@ class Inventory:
             "keys": [k.to_json() for k in self.keys],
             "errors": [e.to_json() for e in self.errors],
         }
+
+    @classmethod
+    def from_json(cls, d: JSON) -> Inventory:
+        return cls(
+            snapshot_id=d["snapshot_id"], generation=int(d.get("generation", 0)),
+            collected_at=parse_rfc3339(d["collected_at"]), host_id=d.get("host_id"),
+            sshd=SshdSummary.from_json(d["sshd"]), keys=tuple(KeyRecord.from_json(k) for k in d.get("keys", ())),
+            errors=tuple(ScanError.from_json(e) for e in d.get("errors", ())),
+        )
 
 
 @dataclass(frozen=True)

@@ -61,8 +61,8 @@ def _flags(record: KeyRecord) -> str:
     return out or "-"
 
 
-HEADER = ("USER", "KIND", "TYPE", "BITS", "SHA256 FINGERPRINT", "RISK", "FLAG", "COMMENT", "WHERE")
-_WIDTHS = (9, 5, 10, 5, 43, 4, 4, 12)
+HEADER = ("USER", "KIND", "TYPE", "BITS", "SHA256 FINGERPRINT", "RISK", "FL", "COMMENT", "WHERE")
+_WIDTHS = (8, 5, 10, 5, 43, 4, 3, 10)
 
 
 def render_table(inventory: Inventory, *, width: int = 120, homes: dict[str, str] | None = None) -> str:
@@ -71,21 +71,21 @@ def render_table(inventory: Inventory, *, width: int = 120, homes: dict[str, str
     lines = [" ".join(_fit(h, w) for h, w in zip(HEADER, (*_WIDTHS, where_width), strict=True)).rstrip()]
     for r in inventory.keys:
         cells = (
-            _fit(r.user or "-", 9),
+            _fit(r.user or "-", 8),
             _fit(_KIND[r.kind], 5),
             _fit(keygen_short_type(r.type), 10),
             str(r.bits).rjust(4) + " ",
             _fit(r.fingerprint.removeprefix("SHA256:"), 43),
             str(r.risk.score).rjust(4),
-            _fit(_flags(r), 4),
-            _fit(r.comment or "", 12),
+            _fit(_flags(r), 3),
+            _fit(r.comment or "", 10),
             _fit(_where(r, homes), where_width, left=True),
         )
         lines.append(" ".join(cells).rstrip())
     lines.append("")
     lines.append(summary_line(inventory))
     if inventory.keys:
-        lines.append("FLAG: I ineffective (see --format json for why), E expired, P identity key without passphrase")
+        lines.append("FL: I ineffective (see --format json for why), E expired, P identity key without passphrase")
     for err in inventory.errors:
         where = f"{err.path}:{err.line}" if err.line else err.path
         lines.append(f"problem: {where}: {err.error}")

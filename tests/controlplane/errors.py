@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .http import Response
+from .messages import Response
 
 # Codes the contract names, plus plain names for the statuses it leaves open (5xx, 405).
 _DEFAULT_CODES = {

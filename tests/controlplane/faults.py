@@ -84,7 +84,9 @@ class Faults:
             if drop is not None:
                 drop.remaining -= 1
             else:
-                fail = next((r for r in self._fails if r.remaining > 0 and _matches(r.path_prefix, path)), None)
+                fail = next(
+                    (r for r in self._fails if r.remaining > 0 and _matches(r.path_prefix, path)), None
+                )
                 if fail is not None:
                     fail.remaining -= 1
             self._drops = [r for r in self._drops if r.remaining > 0]

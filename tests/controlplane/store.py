@@ -143,29 +143,46 @@ class Store:
         self, host_id: str, agent_id: str, machine_id: str, hostname: str, info: Any, now: float
     ) -> None:
         self._run(
-            "INSERT INTO hosts (host_id, agent_id, machine_id, hostname, info, enrolled_at) VALUES (?,?,?,?,?,?) "
+            "INSERT INTO hosts (host_id, agent_id, machine_id, hostname, info, enrolled_at) "
+            "VALUES (?,?,?,?,?,?) "
             "ON CONFLICT(host_id) DO UPDATE SET hostname = excluded.hostname, info = excluded.info",
-            host_id, agent_id, machine_id, hostname, _dumps(info), now,
+            host_id,
+            agent_id,
+            machine_id,
+            hostname,
+            _dumps(info),
+            now,
         )
 
     def delete_host(self, host_id: str) -> bool:
         return self._run("DELETE FROM hosts WHERE host_id = ?", host_id) > 0
 
     def set_heartbeat(self, host_id: str, body: Any, now: float) -> None:
-        self._run("UPDATE hosts SET heartbeat = ?, heartbeat_at = ? WHERE host_id = ?", _dumps(body), now, host_id)
+        self._run(
+            "UPDATE hosts SET heartbeat = ?, heartbeat_at = ? WHERE host_id = ?", _dumps(body), now, host_id
+        )
 
     def set_inventory(self, host_id: str, inventory: Any, now: float) -> None:
         self._run(
-            "UPDATE hosts SET inventory = ?, inventory_at = ? WHERE host_id = ?", _dumps(inventory), now, host_id
+            "UPDATE hosts SET inventory = ?, inventory_at = ? WHERE host_id = ?",
+            _dumps(inventory),
+            now,
+            host_id,
         )
 
-    # -- API keys and tokens --------------------------------------------------------------------------
+    # -- API keys and tokens ------------------------------------------------------------------------
     def add_api_key(
         self, key_id: str, key_hash: str, subject: str, role: str, host_id: str | None, now: float
     ) -> None:
         self._run(
-            "INSERT INTO api_keys (key_id, key_hash, subject, role, host_id, created_at) VALUES (?,?,?,?,?,?)",
-            key_id, key_hash, subject, role, host_id, now,
+            "INSERT INTO api_keys (key_id, key_hash, subject, role, host_id, created_at) "
+            "VALUES (?,?,?,?,?,?)",
+            key_id,
+            key_hash,
+            subject,
+            role,
+            host_id,
+            now,
         )
 
     def api_key_by_hash(self, key_hash: str) -> sqlite3.Row | None:
@@ -180,7 +197,14 @@ class Store:
         return self._run("UPDATE api_keys SET revoked = 1 WHERE subject = ? AND revoked = 0", subject)
 
     def add_token(self, jti: str, typ: str, subject: str, key_id: str, exp: int) -> None:
-        self._run("INSERT INTO tokens (jti, typ, subject, key_id, exp) VALUES (?,?,?,?,?)", jti, typ, subject, key_id, exp)
+        self._run(
+            "INSERT INTO tokens (jti, typ, subject, key_id, exp) VALUES (?,?,?,?,?)",
+            jti,
+            typ,
+            subject,
+            key_id,
+            exp,
+        )
 
     def token_revocation(self, jti: str) -> str | None:
         """None when the token is live; else why not ("unknown", "expired", "rotated")."""
@@ -195,28 +219,37 @@ class Store:
     def revoke_tokens_of_type(self, typ: str, reason: str) -> int:
         return self._run("UPDATE tokens SET revoked = ? WHERE typ = ? AND revoked IS NULL", reason, typ)
 
-    # -- events ----------------------------------------------------------------------------------------
+    # -- events -------------------------------------------------------------------------------------
     def event_seen(self, host_id: str, event_id: str) -> bool:
-        return self._one("SELECT 1 FROM events WHERE host_id = ? AND event_id = ?", host_id, event_id) is not None
+        return (
+            self._one("SELECT 1 FROM events WHERE host_id = ? AND event_id = ?", host_id, event_id)
+            is not None
+        )
 
     def add_event(self, host_id: str, event: dict[str, Any]) -> None:
-        self._run("INSERT INTO events (host_id, event_id, body) VALUES (?,?,?)", host_id, event["id"], _dumps(event))
+        self._run(
+            "INSERT INTO events (host_id, event_id, body) VALUES (?,?,?)", host_id, event["id"], _dumps(event)
+        )
 
     def add_duplicates(self, host_id: str, count: int) -> None:
         self._run(
             "INSERT INTO duplicates (host_id, count) VALUES (?, ?) "
             "ON CONFLICT(host_id) DO UPDATE SET count = count + excluded.count",
-            host_id, count,
+            host_id,
+            count,
         )
 
     def events(self, host_id: str) -> list[dict[str, Any]]:
-        return [json.loads(r["body"]) for r in self._all("SELECT body FROM events WHERE host_id = ? ORDER BY n", host_id)]
+        return [
+            json.loads(r["body"])
+            for r in self._all("SELECT body FROM events WHERE host_id = ? ORDER BY n", host_id)
+        ]
 
     def duplicate_count(self, host_id: str) -> int:
         row = self._one("SELECT count FROM duplicates WHERE host_id = ?", host_id)
         return int(row["count"]) if row else 0
 
-    # -- instructions ------------------------------------------------------------------------------------
+    # -- instructions -------------------------------------------------------------------------------
     @staticmethod
     def _instruction(row: sqlite3.Row | None) -> dict[str, Any] | None:
         if row is None:
@@ -234,57 +267,95 @@ class Store:
             "result_at": row["result_at"],
         }
 
-    def add_instruction(self, jti: str, host_id: str, kind: str, body: Any, jws: str, iat: int, exp: int) -> None:
+    def add_instruction(
+        self, jti: str, host_id: str, kind: str, body: Any, jws: str, iat: int, exp: int
+    ) -> None:
         self._run(
-            "INSERT INTO instructions (jti, host_id, kind, body, jws, iat, exp, status) VALUES (?,?,?,?,?,?,?,?)",
-            jti, host_id, kind, _dumps(body), jws, iat, exp, "pending",
+            "INSERT INTO instructions (jti, host_id, kind, body, jws, iat, exp, status) "
+            "VALUES (?,?,?,?,?,?,?,?)",
+            jti,
+            host_id,
+            kind,
+            _dumps(body),
+            jws,
+            iat,
+            exp,
+            "pending",
         )
 
     def instruction(self, jti: str) -> dict[str, Any] | None:
         return self._instruction(self._one("SELECT * FROM instructions WHERE jti = ?", jti))
 
     def pending_instructions(self, host_id: str) -> list[dict[str, Any]]:
-        rows = self._all("SELECT * FROM instructions WHERE host_id = ? AND status = 'pending' ORDER BY n", host_id)
+        rows = self._all(
+            "SELECT * FROM instructions WHERE host_id = ? AND status = 'pending' ORDER BY n", host_id
+        )
         return [i for i in map(self._instruction, rows) if i is not None]
 
     def set_instruction_result(self, jti: str, status: str, result: Any, now: float) -> None:
         n = self.next_counter("result_n")
         self._run(
             "UPDATE instructions SET status = ?, result = ?, result_at = ?, result_n = ? WHERE jti = ?",
-            status, _dumps(result), now, n, jti,
+            status,
+            _dumps(result),
+            now,
+            n,
+            jti,
         )
 
     def instruction_results(self) -> list[dict[str, Any]]:
         rows = self._all("SELECT * FROM instructions WHERE result IS NOT NULL ORDER BY result_n")
         return [i for i in map(self._instruction, rows) if i is not None]
 
-    # -- scans, rotations, ephemeral grants ------------------------------------------------------------------
+    # -- scans, rotations, ephemeral grants ---------------------------------------------------------
     def put_object(self, kind: str, object_id: str, host_id: str, doc: dict[str, Any]) -> None:
-        self._run("INSERT OR REPLACE INTO objects (kind, id, host_id, doc) VALUES (?,?,?,?)", kind, object_id, host_id, _dumps(doc))
+        self._run(
+            "INSERT OR REPLACE INTO objects (kind, id, host_id, doc) VALUES (?,?,?,?)",
+            kind,
+            object_id,
+            host_id,
+            _dumps(doc),
+        )
 
     def get_object(self, kind: str, object_id: str) -> dict[str, Any] | None:
         row = self._one("SELECT doc FROM objects WHERE kind = ? AND id = ?", kind, object_id)
         return None if row is None else dict(json.loads(row["doc"]))
 
-    # -- policies ---------------------------------------------------------------------------------------------
+    # -- policies -----------------------------------------------------------------------------------
     def policy(self, target: str) -> tuple[dict[str, Any], int] | None:
         row = self._one("SELECT body, version FROM policies WHERE target = ?", target)
         return None if row is None else (dict(json.loads(row["body"])), int(row["version"]))
 
     def set_policy(self, target: str, body: dict[str, Any], version: int) -> None:
-        self._run("INSERT OR REPLACE INTO policies (target, body, version) VALUES (?,?,?)", target, _dumps(body), version)
+        self._run(
+            "INSERT OR REPLACE INTO policies (target, body, version) VALUES (?,?,?)",
+            target,
+            _dumps(body),
+            version,
+        )
 
-    # -- idempotency --------------------------------------------------------------------------------------------
+    # -- idempotency --------------------------------------------------------------------------------
     def idempotent_answer(self, subject: str, key: str) -> tuple[str, int, Any, dict[str, str]] | None:
         row = self._one("SELECT * FROM idempotency WHERE subject = ? AND key = ?", subject, key)
         if row is None:
             return None
-        return str(row["fingerprint"]), int(row["status"]), _loads(row["body"]), dict(json.loads(row["headers"]))
+        return (
+            str(row["fingerprint"]),
+            int(row["status"]),
+            _loads(row["body"]),
+            dict(json.loads(row["headers"])),
+        )
 
     def save_idempotent_answer(
         self, subject: str, key: str, fingerprint: str, status: int, body: Any, headers: dict[str, str]
     ) -> None:
         self._run(
-            "INSERT OR REPLACE INTO idempotency (subject, key, fingerprint, status, body, headers) VALUES (?,?,?,?,?,?)",
-            subject, key, fingerprint, status, None if body is None else _dumps(body), _dumps(headers),
+            "INSERT OR REPLACE INTO idempotency (subject, key, fingerprint, status, body, headers) "
+            "VALUES (?,?,?,?,?,?)",
+            subject,
+            key,
+            fingerprint,
+            status,
+            None if body is None else _dumps(body),
+            _dumps(headers),
         )

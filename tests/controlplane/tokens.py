@@ -41,7 +41,9 @@ class TokenIssuer:
 
     def issue(self, typ: TokenType, sub: str, akid: str, now: float) -> tuple[str, TokenClaims]:
         ttl = self.access_ttl if typ == "access" else self.refresh_ttl
-        claims = TokenClaims(sub=sub, typ=typ, jti=new_id("tok", 12), iat=int(now), exp=int(now) + ttl, akid=akid)
+        claims = TokenClaims(
+            sub=sub, typ=typ, jti=new_id("tok", 12), iat=int(now), exp=int(now) + ttl, akid=akid
+        )
         token = jwt.encode(claims.__dict__, self._secret, algorithm="HS256")
         return token, claims
 

@@ -26,15 +26,28 @@ def test_error_from_contract_body() -> None:
         {"error": {"code": "RATE_LIMITED", "message": "Too many requests", "details": {"retry_after": 12}}}
     ).encode()
     err = error_from_response(429, body)
-    assert (err.code, err.message, err.details, err.status) == ("RATE_LIMITED", "Too many requests", {"retry_after": 12}, 429)
+    assert (err.code, err.message, err.details, err.status) == (
+        "RATE_LIMITED",
+        "Too many requests",
+        {"retry_after": 12},
+        429,
+    )
     assert isinstance(err, QcError)
 
 
 @pytest.mark.parametrize(
     ("status", "code"),
-    [(400, "VALIDATION_ERROR"), (401, "AUTH_INVALID"), (403, "AUTH_FORBIDDEN"), (404, "NOT_FOUND"),
-     (422, "VALIDATION_ERROR"), (429, "RATE_LIMITED"), (500, "SERVER_ERROR"), (503, "SERVER_ERROR"),
-     (409, "HTTP_ERROR")],
+    [
+        (400, "VALIDATION_ERROR"),
+        (401, "AUTH_INVALID"),
+        (403, "AUTH_FORBIDDEN"),
+        (404, "NOT_FOUND"),
+        (422, "VALIDATION_ERROR"),
+        (429, "RATE_LIMITED"),
+        (500, "SERVER_ERROR"),
+        (503, "SERVER_ERROR"),
+        (409, "HTTP_ERROR"),
+    ],
 )
 def test_error_code_follows_status_when_body_is_not_the_contract(status: int, code: str) -> None:
     err = error_from_response(status, b"<html>proxy error</html>")
@@ -48,8 +61,13 @@ def test_5xx_is_server_error_whatever_the_body_says() -> None:
 
 def test_error_scrubs_known_secrets_and_bounds_message() -> None:
     body = json.dumps(
-        {"error": {"code": "AUTH_INVALID", "message": "key sk_SECRET is bad" + "x" * 1000,
-                   "details": {"echo": ["sk_SECRET"], "n": 1}}}
+        {
+            "error": {
+                "code": "AUTH_INVALID",
+                "message": "key sk_SECRET is bad" + "x" * 1000,
+                "details": {"echo": ["sk_SECRET"], "n": 1},
+            }
+        }
     ).encode()
     err = error_from_response(401, body, ["sk_SECRET", ""])
     assert "sk_SECRET" not in str(err) and "sk_SECRET" not in repr(err)
@@ -74,9 +92,16 @@ def test_scrub_leaves_non_strings() -> None:
 
 @pytest.mark.parametrize(
     ("method", "path", "cls"),
-    [("GET", "/v1/hosts/h/instructions", "read"), ("POST", "/v1/hosts/h/events", "write"),
-     ("PUT", "/v1/hosts/h/inventory", "write"), ("PUT", "/v1/scans/scn_1/result", "scan"),
-     ("POST", "/v1/scans", "scan"), ("POST", "/v1/ephemeral", "ephemeral"), ("POST", "/v1/auth/token", "write")],
+    [
+        ("GET", "/v1/hosts/h/instructions", "read"),
+        ("POST", "/v1/hosts/h/events", "write"),
+        ("PUT", "/v1/hosts/h/inventory", "write"),
+        ("PUT", "/v1/scans/scn_1/result", "write"),
+        ("GET", "/v1/ephemeral/eph_1", "read"),
+        ("POST", "/v1/scans", "scan"),
+        ("POST", "/v1/ephemeral", "ephemeral"),
+        ("POST", "/v1/auth/token", "write"),
+    ],
 )
 def test_classify(method: str, path: str, cls: str) -> None:
     assert classify(method, path) == cls

@@ -46,7 +46,9 @@ class FakeClock:
 
 
 def make_jwt(exp: float, kind: str, n: int) -> str:
-    return jwt.encode({"exp": int(exp), "typ": kind, "n": n}, "test-signing-key-of-sufficient-length", algorithm="HS256")
+    return jwt.encode(
+        {"exp": int(exp), "typ": kind, "n": n}, "test-signing-key-of-sufficient-length", algorithm="HS256"
+    )
 
 
 @dataclass
@@ -56,6 +58,7 @@ class Seen:
     headers: httpx.Headers
     body: Any
     at: float
+    raw_path: str
 
 
 Handler = Callable[[httpx.Request, Any], httpx.Response | None]
@@ -121,8 +124,17 @@ class FakeServer:
         return httpx.Response(200, json=body)
 
     def handle(self, request: httpx.Request) -> httpx.Response:
-        body = json.loads(request.content) if request.content else None
-        self.seen.append(Seen(request.method, request.url.path, request.headers, body, self.clock.mono))
+        body: Any = json.loads(request.content) if request.content else None
+        self.seen.append(
+            Seen(
+                request.method,
+                request.url.path,
+                request.headers,
+                body,
+                self.clock.mono,
+                request.url.raw_path.decode(),
+            )
+        )
         for prefix, handlers in self.script.items():
             if request.url.path.startswith(prefix) and handlers:
                 answer = handlers.pop(0)(request, body)
@@ -140,7 +152,9 @@ class FakeServer:
         if path == "/v1/agents/enroll":
             if request.headers.get("Authorization") != f"Bearer {BOOTSTRAP}":
                 return error(401, "AUTH_INVALID", "bad bootstrap token")
-            return httpx.Response(201, json={"host_id": "hst_1", "agent_id": "agt_1", "api_key": self.api_key})
+            return httpx.Response(
+                201, json={"host_id": "hst_1", "agent_id": "agt_1", "api_key": self.api_key}
+            )
         auth = request.headers.get("Authorization", "")
         if not auth.startswith("Bearer ") or auth[7:] not in self.valid_access:
             return error(401, "AUTH_INVALID", "invalid access token")
@@ -153,7 +167,9 @@ class FakeServer:
         if path.endswith("/events"):
             for index, event in enumerate(body["events"]):
                 if event["id"] in self.bad_event_ids:
-                    return error(422, "VALIDATION_ERROR", "invalid event", {"index": index, "reason": "bad type"})
+                    return error(
+                        422, "VALIDATION_ERROR", "invalid event", {"index": index, "reason": "bad type"}
+                    )
             self.events.extend(body["events"])
             return httpx.Response(200, json={"accepted": len(body["events"]), "duplicates": 0})
         if path.endswith("/instructions"):

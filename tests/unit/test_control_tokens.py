@@ -20,7 +20,9 @@ def test_jwt_expiry_reads_exp_without_verifying() -> None:
 
 def test_token_set_prefers_jwt_exp_and_falls_back_to_expires_in() -> None:
     access = make_jwt(START + 300, "access", 1)
-    tokens = token_set_from_response({"access_token": access, "refresh_token": "r1", "expires_in": 900}, START)
+    tokens = token_set_from_response(
+        {"access_token": access, "refresh_token": "r1", "expires_in": 900}, START
+    )
     assert tokens.access_expires_at == START + 300
     opaque = token_set_from_response(
         {"access_token": "opaque", "expires_in": 60, "refresh_expires_in": 100}, START, previous_refresh="r0"
@@ -33,7 +35,9 @@ def test_token_set_prefers_jwt_exp_and_falls_back_to_expires_in() -> None:
 
 
 def test_token_set_repr_hides_tokens() -> None:
-    tokens = token_set_from_response({"access_token": "ACCESS_SECRET", "refresh_token": "REFRESH_SECRET"}, START)
+    tokens = token_set_from_response(
+        {"access_token": "ACCESS_SECRET", "refresh_token": "REFRESH_SECRET"}, START
+    )
     assert "SECRET" not in repr(tokens)
 
 
@@ -45,6 +49,7 @@ class FakeIssuer:
         self.refuse_key = False
         self.refuse_refresh = False
         self.n = 0
+        self.ttl = 900
         self.lock = threading.Lock()
 
     def post(self, path: str, body: Mapping[str, Any]) -> Mapping[str, Any]:
@@ -60,7 +65,7 @@ class FakeIssuer:
             self.n += 1
             n = self.n
         return {
-            "access_token": make_jwt(self.clock.wall + 900, "access", n),
+            "access_token": make_jwt(self.clock.wall + self.ttl, "access", n),
             "refresh_token": make_jwt(self.clock.wall + 604800, "refresh", n),
         }
 
@@ -133,7 +138,8 @@ def test_auth_invalid_pause_and_set_api_key_clears_it() -> None:
     manager.set_api_key("sk_new")
     issuer.refuse_key = False
     manager.access_token()
-    assert manager.state == "ok" and issuer.calls == ["/v1/auth/token", "/v1/auth/token"]
+    state: str = manager.state
+    assert state == "ok" and issuer.calls == ["/v1/auth/token", "/v1/auth/token"]
 
 
 def test_no_api_key_is_a_local_auth_error() -> None:
@@ -151,3 +157,17 @@ def test_manager_repr_and_secrets() -> None:
     token = manager.access_token()
     assert "sk_THE_KEY" not in repr(manager) and token not in repr(manager)
     assert "sk_THE_KEY" in manager.secrets() and token in manager.secrets()
+
+
+def test_short_lived_token_refreshes_at_half_life_not_every_call() -> None:
+    clock = FakeClock()
+    issuer = FakeIssuer(clock)
+    issuer.ttl = 10
+    manager = TokenManager("sk_key", issuer.post, clock=clock.time)
+    manager.access_token()
+    clock.advance(4)
+    manager.access_token()
+    assert issuer.calls == ["/v1/auth/token"]
+    clock.advance(1.5)
+    manager.access_token()
+    assert issuer.calls == ["/v1/auth/token", "/v1/auth/refresh"]

@@ -1,0 +1,146 @@
+"""The daemon's live view of the host: the last plan, per-file results and inventory.
+
+It reuses the scan's three steps (plan, read a target, assemble): a change to a user's file
+re-reads just that file; a change to sshd_config, an Included file, /etc/passwd or /etc/group
+re-plans (users and paths may have moved) and re-reads everything. Each update returns the
+contract changes against the previous state.
+"""
+
+from __future__ import annotations
+
+import posixpath
+import threading
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+from agent.host.safefs import HostFS
+from agent.host.scan import (
+    FileResult,
+    Plan,
+    ScanContext,
+    ScanSettings,
+    Target,
+    assemble,
+    read_target,
+    scan_host,
+    target_key,
+)
+from agent.host.users import UserSource
+from agent.inventory.diff import Change, diff_errors, diff_inventories, diff_keys
+from agent.inventory.model import Inventory
+
+USER_DATABASE = ("/etc/passwd", "/etc/group")
+
+
+@dataclass(frozen=True)
+class WatchSet:
+    files: frozenset[str]
+    dirs: frozenset[str]
+
+
+class LiveDiscovery:
+    """Thread-safe: the watcher thread and scheduler jobs both call in."""
+
+    def __init__(
+        self,
+        fs: HostFS,
+        users: UserSource,
+        settings: ScanSettings,
+        make_context: Callable[[], ScanContext],
+    ) -> None:
+        self._fs = fs
+        self._users = users
+        self._settings = settings
+        self._make_context = make_context
+        self._lock = threading.RLock()
+        self._plan: Plan | None = None
+        self._results: dict[str, FileResult] = {}
+        self._inventory: Inventory | None = None
+        self._by_path: dict[str, list[Target]] = {}
+        self.generation = 0
+
+    @property
+    def inventory(self) -> Inventory | None:
+        return self._inventory
+
+    def full_scan(self, previous: Inventory | None = None) -> list[Change]:
+        """Re-plan and re-read everything. `previous` (e.g. from the state store) is what the
+        changes are computed against when this is the first scan of the process."""
+        with self._lock:
+            ctx = self._next_context()
+            plan, results, inventory = scan_host(self._fs, self._users, self._settings, ctx)
+            before = self._inventory or previous
+            self._install(plan, results, inventory)
+            return diff_inventories(before, inventory)
+
+    def changed_paths(self, paths: Iterable[str]) -> list[Change]:
+        """Re-read only what `paths` (host paths from the watcher) can affect."""
+        paths = set(paths)
+        with self._lock:
+            if self._plan is None or self._needs_replan(paths):
+                return self.full_scan()
+            targets = self._targets_for(paths)
+            if not targets:
+                return []
+            ctx = self._next_context()
+            results = dict(self._results)
+            for target in targets:
+                results[target_key(target)] = read_target(self._fs, target, self._plan, ctx)
+            before = self._inventory
+            files_read = [t.path for t in self._plan.targets if results[target_key(t)].read]
+            self._install(self._plan, results, assemble(self._plan, results, ctx, files_read))
+            assert before is not None and self._inventory is not None
+            scope = {t.path for t in targets}
+            # Identity keys are reported under the file inside ~/.ssh, not the directory.
+            scope |= {
+                k.path for k in (*before.keys, *self._inventory.keys) if posixpath.dirname(k.path) in scope
+            }
+            changes = diff_keys(before.keys, self._inventory.keys, paths=scope)
+            changes += diff_errors(
+                [e for e in before.errors if e.path in scope],
+                [e for e in self._inventory.errors if e.path in scope],
+            )
+            return changes
+
+    def watch_set(self) -> WatchSet:
+        with self._lock:
+            if self._plan is None:
+                return WatchSet(frozenset(), frozenset())
+            files = {t.path for t in self._plan.targets if t.kind != "identity_dir"}
+            files |= set(self._plan.config_files) | set(USER_DATABASE)
+            dirs = {t.path for t in self._plan.targets if t.kind == "identity_dir"}
+            return WatchSet(frozenset(files), frozenset(dirs))
+
+    def _needs_replan(self, paths: set[str]) -> bool:
+        assert self._plan is not None
+        replan_files = set(self._plan.config_files) | set(USER_DATABASE)
+        if paths & replan_files:
+            return True
+        # A new file in an Include directory (sshd_config.d/*.conf) is not in config_files yet.
+        include_dirs = {posixpath.dirname(p) for p in self._plan.config_files}
+        return any(posixpath.dirname(p) in include_dirs and p.endswith(".conf") for p in paths)
+
+    def _targets_for(self, paths: set[str]) -> list[Target]:
+        out: dict[str, Target] = {}
+        for path in paths:
+            for target in self._by_path.get(path, ()):
+                out[target_key(target)] = target
+            for target in self._by_path.get(posixpath.dirname(path), ()):
+                if target.kind == "identity_dir":
+                    out[target_key(target)] = target
+        return list(out.values())
+
+    def _next_context(self) -> ScanContext:
+        self.generation += 1
+        ctx = self._make_context()
+        ctx.generation = self.generation
+        return ctx
+
+    def _install(self, plan: Plan, results: dict[str, FileResult], inventory: Inventory) -> None:
+        self._plan = plan
+        self._results = results
+        by_path: dict[str, list[Target]] = {}
+        for target in plan.targets:
+            by_path.setdefault(target.path, []).append(target)
+        self._by_path = by_path
+        self._inventory = inventory

@@ -1,0 +1,449 @@
+"""The daemon: wiring of discovery, watcher, outbox, sender, scheduler and systemd.
+
+Threads (bounded, whatever the number of users): main (signals), the watcher's reader,
+dispatcher and poller, the sender, APScheduler's scheduler thread and a pool of two job
+workers, and the usage-log follower — at most 9.
+
+Every change goes the same way: watcher -> LiveDiscovery (re-read the changed files, diff)
+-> events -> outbox (durable) -> sender (woken at once) -> control plane, or the log in
+standalone mode. Scheduled jobs are the safety nets and the server conversation.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import signal
+import threading
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from apscheduler.executors.pool import ThreadPoolExecutor
+from apscheduler.schedulers.background import BackgroundScheduler
+from apscheduler.triggers.interval import IntervalTrigger
+
+from agent import __version__
+from agent.commands.scan import local_zone, open_host, policy_from, settings_from, sshd_version
+from agent.config import Config, ConfigError, load_config
+from agent.daemon.discovery import LiveDiscovery
+from agent.daemon.notify import Notifier
+from agent.daemon.sender import LogDestination, Sender
+from agent.daemon.server_link import ServerLink
+from agent.daemon.watcher import Watcher
+from agent.host.scan import ScanContext
+from agent.inventory.diff import Change, to_events
+from agent.inventory.evaluate import Policy
+from agent.inventory.model import Inventory, rfc3339
+from agent.store.db import Database, open_database
+from agent.store.outbox import Outbox
+from agent.store.state import StateStore
+
+log = logging.getLogger("sshklm.daemon")
+
+STATUS_EVERY_S = 10.0
+
+
+class Daemon:
+    def __init__(
+        self,
+        config: Config,
+        *,
+        root: str | None = None,
+        config_path: str | None = None,
+        notifier: Notifier | None = None,
+        rng: random.Random | None = None,
+        install_signals: bool = True,
+    ) -> None:
+        self.config = config
+        self.root = root
+        self.config_path = config_path
+        self.notifier = notifier or Notifier()
+        self.rng = rng or random.Random()
+        self.install_signals = install_signals
+        self.started_at = datetime.now(UTC)
+        self._stop = threading.Event()
+        self._reload = threading.Event()
+        self._emit_lock = threading.Lock()
+        self.last_error: str | None = None
+        self.last_scan_at: datetime | None = None
+        self.policy: Policy = policy_from(config)
+        self._first_seen: dict[tuple[str, str | None, str], datetime] = {}
+        self._last_used: dict[tuple[str, str | None], datetime] = {}
+        self._managed: dict[tuple[str, str | None, str], tuple[str, datetime | None]] = {}
+        self._sshd_version: str | None = None
+        self.db: Database | None = None
+        self.watcher: Watcher | None = None
+        self.sender: Sender | None = None
+        self.scheduler: BackgroundScheduler | None = None
+        self.link: ServerLink | None = None
+        self.extensions: list[Any] = []  # instruction applier, usage follower: started and stopped with us
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def start(self) -> None:
+        cfg = self.config
+        self.db = open_database(cfg.state.dir)
+        self.store = StateStore(self.db)
+        self.outbox = Outbox(self.db)
+        self._first_seen = dict(self.store.first_seen_map())
+        self._last_used = dict(self.store.last_used_map())
+        self._sshd_version = None if self.root else sshd_version(cfg.discovery.sshd_binary)
+        fs, users = open_host(cfg, self.root)
+        self.fs, self.users = fs, users
+        self.discovery = LiveDiscovery(fs, users, settings_from(cfg), self._context)
+        previous = self._load_previous()
+        self._emit(self.discovery.full_scan(previous))
+        self._after_scan(full=True)
+        if cfg.server.url:
+            self.link = ServerLink(self, cfg)
+            destination: Any = self.link
+        else:
+            log.info("standalone mode (no server.url): changes are logged, nothing is sent")
+            destination = LogDestination()
+        self.sender = Sender(self.outbox, destination, rng=self.rng, on_error=self._note_error)
+        self.sender.start()
+        if cfg.watch.enabled:
+            self.watcher = Watcher(
+                on_changes=self._on_changes,
+                on_rescan=self._on_rescan,
+                debounce_s=cfg.watch.debounce_ms / 1000.0,
+                poll_interval_s=cfg.watch.poll_interval_s,
+                root=self.root or "/",
+            )
+            self._update_watch_targets()
+            self.watcher.start()
+        self.scheduler = self._build_scheduler()
+        self.scheduler.start()
+        for ext in self.extensions:
+            ext.start()
+        self.sender.wake()
+        self.publish_status()
+        self.notifier.ready(self.status_line())
+        log.info("agent %s ready: %s", __version__, self.status_line())
+
+    def run(self) -> int:
+        if self.install_signals:
+            signal.signal(signal.SIGTERM, lambda *_: self._stop.set())
+            signal.signal(signal.SIGINT, lambda *_: self._stop.set())
+            signal.signal(signal.SIGHUP, lambda *_: self._reload.set())
+        self.start()
+        while not self._stop.is_set():
+            self._stop.wait(0.5)
+            if self._reload.is_set():
+                self._reload.clear()
+                self.reload()
+        self.stop()
+        return 0
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    def stop(self) -> None:
+        self.notifier.stopping()
+        log.info("stopping")
+        # Each part gets a bounded wait so the whole stop stays well inside systemd's 10 s.
+        if self.scheduler is not None and self.scheduler.running:
+            self.scheduler.shutdown(wait=False)
+        if self.watcher is not None:
+            self.watcher.stop(2.0)
+        for ext in self.extensions:
+            ext.stop()
+        if self.sender is not None:
+            self.sender.stop(3.0)
+        self.publish_status(running=False)
+        if self.link is not None:
+            self.link.close()
+        if self.db is not None:
+            self.db.close()
+
+    def reload(self) -> None:
+        """SIGHUP: re-read the configuration; a bad one keeps the old and says why."""
+        self.notifier.reloading()
+        try:
+            new, _ = load_config(self.config_path)
+        except ConfigError as exc:
+            self._note_error("reload refused, keeping the running configuration: " + "; ".join(exc.problems))
+            log.error("%s", self.last_error)
+            self.notifier.ready(self.status_line())
+            return
+        self.config = new
+        self.policy = policy_from(new)
+        logging.getLogger().setLevel(new.logging.level.upper())
+        self.discovery = LiveDiscovery(self.fs, self.users, settings_from(new), self._context)
+        previous = None
+        with self._emit_lock:
+            previous = self._current_inventory
+        self._emit(self.discovery.full_scan(previous))
+        self._after_scan(full=True)
+        if self.scheduler is not None:
+            self._schedule_jobs(self.scheduler, first_delay=0.0)
+        log.info("configuration reloaded")
+        self.notifier.ready(self.status_line())
+
+    # -- discovery and events --------------------------------------------------------------
+
+    @property
+    def _current_inventory(self) -> Inventory | None:
+        return self.discovery.inventory
+
+    def _context(self) -> ScanContext:
+        return ScanContext(
+            now=datetime.now(UTC),
+            local_tz=local_zone(),
+            host_id=self.host_id,
+            sshd_version=self._sshd_version,
+            policy=self.policy,
+            first_seen=self._first_seen,
+            last_used=self._last_used,
+            managed=self._managed,
+        )
+
+    @property
+    def host_id(self) -> str | None:
+        return self.link.host_id if self.link is not None else None
+
+    def _load_previous(self) -> Inventory | None:
+        data = self.store.load_inventory()
+        if not data:
+            return None
+        try:
+            return Inventory.from_json(data)
+        except (KeyError, TypeError, ValueError):
+            log.warning("saved inventory unreadable; starting without a baseline")
+            return None
+
+    def _on_changes(self, paths: set[str]) -> None:
+        changes = self.discovery.changed_paths(paths)
+        self._emit(changes)
+        self._after_scan(full=False)
+
+    def _on_rescan(self, reason: str) -> None:
+        log.warning("full rescan: %s", reason)
+        self.rescan()
+
+    def rescan(self) -> None:
+        self._emit(self.discovery.full_scan())
+        self._after_scan(full=True)
+
+    def _after_scan(self, *, full: bool) -> None:
+        self.last_scan_at = datetime.now(UTC)
+        inventory = self.discovery.inventory
+        if inventory is None:
+            return
+        new_seen = [k.identity[3:] + k.identity[1:3] for k in ()]  # placeholder for typing clarity
+        del new_seen
+        fresh = [
+            (k.fingerprint, k.user, k.path)
+            for k in inventory.keys
+            if (k.fingerprint, k.user, k.path) not in self._first_seen
+        ]
+        if fresh:
+            now = datetime.now(UTC)
+            self.store.record_seen(fresh, now)
+            for ident in fresh:
+                self._first_seen[ident] = now
+        if full:
+            self.store.save_inventory(inventory.to_json())
+            if self.watcher is not None:
+                self._update_watch_targets()
+
+    def _update_watch_targets(self) -> None:
+        if self.watcher is None:
+            return
+        ws = self.discovery.watch_set()
+        self.watcher.set_targets(ws.files, ws.dirs)
+
+    def _emit(self, changes: Sequence[Change]) -> None:
+        """Changes -> events -> outbox (durable before anything is sent) -> wake the sender."""
+        if not changes:
+            return
+        self._changed_since_report = True
+        events = to_events(changes, at=datetime.now(UTC), new_id=lambda: str(uuid.uuid4()))
+        with self._emit_lock:
+            self.outbox.append([e.to_json() for e in events])
+            self.outbox.collapse_if_over(
+                self.config.state.outbox_max_events,
+                lambda dropped: {"reason": "outbox bound", "dropped": dropped},
+            )
+        if self.sender is not None:
+            self.sender.wake()
+
+    def emit_events(self, events: Sequence[dict[str, Any]]) -> None:
+        """For other parts (usage follower, instruction applier) that build their own events."""
+        with self._emit_lock:
+            self.outbox.append(list(events))
+        if self.sender is not None:
+            self.sender.wake()
+
+    def note_managed(
+        self, fingerprint: str, user: str | None, path: str, managed_by: str, expires_at: datetime | None
+    ) -> None:
+        self._managed[(fingerprint, user, path)] = (managed_by, expires_at)
+
+    def note_used(self, fingerprint: str, user: str | None, at: datetime) -> None:
+        self._last_used[(fingerprint, user)] = at
+        self.store.record_used(fingerprint, user, at)
+
+    def _note_error(self, message: str) -> None:
+        self.last_error = f"{rfc3339(datetime.now(UTC))} {message}"
+
+    _changed_since_report = True
+
+    # -- scheduling ------------------------------------------------------------------------
+
+    def _build_scheduler(self) -> BackgroundScheduler:
+        scheduler = BackgroundScheduler(
+            timezone=UTC,
+            executors={"default": ThreadPoolExecutor(max_workers=2)},
+            job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": 60},
+        )
+        splay = self.rng.uniform(0, self.config.schedule.startup_splay_s)
+        self._schedule_jobs(scheduler, first_delay=splay)
+        return scheduler
+
+    def _interval(self, seconds: float) -> IntervalTrigger:
+        jitter = seconds * self.config.schedule.jitter
+        return IntervalTrigger(seconds=seconds, jitter=jitter or None, timezone=UTC)
+
+    def _schedule_jobs(self, scheduler: BackgroundScheduler, *, first_delay: float) -> None:
+        s = self.config.schedule
+        now = datetime.now(UTC)
+        first_contact = now + timedelta(seconds=first_delay)
+
+        def add(job_id: str, fn: Callable[[], None], seconds: float, first: datetime | None) -> None:
+            scheduler.add_job(
+                self._guard(job_id, fn),
+                self._interval(seconds),
+                id=job_id,
+                name=job_id,
+                replace_existing=True,
+                next_run_time=first,
+            )
+
+        add("rescan", self.rescan, s.rescan_s, None)
+        add("status", self.publish_status, STATUS_EVERY_S, now + timedelta(seconds=STATUS_EVERY_S))
+        if self.link is not None:
+            add("heartbeat", self.link.heartbeat, self.link.heartbeat_interval(s.heartbeat_s), first_contact)
+            add(
+                "full_report",
+                self.link.report_if_changed,
+                s.full_report_s,
+                first_contact + timedelta(seconds=1),
+            )
+            add("token_refresh", self.link.refresh_token, 60.0, first_contact + timedelta(seconds=2))
+        for ext in self.extensions:
+            for job_id, fn, seconds, first in getattr(ext, "jobs", lambda: [])():
+                add(job_id, fn, seconds, first)
+        interval = self.notifier.watchdog_interval()
+        if interval:
+            # Half the watchdog interval, no jitter: a late ping restarts the agent.
+            scheduler.add_job(
+                self._watchdog_tick,
+                IntervalTrigger(seconds=max(interval / 2, 0.5), timezone=UTC),
+                id="watchdog",
+                replace_existing=True,
+                next_run_time=now,
+            )
+
+    def reschedule(self, job_id: str, seconds: float) -> None:
+        if self.scheduler is not None and self.scheduler.get_job(job_id) is not None:
+            self.scheduler.reschedule_job(job_id, trigger=self._interval(seconds))
+
+    def _guard(self, job_id: str, fn: Callable[[], None]) -> Callable[[], None]:
+        """A job that raises is logged and runs again at its next time; the scheduler lives on."""
+
+        def run() -> None:
+            try:
+                fn()
+            except Exception as exc:
+                self._note_error(f"job {job_id} failed: {type(exc).__name__}: {exc}")
+                log.exception("job %s failed", job_id)
+
+        run.__name__ = job_id
+        return run
+
+    def healthy(self) -> tuple[bool, str]:
+        if self.watcher is not None and not self.watcher.is_alive():
+            return False, "watcher thread died"
+        if self.sender is not None and not self.sender.is_alive():
+            return False, "sender thread died"
+        if self.scheduler is None or not self.scheduler.running:
+            return False, "scheduler stopped"
+        return True, "ok"
+
+    def _watchdog_tick(self) -> None:
+        ok, why = self.healthy()
+        if ok:
+            self.notifier.watchdog()
+        else:
+            # No ping: systemd's WatchdogSec restarts us, which is the cure for a dead thread.
+            log.error("health check failed (%s); withholding the watchdog ping", why)
+
+    # -- status ----------------------------------------------------------------------------
+
+    def status(self, *, running: bool = True) -> dict[str, Any]:
+        inventory = self.discovery.inventory if hasattr(self, "discovery") else None
+        watch: dict[str, Any] = {}
+        if self.watcher is not None:
+            stats = self.watcher.stats()
+            watch = {k: v for k, v in vars(stats).items()} if hasattr(stats, "__dict__") else {}
+            if not watch and hasattr(stats, "_asdict"):
+                watch = stats._asdict()
+        next_jobs: dict[str, str | None] = {}
+        if self.scheduler is not None and self.scheduler.running:
+            for job in self.scheduler.get_jobs():
+                next_jobs[job.id] = rfc3339(job.next_run_time) if job.next_run_time else None
+        link = self.link.status() if self.link is not None else {}
+        return {
+            "running": running,
+            "pid": os.getpid(),
+            "version": __version__,
+            "mode": "enrolled" if self.link is not None else "standalone",
+            "started_at": rfc3339(self.started_at),
+            "updated_at": rfc3339(datetime.now(UTC)),
+            "last_scan_at": rfc3339(self.last_scan_at),
+            "keys": len(inventory.keys) if inventory else 0,
+            "problems": len(inventory.errors) if inventory else 0,
+            "outbox": self.outbox.depth() if self.db is not None else None,
+            "watch": _jsonable(watch),
+            "last_error": self.last_error,
+            "next_jobs": next_jobs,
+            **link,
+        }
+
+    def publish_status(self, running: bool = True) -> None:
+        status = self.status(running=running)
+        self.store.set_status(status)
+        self.notifier.status(self.status_line(status))
+
+    def status_line(self, status: dict[str, Any] | None = None) -> str:
+        st = status or self.status()
+        watch = st.get("watch") or {}
+        watched = watch.get("targets_inotify", 0) + watch.get("targets_polled", 0) if watch else 0
+        parts = [f"{watched} files watched", f"{st['keys']} keys", f"outbox {st['outbox']}"]
+        if st.get("last_report_at"):
+            parts.append(f"last report {st['last_report_at']}")
+        if st.get("last_error"):
+            parts.append(f"last error: {st['last_error']}")
+        return "; ".join(parts)
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple | set | frozenset):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, str | int | float | bool) or value is None:
+        return value
+    return str(value)
+
+
+def uptime_s(started: datetime) -> int:
+    return int((datetime.now(UTC) - started).total_seconds())
+
+
+_ = time  # time is used by tests that monkeypatch the module clock

@@ -1,0 +1,838 @@
+"""The change watcher: tells the daemon which discovery inputs may have changed.
+
+Design (copied into docs/architecture.md)
+-----------------------------------------
+*What is watched.* The daemon gives host paths of **target files** (authorized keys files wherever
+sshd_config puts them, host keys, sshd_config and its Included files, /etc/passwd, /etc/group) and
+**target directories** (``~/.ssh``: every entry in it is a target, for identity keys). The watcher
+watches **directories, never files, non-recursively**: for each directory D that holds targets it
+watches D (content events, and D's own attribute/delete/move events) and parent(D) (so that D being
+removed, replaced, renamed or re-created is seen as an event on a name, e.g. ``rm -rf ~/.ssh; mkdir
+~/.ssh``). A directory that does not exist yet is *anchored* at its nearest existing ancestor: a home
+created after ``set_targets`` shows up as IN_CREATE in ``/home`` and the chain is re-planned. Watches
+are deduplicated and reference-counted (all of a user's files cost two watches: home + ``~/.ssh``).
+Events on names are mapped back to target paths; events on other names (``.bash_history``) are dropped.
+Editors' atomic saves and ``sed -i`` arrive as IN_MOVED_TO on the target's name, vim's backup dance
+as moves/creates, append as IN_MODIFY/IN_CLOSE_WRITE, chmod/chown as IN_ATTRIB.
+The mask has no IN_OPEN/IN_ACCESS/IN_CLOSE_NOWRITE (reads of watched homes would flood the queue).
+Directory watches follow symlinks (as sshd does), so a symlinked ``~/.ssh`` is watched where it points.
+
+*New users.* /etc/passwd is itself a target: the daemon re-reads users on its change and calls
+``set_targets`` again. If the new home does not exist yet at that moment, the anchor on ``/home``
+(its nearest existing ancestor) reports it when it appears. ``set_targets`` never loses events:
+new watches are added before unneeded ones are removed. Call it *before* scanning what it targets.
+
+*Why watchdog's inotify layer and not its Observer.* watchdog's ``Observer`` starts one emitter thread
+per scheduled path: 10,000 users = 10,000 threads and ~230 MB, past systemd's default TasksMax.
+So the watcher uses watchdog's lower layer, ``watchdog.observers.inotify_c``: ONE ``InotifyFD``
+(one inotify descriptor, one reader thread, many watches with callbacks, IN_IGNORED book-keeping and
+an overflow callback) plus its ``InotifyConstants``. The watcher adds one dispatch thread (maps
+events to targets, debounces per file, calls back) and one poller thread: 3 threads at any scale.
+
+*Losing track.* IN_Q_OVERFLOW (watchdog's Observer only logs it) -> ``on_rescan("inotify queue
+overflow")`` and every watch is re-verified. A watch whose directory was removed is re-planned at
+once; every ``poll_interval_s`` the poller also re-stats each watched directory and re-plans the ones
+whose inode changed (e.g. a renamed ancestor, which inotify does not report to the child's watch).
+
+*Polling fallback.* Directories on network or user-space filesystems (NFS, CIFS/SMB, FUSE, 9p, Ceph...,
+by the fs type of the longest matching mount in /proc/self/mountinfo: inotify does not see other
+clients' changes) and directories whose watch could not be added (ENOSPC: the
+``fs.inotify.max_user_watches`` limit) are polled by one thread every ``poll_interval_s``: lstat
+signatures of the target files, of D and of parent(D), and D's listing for target directories.
+``stats()`` says how many targets are polled and why.
+
+*Callbacks.* ``on_changes(paths)`` and ``on_rescan(reason)`` are called from the dispatch thread only,
+never with the watcher's lock held (so they may call ``set_targets``). An exception in them is logged
+(type and location only: messages may carry data) and the thread continues. ``is_alive()`` is False
+as soon as any of the three threads has died.
+For a target directory, ``on_changes`` may contain the directory path itself: rescan all of it.
+
+*Limits.* A target that is a symlink is reported when the link or its directory changes, not when the
+file it points to changes in another directory (the daemon may add the resolved path as a target).
+A user can point ``~/.ssh`` at a busy directory; events there cost a dictionary lookup each.
+"""
+
+from __future__ import annotations
+
+import errno
+import functools
+import logging
+import os
+import posixpath
+import queue
+import stat
+import threading
+import time
+import traceback
+from bisect import bisect_left
+from collections import Counter
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+from watchdog.observers.inotify_c import (
+    CallbackId,
+    InotifyConstants,
+    InotifyEvent,
+    InotifyFD,
+    Mask,
+    WatchCallback,
+    WatchDescriptor,
+)
+
+from agent.daemon.debounce import Debouncer
+
+logger = logging.getLogger(__name__)
+
+_C = InotifyConstants
+
+# Content, existence, mode and owner changes of names in a directory and of the directory itself.
+# Deliberately without IN_OPEN, IN_ACCESS and IN_CLOSE_NOWRITE.
+WATCH_MASK = Mask(
+    _C.IN_MODIFY
+    | _C.IN_ATTRIB
+    | _C.IN_CLOSE_WRITE
+    | _C.IN_MOVED_FROM
+    | _C.IN_MOVED_TO
+    | _C.IN_CREATE
+    | _C.IN_DELETE
+    | _C.IN_DELETE_SELF
+    | _C.IN_MOVE_SELF
+    | _C.IN_ONLYDIR
+    | _C.IN_EXCL_UNLINK
+)
+_STRUCTURAL = _C.IN_CREATE | _C.IN_DELETE | _C.IN_MOVED_FROM | _C.IN_MOVED_TO
+_SELF_GONE = _C.IN_DELETE_SELF | _C.IN_MOVE_SELF | _C.IN_UNMOUNT
+
+# Filesystems whose changes by other hosts (or by a user-space server) inotify does not see.
+NETWORK_FSTYPES = frozenset(
+    {
+        "nfs", "nfs4", "cifs", "smb3", "smbfs", "ncpfs", "afs", "9p", "ceph", "glusterfs", "lustre",
+        "gpfs", "davfs", "virtiofs", "gfs2", "ocfs2", "fuse", "fuseblk", "sshfs",
+    }
+)  # fmt: skip
+
+REASON_WATCH_LIMIT = "inotify watch limit reached (ENOSPC)"
+REASON_OVERFLOW = "inotify queue overflow"
+
+
+def is_network_fstype(fstype: str) -> bool:
+    return fstype in NETWORK_FSTYPES or fstype.startswith("fuse.")
+
+
+# --------------------------------------------------------------------------- pure helpers
+
+
+@dataclass(frozen=True)
+class Mount:
+    mount_point: str
+    fstype: str
+
+
+def _unescape_mountinfo(field_text: str) -> str:
+    # The kernel escapes space, tab, newline and backslash in mountinfo as \ooo octal.
+    out: list[str] = []
+    i = 0
+    while i < len(field_text):
+        chunk = field_text[i : i + 4]
+        if len(chunk) == 4 and chunk[0] == "\\" and all(c in "01234567" for c in chunk[1:]):
+            out.append(chr(int(chunk[1:], 8)))
+            i += 4
+        else:
+            out.append(field_text[i])
+            i += 1
+    return "".join(out)
+
+
+def parse_mountinfo(text: str) -> list[Mount]:
+    """Mount points and fs types from /proc/self/mountinfo text, in file order."""
+    mounts: list[Mount] = []
+    for line in text.splitlines():
+        fields = line.split(" ")
+        try:
+            sep = fields.index("-", 6)
+            mounts.append(Mount(_unescape_mountinfo(fields[4]), fields[sep + 1]))
+        except (ValueError, IndexError):
+            continue  # malformed line: skip rather than fail the watcher
+    return mounts
+
+
+def fstype_of(path: str, mounts: Iterable[Mount]) -> str | None:
+    """Fs type of the longest mount point containing ``path`` (later mounts shadow earlier ones)."""
+    best: Mount | None = None
+    for mount in mounts:
+        mp = mount.mount_point
+        inside = path == mp or mp == "/" or path.startswith(mp.rstrip("/") + "/")
+        if inside and (best is None or len(mp) >= len(best.mount_point)):
+            best = mount
+    return best.fstype if best is not None else None
+
+
+def normalize_host_path(path: str) -> str:
+    if not path.startswith("/"):
+        raise ValueError(f"target path must be absolute: {path!r}")
+    norm = posixpath.normpath(path)
+    return "/" + norm.lstrip("/")
+
+
+def parent_of(path: str) -> str:
+    return posixpath.dirname(path) if path != "/" else "/"
+
+
+def _join(parent: str, name: str) -> str:
+    return parent + name if parent == "/" else parent + "/" + name
+
+
+Signature = tuple[int, ...]
+
+
+def file_signature(st: os.stat_result) -> Signature:
+    return (
+        st.st_mode,
+        st.st_uid,
+        st.st_gid,
+        st.st_size,
+        st.st_mtime_ns,
+        st.st_ctime_ns,
+        st.st_ino,
+        st.st_dev,
+    )
+
+
+def dir_signature(st: os.stat_result) -> Signature:
+    # Without times: a directory's mtime moves with every file created in a home.
+    return (st.st_mode, st.st_uid, st.st_gid, st.st_ino, st.st_dev)
+
+
+# --------------------------------------------------------------------------- inotify backend
+
+
+class InotifyBackend:
+    """The one inotify descriptor and its reader thread: watchdog's ``InotifyFD``.
+
+    A seam: tests subclass it to make ``add`` fail (ENOSPC) or to feed synthetic events.
+    """
+
+    def __init__(self) -> None:
+        self.fd = InotifyFD()
+        self.fd.name = "sshklm-watch-inotify"
+
+    def add(self, path: bytes, mask: Mask, callback: WatchCallback, id_: CallbackId) -> WatchDescriptor:
+        wd = self.fd.add_callback(path, mask, callback, id_)
+        if wd == -1:  # watchdog swallows EACCES and returns wd -1
+            self.fd.remove_callbacks([(wd, id_)])
+            raise OSError(errno.EACCES, os.strerror(errno.EACCES))
+        return wd
+
+    def remove(self, wd: WatchDescriptor, id_: CallbackId) -> None:
+        self.fd.remove_callbacks([(wd, id_)])
+
+    def start(self) -> None:
+        self.fd.start()
+
+    def stop(self, timeout: float) -> None:
+        self.fd.stop()
+        if self.fd.ident is not None:
+            self.fd.join(timeout)
+
+    def is_alive(self) -> bool:
+        return self.fd.is_alive()
+
+
+# --------------------------------------------------------------------------- queue items
+
+
+@dataclass(frozen=True, slots=True)
+class _Event:
+    wd: int
+    mask: int
+    name: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class _Gone:
+    wd: int
+
+
+@dataclass(frozen=True, slots=True)
+class _Overflow:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class _Dirty:
+    paths: frozenset[str]
+
+
+@dataclass(frozen=True, slots=True)
+class _Replan:
+    points: frozenset[str]  # watch points whose identity changed
+    dirs: frozenset[str]  # anchored dirs that now exist
+
+
+_Item = _Event | _Gone | _Overflow | _Dirty | _Replan | None  # None: stop
+
+
+class _Sink:
+    """The one watchdog callback object of the watcher: it only enqueues, so it never raises in
+    watchdog's reader thread. One object for all watches, because watchdog calls
+    ``on_queue_overflow`` once per distinct callback object."""
+
+    __slots__ = ("_queue",)
+
+    def __init__(self, sink: queue.SimpleQueue[_Item]) -> None:
+        self._queue = sink
+
+    def on_event(self, event: InotifyEvent) -> None:
+        self._queue.put(_Event(event.wd, event.mask, event.name))
+
+    def on_watch_deleted(self, wd: WatchDescriptor) -> None:
+        self._queue.put(_Gone(wd))
+
+    def on_queue_overflow(self) -> None:
+        self._queue.put(_Overflow())
+
+
+# --------------------------------------------------------------------------- state
+
+
+@dataclass(slots=True)
+class _Point:
+    """One inotify watch on a directory (host path), shared by the dirs that need it."""
+
+    path: str
+    wd: int | None
+    id_: int
+    ident: tuple[int, int] | None  # (st_dev, st_ino) when added: the audit compares it
+    users: set[str] = field(default_factory=set)
+
+
+@dataclass(slots=True)
+class _DirState:
+    mode: str  # "inotify" | "poll"
+    points: tuple[str, ...] = ()
+    anchored: bool = False  # the dir does not exist; points[0] is its nearest existing ancestor
+    reason: str | None = None
+    snapshot: dict[str, Signature | None] | None = None  # last poll (poll mode only)
+
+
+@dataclass(frozen=True)
+class WatchStats:
+    targets_inotify: int  # target files and target dirs covered by inotify
+    targets_polled: int
+    dirs_inotify: int  # directories holding targets, covered by inotify
+    dirs_polled: int
+    watches: int  # live inotify watches
+    overflows: int
+    polling_reasons: dict[str, int]  # reason -> number of targets polled for it
+    threads: int  # live threads of the watcher
+
+
+# --------------------------------------------------------------------------- the watcher
+
+
+class Watcher:
+    """Watches target files and directories; see the module docstring."""
+
+    def __init__(
+        self,
+        *,
+        on_changes: Callable[[set[str]], None],
+        on_rescan: Callable[[str], None],
+        debounce_s: float = 0.25,
+        max_delay_s: float = 5.0,
+        poll_interval_s: float = 30.0,
+        clock: Callable[[], float] = time.monotonic,
+        root: str = "/",
+        inotify_factory: Callable[[], InotifyBackend] = InotifyBackend,
+        read_mountinfo: Callable[[], str] | None = None,
+    ) -> None:
+        self._on_changes = on_changes
+        self._on_rescan = on_rescan
+        self._clock = clock
+        self._root = os.path.abspath(root)
+        self._poll_interval = poll_interval_s
+        self._debouncer: Debouncer[str] = Debouncer(debounce_s, max(max_delay_s, debounce_s))
+        self._read_mountinfo = read_mountinfo or _read_proc_mountinfo
+        self._mounts: list[Mount] = []
+
+        self._lock = threading.Lock()
+        self._queue: queue.SimpleQueue[_Item] = queue.SimpleQueue()
+        self._stopping = threading.Event()
+        self._sink = _Sink(self._queue)
+
+        self._inotify = inotify_factory()
+        self._dispatch_thread = threading.Thread(
+            target=self._dispatch_loop, name="sshklm-watch-dispatch", daemon=True
+        )
+        self._poll_thread = threading.Thread(target=self._poll_loop, name="sshklm-watch-poll", daemon=True)
+        self._started = False
+
+        self._files: frozenset[str] = frozenset()
+        self._dir_targets: frozenset[str] = frozenset()
+        self._sorted_targets: list[str] = []
+        self._dirs: dict[str, _DirState] = {}
+        self._points: dict[str, _Point] = {}
+        self._wd_points: dict[int, set[str]] = {}  # one inode may be watched under several paths
+        self._next_id = 0
+        self._overflows = 0
+
+    # ------------------------------------------------------------------ public API
+
+    def set_targets(self, files: Iterable[str], dirs: Iterable[str] = ()) -> None:
+        """Replace the set of targets (absolute host paths). Adds watches before removing old ones."""
+        new_files = frozenset(normalize_host_path(p) for p in files)
+        new_dirs = frozenset(normalize_host_path(p) for p in dirs)
+        needed: Counter[str] = Counter(parent_of(f) for f in new_files)
+        needed.update(new_dirs)
+        mounts = self._load_mounts()
+        with self._lock:
+            if self._stopping.is_set():
+                raise RuntimeError("watcher is stopped")
+            self._mounts = mounts
+            self._files = new_files
+            self._dir_targets = new_dirs
+            self._sorted_targets = sorted(new_files | new_dirs)
+            failures: list[str] = []
+            for d in sorted(needed):
+                if d not in self._dirs:
+                    self._plan_dir(d, refresh=False, failures=failures)
+                elif self._dirs[d].mode == "poll":
+                    # Re-try inotify (limits may have been raised); the snapshot bridges the gap.
+                    self._plan_dir(d, refresh=False, failures=failures)
+            for d in [d for d in self._dirs if d not in needed]:
+                self._drop_dir(d)
+        if failures:
+            logger.warning("watcher: %d directories are polled: %s", len(failures), sorted(set(failures)))
+
+    def start(self) -> None:
+        if self._started:
+            raise RuntimeError("watcher already started")
+        self._started = True
+        self._inotify.start()
+        self._dispatch_thread.start()
+        self._poll_thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stopping.set()
+        self._queue.put(None)
+        self._inotify.stop(timeout)
+        for thread in (self._dispatch_thread, self._poll_thread):
+            if thread.ident is not None:
+                thread.join(timeout)
+
+    def is_alive(self) -> bool:
+        """True while all three threads run (False before start, after stop, or if one died)."""
+        return (
+            self._started
+            and not self._stopping.is_set()
+            and self._inotify.is_alive()
+            and self._dispatch_thread.is_alive()
+            and self._poll_thread.is_alive()
+        )
+
+    def stats(self) -> WatchStats:
+        with self._lock:
+            by_dir = Counter(parent_of(f) for f in self._files)
+            by_dir.update(self._dir_targets)
+            targets_inotify = targets_polled = dirs_inotify = dirs_polled = 0
+            reasons: Counter[str] = Counter()
+            for d, state in self._dirs.items():
+                if state.mode == "inotify":
+                    dirs_inotify += 1
+                    targets_inotify += by_dir[d]
+                else:
+                    dirs_polled += 1
+                    targets_polled += by_dir[d]
+                    reasons[state.reason or "unknown"] += by_dir[d]
+            watches = sum(1 for p in self._points.values() if p.wd is not None)
+            threads = sum(
+                1
+                for alive in (
+                    self._inotify.is_alive(),
+                    self._dispatch_thread.is_alive(),
+                    self._poll_thread.is_alive(),
+                )
+                if alive
+            )
+            return WatchStats(
+                targets_inotify=targets_inotify,
+                targets_polled=targets_polled,
+                dirs_inotify=dirs_inotify,
+                dirs_polled=dirs_polled,
+                watches=watches,
+                overflows=self._overflows,
+                polling_reasons=dict(reasons),
+                threads=threads,
+            )
+
+    # ------------------------------------------------------------------ paths
+
+    def _real(self, host_path: str) -> str:
+        if self._root == "/":
+            return host_path
+        return self._root if host_path == "/" else self._root + host_path
+
+    def _load_mounts(self) -> list[Mount]:
+        try:
+            return parse_mountinfo(self._read_mountinfo())
+        except OSError as exc:
+            logger.warning("watcher: cannot read mount table (%s); assuming local filesystems", exc.strerror)
+            return []
+
+    def _network_fstype(self, real_path: str) -> str | None:
+        try:
+            resolved = os.path.realpath(real_path)
+        except OSError:
+            resolved = real_path
+        fstype = fstype_of(resolved, self._mounts)
+        return fstype if fstype is not None and is_network_fstype(fstype) else None
+
+    def _targets_under(self, path: str) -> set[str]:
+        """Targets at or below ``path`` (a target dir stands for all its entries)."""
+        out: set[str] = set()
+        if path in self._files or path in self._dir_targets:
+            out.add(path)
+        prefix = "/" if path == "/" else path + "/"
+        i = bisect_left(self._sorted_targets, prefix)
+        while i < len(self._sorted_targets) and self._sorted_targets[i].startswith(prefix):
+            out.add(self._sorted_targets[i])
+            i += 1
+        return out
+
+    # ------------------------------------------------------------------ planning (lock held)
+
+    def _plan_points(self, d: str) -> tuple[tuple[str, ...], bool, str | None]:
+        """(watch points, anchored, poll reason) for needed dir ``d``."""
+        existing = d
+        while not os.path.isdir(self._real(existing)) and existing != "/":
+            existing = parent_of(existing)
+        fstype = self._network_fstype(self._real(existing))
+        if fstype is not None:
+            return (), False, f"network filesystem ({fstype})"
+        if existing != d:
+            return (existing,), True, None
+        return ((d,) if d == "/" else (d, parent_of(d))), False, None
+
+    def _plan_dir(self, d: str, *, refresh: bool, failures: list[str]) -> None:
+        """(Re)establish coverage of needed dir ``d``: inotify watch points, or polling."""
+        old = self._dirs.get(d)
+        reason: str | None = None
+        for _attempt in range(3):
+            points, anchored, reason = self._plan_points(d)
+            if reason is not None:
+                break
+            acquired: list[str] = []
+            retry = False
+            for p in points:
+                try:
+                    self._acquire(p, d, refresh=refresh)
+                    acquired.append(p)
+                except OSError as exc:
+                    if exc.errno in (errno.ENOENT, errno.ENOTDIR):
+                        retry = True  # vanished between the check and the watch: plan again
+                    elif exc.errno == errno.ENOSPC:
+                        reason = REASON_WATCH_LIMIT
+                    else:
+                        reason = f"inotify_add_watch failed ({os.strerror(exc.errno or 0)})"
+                    break
+            if not retry and reason is None:
+                for p in old.points if old else ():
+                    if p not in points:
+                        self._release(p, d)
+                if old is not None and old.mode == "poll":
+                    # Hand over from polling to inotify: report what changed since the last poll.
+                    self._queue.put(_Dirty(frozenset(self._poll_diff(d, old.snapshot))))
+                self._dirs[d] = _DirState(mode="inotify", points=points, anchored=anchored)
+                return
+            for p in acquired:
+                if old is None or p not in old.points:
+                    self._release(p, d)
+            if reason is not None:
+                break
+        if reason is None:
+            reason = "directory kept changing while being watched"
+        # Fall back to polling: release every watch this dir held, to spare the watch budget.
+        for p in old.points if old else ():
+            self._release(p, d)
+        snapshot = old.snapshot if old is not None and old.snapshot is not None else self._poll_snapshot(d)
+        self._dirs[d] = _DirState(mode="poll", reason=reason, snapshot=snapshot)
+        failures.append(reason)
+
+    def _drop_dir(self, d: str) -> None:
+        state = self._dirs.pop(d)
+        for p in state.points:
+            self._release(p, d)
+
+    def _acquire(self, path: str, user: str, *, refresh: bool) -> None:
+        point = self._points.get(path)
+        if point is not None and not (refresh and self._point_stale(point)):
+            point.users.add(user)
+            return
+        real = self._real(path)
+        self._next_id += 1
+        # Add the new watch before removing the old one: no window without a watch. A fresh
+        # callback id each time, because the kernel returns the same wd for the same inode.
+        wd = self._inotify.add(os.fsencode(real), WATCH_MASK, self._sink, CallbackId(self._next_id))
+        ident = _identity(real)  # None: the audit will re-plan it
+        users = {user}
+        if point is not None:
+            users |= point.users
+            self._forget_wd(point)
+        self._points[path] = _Point(path, wd, self._next_id, ident, users)
+        self._wd_points.setdefault(wd, set()).add(path)
+
+    def _forget_wd(self, point: _Point) -> None:
+        if point.wd is None:
+            return
+        self._inotify.remove(WatchDescriptor(point.wd), CallbackId(point.id_))
+        paths = self._wd_points.get(point.wd)
+        if paths is not None:
+            paths.discard(point.path)
+            if not paths:
+                del self._wd_points[point.wd]
+        point.wd = None
+
+    def _point_stale(self, point: _Point) -> bool:
+        if point.wd is None:
+            return True
+        try:
+            st = os.stat(self._real(point.path))
+        except OSError:
+            return True
+        return (st.st_dev, st.st_ino) != point.ident
+
+    def _release(self, path: str, user: str) -> None:
+        point = self._points.get(path)
+        if point is None:
+            return
+        point.users.discard(user)
+        if not point.users:
+            del self._points[path]
+            self._forget_wd(point)
+
+    # ------------------------------------------------------------------ polling snapshots
+
+    def _poll_paths(self, d: str) -> list[tuple[str, bool]]:
+        """(host path, is_dir) pairs whose signatures cover needed dir ``d``."""
+        paths = [(d, True)]
+        if d != "/":
+            paths.append((parent_of(d), True))
+        prefix = "/" if d == "/" else d + "/"
+        i = bisect_left(self._sorted_targets, prefix)
+        while i < len(self._sorted_targets) and self._sorted_targets[i].startswith(prefix):
+            t = self._sorted_targets[i]
+            if parent_of(t) == d and t in self._files:
+                paths.append((t, False))
+            i += 1
+        return paths
+
+    def _poll_snapshot(self, d: str) -> dict[str, Signature | None]:
+        return take_snapshot(self._real, self._poll_paths(d), list_dir=d if d in self._dir_targets else None)
+
+    def _poll_diff(self, d: str, before: dict[str, Signature | None] | None) -> set[str]:
+        after = self._poll_snapshot(d)
+        return self._snapshot_changes(d, before or {}, after)
+
+    def _snapshot_changes(
+        self, d: str, before: dict[str, Signature | None], after: dict[str, Signature | None]
+    ) -> set[str]:
+        changed = {p for p in before.keys() | after.keys() if before.get(p) != after.get(p)}
+        if not changed:
+            return set()
+        if d in changed or parent_of(d) in changed:
+            return self._targets_under(d)
+        return changed
+
+    # ------------------------------------------------------------------ dispatch thread
+
+    def _dispatch_loop(self) -> None:
+        while True:
+            deadline = self._debouncer.next_deadline()
+            timeout = None if deadline is None else max(0.0, deadline - self._clock())
+            try:
+                item = self._queue.get(timeout=timeout)
+            except queue.Empty:
+                item = _Dirty(frozenset())
+            items = [item]
+            while len(items) < 4096:  # drain a batch, bounded so callbacks are not starved
+                try:
+                    items.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            if None in items or self._stopping.is_set():
+                return
+            rescan = self._process(items)
+            if rescan is not None:
+                self._call("on_rescan", functools.partial(self._on_rescan, rescan))
+            due = self._debouncer.pop_due(self._clock())
+            if due:
+                self._call("on_changes", functools.partial(self._on_changes, due))
+
+    @staticmethod
+    def _call(name: str, func: Callable[[], None]) -> None:
+        try:
+            func()
+        except Exception as exc:
+            # Type and location only: the callback's message may carry file content.
+            where = traceback.extract_tb(exc.__traceback__)[-1] if exc.__traceback__ else None
+            location = f"{where.filename}:{where.lineno}" if where else "?"
+            logger.error(
+                "watcher: %s callback raised %s at %s; continuing", name, type(exc).__name__, location
+            )
+
+    def _process(self, items: list[_Item]) -> str | None:
+        """Apply a batch of queue items; returns a rescan reason when track was lost."""
+        dirty: set[str] = set()
+        replan_dirs: set[str] = set()
+        stale_points: set[str] = set()
+        rescan: str | None = None
+        overflow = False
+        with self._lock:
+            for item in items:
+                if isinstance(item, _Event):
+                    self._map_event(item, dirty, replan_dirs, stale_points)
+                elif isinstance(item, _Gone):
+                    # The kernel dropped the watch (directory deleted or unmounted).
+                    for path in self._wd_points.pop(item.wd, set()):
+                        point = self._points.get(path)
+                        if point is not None and point.wd == item.wd:
+                            point.wd = None
+                            stale_points.add(path)
+                            dirty |= self._targets_under(path)
+                elif isinstance(item, _Overflow):
+                    overflow = True
+                elif isinstance(item, _Dirty):
+                    dirty |= item.paths
+                elif isinstance(item, _Replan):
+                    stale_points |= item.points
+                    replan_dirs |= {d for d in item.dirs if d in self._dirs}
+                    for p in item.points:
+                        dirty |= self._targets_under(p)
+            if overflow:
+                self._overflows += 1
+                rescan = REASON_OVERFLOW
+                stale_points |= set(self._points)
+            for p in stale_points:
+                point = self._points.get(p)
+                if point is not None:
+                    replan_dirs |= point.users
+            failures: list[str] = []
+            if replan_dirs:
+                self._mounts = self._load_mounts()
+            for d in sorted(replan_dirs):
+                if d in self._dirs and self._dirs[d].mode == "inotify":
+                    self._plan_dir(d, refresh=True, failures=failures)
+            now = self._clock()
+            for path in dirty:
+                self._debouncer.touch(path, now)
+        if failures and rescan is None:
+            rescan = f"{len(failures)} watches could not be re-established ({failures[0]}); polling them"
+        return rescan
+
+    def _map_event(self, ev: _Event, dirty: set[str], replan: set[str], stale_points: set[str]) -> None:
+        for path in tuple(self._wd_points.get(ev.wd, ())):
+            self._map_point_event(path, ev, dirty, replan, stale_points)
+
+    def _map_point_event(
+        self, path: str, ev: _Event, dirty: set[str], replan: set[str], stale_points: set[str]
+    ) -> None:
+        if not ev.name:  # an event on the watched directory itself
+            if ev.mask & _SELF_GONE:
+                stale_points.add(path)
+                dirty |= self._targets_under(path)
+            elif ev.mask & _C.IN_ATTRIB:
+                dirty |= self._targets_under(path)
+            return
+        child = _join(path, os.fsdecode(ev.name))
+        if child in self._files or (path in self._dir_targets and not ev.mask & _C.IN_ISDIR):
+            dirty.add(child)
+        point = self._points.get(path)
+        if point is None or not ev.mask & (_STRUCTURAL | _C.IN_ATTRIB):
+            return
+        # A directory on the way to a needed dir changed (e.g. ~/.ssh removed, created, renamed,
+        # chmod-ed): its targets may have changed, and a structural change needs a new plan.
+        prefix = child + "/"
+        for d in point.users:
+            if d == child or d.startswith(prefix):
+                dirty |= self._targets_under(child)
+                if ev.mask & _STRUCTURAL:
+                    replan.add(d)
+                    if child in self._points:
+                        stale_points.add(child)
+
+    # ------------------------------------------------------------------ poller thread
+
+    def _poll_loop(self) -> None:
+        while not self._stopping.wait(self._poll_interval):
+            self.poll_once()
+
+    def poll_once(self) -> None:
+        """One polling round (the poller thread calls it every ``poll_interval_s``)."""
+        with self._lock:
+            polled = [
+                (d, state, self._poll_paths(d), d if d in self._dir_targets else None)
+                for d, state in self._dirs.items()
+                if state.mode == "poll"
+            ]
+            audit = [(p.path, p.ident) for p in self._points.values() if p.wd is not None]
+            anchored = [d for d, state in self._dirs.items() if state.mode == "inotify" and state.anchored]
+        # Stat outside the lock: a slow (network) filesystem must not stall event dispatch.
+        fresh = [(d, state, take_snapshot(self._real, paths, list_dir=ld)) for d, state, paths, ld in polled]
+        stale = frozenset(path for path, ident in audit if _identity(self._real(path)) != ident)
+        appeared = frozenset(d for d in anchored if os.path.isdir(self._real(d)))
+        dirty: set[str] = set()
+        with self._lock:
+            for d, state, snapshot in fresh:
+                if self._dirs.get(d) is state:
+                    dirty |= self._snapshot_changes(d, state.snapshot or {}, snapshot)
+                    state.snapshot = snapshot
+        if dirty:
+            self._queue.put(_Dirty(frozenset(dirty)))
+        if stale or appeared:
+            self._queue.put(_Replan(points=stale, dirs=appeared))
+
+
+def _identity(real_path: str) -> tuple[int, int] | None:
+    try:
+        st = os.stat(real_path)
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino)
+
+
+def take_snapshot(
+    to_real: Callable[[str], str], paths: Iterable[tuple[str, bool]], *, list_dir: str | None
+) -> dict[str, Signature | None]:
+    """lstat signatures of host paths (None when missing); with ``list_dir``, of its entries too."""
+    out: dict[str, Signature | None] = {}
+    for path, is_dir in paths:
+        out[path] = _signature(to_real(path), is_dir)
+    if list_dir is not None:
+        try:
+            names = os.listdir(to_real(list_dir))
+        except OSError:
+            names = []
+        for name in names:
+            path = _join(list_dir, name)
+            out[path] = _signature(to_real(path), False)
+    return out
+
+
+def _signature(real_path: str, is_dir: bool) -> Signature | None:
+    try:
+        st = os.stat(real_path, follow_symlinks=False)
+        if stat.S_ISLNK(st.st_mode):
+            # sshd follows links: include the target's signature too.
+            try:
+                target = os.stat(real_path)
+                return file_signature(st) + file_signature(target)
+            except OSError:
+                return file_signature(st)
+    except OSError:
+        return None
+    return dir_signature(st) if is_dir else file_signature(st)
+
+
+def _read_proc_mountinfo() -> str:
+    with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as f:
+        return f.read()
