@@ -35,12 +35,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     def add(name: str, help_text: str) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_text, description=help_text)
-        p.add_argument("--config", metavar="FILE", help="configuration file (default /etc/sshklm-agent/agent.toml)")
+        p.add_argument(
+            "--config", metavar="FILE", help="configuration file (default /etc/sshklm-agent/agent.toml)"
+        )
         return p
 
     scan = add("scan", "Discover every SSH key on this host and print them.")
     scan.add_argument("--root", metavar="DIR", help="treat DIR as the filesystem root (tests, images)")
-    scan.add_argument("--format", choices=("table", "json", "ndjson"), help="default: table on a terminal, else json")
+    scan.add_argument(
+        "--format", choices=("table", "json", "ndjson"), help="default: table on a terminal, else json"
+    )
 
     run = add("run", "Run the agent daemon (what systemd starts).")
     run.add_argument("--root", metavar="DIR", help="treat DIR as the filesystem root")
@@ -106,8 +110,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "enroll":
             from agent.commands.enroll import cmd_enroll
 
-            if args.token is not None and args.token != "-":
-                return _fail("--token only accepts '-' (standard input); a token on the command line is visible in ps")
+            if args.token is not None and args.token != "-":  # noqa: S105 (not a password)
+                return _fail(
+                    "--token only accepts '-' (standard input); a token on the command line is visible in ps"
+                )
             return cmd_enroll(config, server=args.server, token_file=args.token_file or "-")
         if args.command == "rollback":
             from agent.commands.rollback import cmd_rollback

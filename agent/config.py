@@ -279,4 +279,3 @@ def describe_defaults() -> dict[str, dict[str, Any]]:
             for f in dataclasses.fields(cls)
         }
     return out
-

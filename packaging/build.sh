@@ -2,6 +2,7 @@
 # Build the sshklm-agent .deb and .rpm from one nfpm description (packaging/nfpm.yaml).
 #
 #   packaging/build.sh wheelhouse   download the locked dependencies (network: PyPI), hash-checked
+#   packaging/build.sh wheelhouse-if-needed   the same, only when the wheelhouse is incomplete
 #   packaging/build.sh build        build both packages offline from the wheelhouse
 #   packaging/build.sh all          wheelhouse (only if incomplete) + build          [default]
 #   packaging/build.sh relock       rewrite the hashes in the lock files for their pinned versions
@@ -217,11 +218,12 @@ changelog() {
 
 case "${1:-all}" in
 	wheelhouse) cmd_wheelhouse ;;
+	wheelhouse-if-needed) wheelhouse_complete || cmd_wheelhouse ;;
 	relock) cmd_relock ;;
 	build) cmd_build ;;
 	all)
 		wheelhouse_complete || cmd_wheelhouse
 		cmd_build
 		;;
-	*) die "usage: $0 [all|wheelhouse|build|relock]" ;;
+	*) die "usage: $0 [all|wheelhouse|wheelhouse-if-needed|build|relock]" ;;
 esac

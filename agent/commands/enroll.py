@@ -15,18 +15,30 @@ def cmd_enroll(config: Config, *, server: str, token_file: str) -> int:
     from agent.daemon.server_link import plain_http_allowed
 
     if not plain_http_allowed(server, config.server.allow_plain_http_loopback):
-        print("sshklm-agent: --server must be https:// (plain http only to loopback with "
-              "server.allow_plain_http_loopback = true)", file=sys.stderr)
+        print(
+            "sshklm-agent: --server must be https:// (plain http only to loopback with "
+            "server.allow_plain_http_loopback = true)",
+            file=sys.stderr,
+        )
         return 2
     try:
         token = read_token(token_file)
         inventory = run_scan(config, None)
-        host_keys = [{"type": k.type, "fingerprint": k.fingerprint} for k in inventory.keys if k.kind == "host_key"]
+        host_keys = [
+            {"type": k.type, "fingerprint": k.fingerprint} for k in inventory.keys if k.kind == "host_key"
+        ]
         facts = collect_host_facts("/", host_keys=host_keys)
         s = config.server
-        client = ApiClient(server, timeouts=Timeouts(connect=s.connect_timeout_s, read=s.read_timeout_s,
-                                                     write=s.read_timeout_s, pool=s.connect_timeout_s),
-                           ca_file=s.ca_file or None)
+        client = ApiClient(
+            server,
+            timeouts=Timeouts(
+                connect=s.connect_timeout_s,
+                read=s.read_timeout_s,
+                write=s.read_timeout_s,
+                pool=s.connect_timeout_s,
+            ),
+            ca_file=s.ca_file or None,
+        )
         enrollment = enroll_host(server, token, config.state.dir, facts, client=client)
     except (EnrollmentError, ApiError, OSError, ValueError) as exc:
         print(f"sshklm-agent: enrollment failed: {exc}", file=sys.stderr)

@@ -16,8 +16,10 @@ def cmd_run(config: Config, *, root: str | None, log_format: str | None, config_
     from agent.store.db import StoreError
 
     if not config.instructions.require_signature:
-        log.warning("!!! instructions.require_signature = false: UNSIGNED instructions will be applied. "
-                    "Anyone who can answer as the control plane can change authorized keys on this host. !!!")
+        log.warning(
+            "!!! instructions.require_signature = false: UNSIGNED instructions will be applied. "
+            "Anyone who can answer as the control plane can change authorized keys on this host. !!!"
+        )
     daemon = Daemon(config, root=root, config_path=config_path)
     try:
         from agent.daemon.extensions import attach_extensions

@@ -87,13 +87,12 @@ def _homes(config: Config, root: str | None) -> dict[str, str]:
 
 
 def write_inventory(inventory: Inventory, fmt: str, out: TextIO, homes: dict[str, str]) -> None:
+    # json.dumps builds the string with the C encoder; json.dump would stream ~100 tiny writes per key.
     if fmt == "json":
-        json.dump(inventory.to_json(), out, separators=(",", ":"))
-        out.write("\n")
+        out.write(json.dumps(inventory.to_json(), separators=(",", ":")) + "\n")
     elif fmt == "ndjson":
-        for record in inventory.keys:
-            out.write(json.dumps(record.to_json(), separators=(",", ":")))
-            out.write("\n")
+        encode = json.JSONEncoder(separators=(",", ":")).encode
+        out.write("".join(encode(record.to_json()) + "\n" for record in inventory.keys))
     else:
         width = max(120, shutil.get_terminal_size((120, 24)).columns)
         out.write(render_table(inventory, width=width, homes=homes))

@@ -50,17 +50,22 @@ def assess(status: dict[str, Any], now: datetime) -> bool:
 def render(status: dict[str, Any]) -> str:
     watch = status.get("watch") or {}
     lines = [
-        f"agent:        {'running' if status['running'] else 'not running'} (version {status.get('version')})",
-        f"mode:         {status.get('mode')}" + (f", host {status['host_id']}" if status.get("host_id") else ""),
+        f"agent:        {'running' if status['running'] else 'not running'} "
+        f"(version {status.get('version')})",
+        f"mode:         {status.get('mode')}"
+        + (f", host {status['host_id']}" if status.get("host_id") else ""),
         f"last scan:    {status.get('last_scan_at') or 'never'}  ({status.get('keys')} keys, "
         f"{status.get('problems')} problems)",
         f"last report:  {status.get('last_report_at') or 'never'}",
         f"outbox:       {status.get('outbox')} events waiting",
-        f"watching:     {watch.get('targets_inotify', 0)} files by inotify, {watch.get('targets_polled', 0)} polled"
-        + (f" ({watch.get('poll_reasons')})" if watch.get("targets_polled") else ""),
+        f"watching:     {watch.get('targets_inotify', 0)} files by inotify, "
+        f"{watch.get('targets_polled', 0)} polled"
+        + (f" ({watch.get('polling_reasons')})" if watch.get("targets_polled") else ""),
     ]
     if status.get("mode") == "enrolled":
-        lines.append(f"auth:         {status.get('auth_state')}, token expires {status.get('token_expires_at') or '-'}")
+        lines.append(
+            f"auth:         {status.get('auth_state')}, token expires {status.get('token_expires_at') or '-'}"
+        )
     if status.get("link_problem"):
         lines.append(f"server:       {status['link_problem']}")
     lines.append(f"last error:   {status.get('last_error') or 'none'}")
@@ -73,7 +78,10 @@ def cmd_status(config: Config, *, as_json: bool) -> int:
     try:
         status = read_status(config.state.dir)
     except Exception as exc:  # unreadable state is a status answer, not a crash
-        print(f"sshklm-agent: cannot read state in {config.state.dir}: {type(exc).__name__}: {exc}", file=sys.stderr)
+        print(
+            f"sshklm-agent: cannot read state in {config.state.dir}: {type(exc).__name__}: {exc}",
+            file=sys.stderr,
+        )
         return 1
     if status is None:
         status = {"running": False, "mode": None, "note": "the agent has not run on this host yet"}

@@ -16,7 +16,6 @@ import os
 import random
 import signal
 import threading
-import time
 import uuid
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
@@ -220,6 +219,8 @@ class Daemon:
         changes = self.discovery.changed_paths(paths)
         self._emit(changes)
         self._after_scan(full=False)
+        if changes:
+            self.publish_status()
 
     def _on_rescan(self, reason: str) -> None:
         log.warning("full rescan: %s", reason)
@@ -234,8 +235,6 @@ class Daemon:
         inventory = self.discovery.inventory
         if inventory is None:
             return
-        new_seen = [k.identity[3:] + k.identity[1:3] for k in ()]  # placeholder for typing clarity
-        del new_seen
         fresh = [
             (k.fingerprint, k.user, k.path)
             for k in inventory.keys
@@ -315,13 +314,15 @@ class Daemon:
         first_contact = now + timedelta(seconds=first_delay)
 
         def add(job_id: str, fn: Callable[[], None], seconds: float, first: datetime | None) -> None:
+            # APScheduler 3 adds a job *paused* when next_run_time=None is passed explicitly.
+            extra = {"next_run_time": first} if first is not None else {}
             scheduler.add_job(
                 self._guard(job_id, fn),
                 self._interval(seconds),
                 id=job_id,
                 name=job_id,
                 replace_existing=True,
-                next_run_time=first,
+                **extra,
             )
 
         add("rescan", self.rescan, s.rescan_s, None)
@@ -444,6 +445,3 @@ def _jsonable(value: Any) -> Any:
 
 def uptime_s(started: datetime) -> int:
     return int((datetime.now(UTC) - started).total_seconds())
-
-
-_ = time  # time is used by tests that monkeypatch the module clock

@@ -3,7 +3,7 @@
 Only sshd's final verdict counts: ``auth_log()`` in OpenSSH's auth.c writes
 
     Accepted publickey for USER from ADDR port N ssh2: TYPE FP[, METHINFO]
-    Accepted publickey for USER from ADDR port N ssh2: TYPE-CERT FP ID KEY_ID (serial S) CA CATYPE CAFP[, METHINFO]
+    Accepted publickey for USER from ADDR port N ssh2: TYPE-CERT FP ID KEY_ID (serial S) CA CATYPE CAFP[, ...]
 
 (``format_method_key``; verified against a real OpenSSH 9.2 sshd). FP is the *plain* key's fingerprint
 (for a certificate too), so it matches ``PublicKey.fingerprint``. METHINFO is ``signature count = N`` for
@@ -90,7 +90,8 @@ def parse_sshd_message(message: str) -> UsageHit | None:
 
 # --- syslog files -----------------------------------------------------------------------------------
 
-_MONTHS = {m: i for i, m in enumerate(("Jan Feb Mar Apr May Jun Jul Aug Sep Oct Nov Dec").split(), start=1)}
+_MONTH_NAMES = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+_MONTHS = {name: number for number, name in enumerate(_MONTH_NAMES, start=1)}
 # "<TAG>[pid]: msg" or "<TAG>: msg"; the message starts after exactly one space.
 _TAG = r"(?P<tag>[^\s\[\]:]+)(?:\[\d+\])?: ?(?P<message>.*)"
 _CLASSIC = re.compile(
@@ -118,7 +119,8 @@ def parse_syslog_line(line: str, year: int, tz: tzinfo) -> tuple[datetime | None
     """A syslog file line written by sshd -> (time, message); None for other processes or other shapes.
 
     Classic ``Mon dd HH:MM:SS host tag[pid]: msg`` has no year or zone: ``year`` and ``tz`` supply them
-    (see ``fix_year_rollover``); the RFC 3339 stamps of Debian 12's rsyslog carry their own offset.
+    (a caller reading in January re-parses a stamp that lands in the future with the year before).
+    The RFC 3339 stamps of Debian 12's rsyslog carry their own offset and ignore both.
     Time is None when the stamp has the right shape but is not a date (``Feb 30``).
     Note: a file cannot say who wrote a line (``logger -t sshd`` can imitate sshd); the journal can.
     """
@@ -151,17 +153,6 @@ def parse_syslog_line(line: str, year: int, tz: tzinfo) -> tuple[datetime | None
     if match["tag"] not in SSHD_PROCESSES:
         return None
     return when, match["message"]
-
-
-def fix_year_rollover(when: datetime, now: datetime) -> datetime:
-    """A classic stamp parsed with ``now.year`` that lands well in the future was written last year
-    (a ``Dec 31 23:59:59`` line read on ``Jan 1``)."""
-    if when - now > timedelta(days=2):
-        try:
-            return when.replace(year=when.year - 1)
-        except ValueError:  # Feb 29 of a leap year has no counterpart the year before
-            return when
-    return when
 
 
 # --- journal (journalctl -o json) ---------------------------------------------------------------------

@@ -14,7 +14,7 @@ import uuid
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime, timedelta, tzinfo
+from datetime import UTC, datetime, tzinfo
 from typing import Literal
 
 from agent.host.safefs import FileInfo, HostFS, ReadResult, UnsafePath
@@ -43,7 +43,15 @@ from agent.ssh.sshd_config import (
 
 DEFAULT_AUTHORIZED_KEYS = (".ssh/authorized_keys", ".ssh/authorized_keys2")
 # Files in ~/.ssh that are never private keys; skipping them saves a read per user.
-_NOT_IDENTITY = ("authorized_keys", "authorized_keys2", "known_hosts", "known_hosts.old", "config", "environment", "rc")
+_NOT_IDENTITY = (
+    "authorized_keys",
+    "authorized_keys2",
+    "known_hosts",
+    "known_hosts.old",
+    "config",
+    "environment",
+    "rc",
+)
 _IDENTITY_HEAD_BYTES = 64 * 1024
 
 TargetKind = Literal["authorized_keys", "identity_dir", "host_key", "trusted_user_ca", "config"]
@@ -213,30 +221,54 @@ def _host_key_targets(fs: HostFS, cfg: EffectiveSshdConfig) -> list[Target]:
     return [Target(p, "host_key", confine="/") for p in dict.fromkeys(paths)]
 
 
-def _user_targets(user: User, eff: EffectiveSshdConfig, settings: ScanSettings) -> list[Target]:
+def authorized_keys_paths(user: User, eff: EffectiveSshdConfig, *, conditional: bool = True) -> list[str]:
+    """The authorized keys files sshd reads for `user`, in sshd's order (normalised absolute
+    paths). `conditional=False` leaves out files set only under Match blocks whose connection
+    criteria are unknown here. Templates that do not expand are skipped."""
     home = _norm(user.home)
-    is_root = user.uid == 0
-    out: list[Target] = []
-    read_by_sshd: list[str] = []
-    templates = list(eff.authorized_keys_files) + list(eff.conditional_authorized_keys_files)
+    templates = list(eff.authorized_keys_files)
+    if conditional:
+        templates += list(eff.conditional_authorized_keys_files)
+    out: list[str] = []
     for template in templates:
         try:
             path = expand_user_path(template, user=user.name, uid=user.uid, home=home)
         except ValueError:
             continue
-        if path is None:
-            continue
-        path = _norm(path)
+        if path is not None:
+            out.append(_norm(path))
+    return out
+
+
+def authorized_keys_confine(path: str, home: str) -> str:
+    """The directory a read or write of `path` must stay inside: the home when the file is
+    under it (the user controls it), else the file's own directory."""
+    home = _norm(home)
+    return home if _under(path, home) else posixpath.dirname(path)
+
+
+def _user_targets(user: User, eff: EffectiveSshdConfig, settings: ScanSettings) -> list[Target]:
+    home = _norm(user.home)
+    is_root = user.uid == 0
+    out: list[Target] = []
+    read_by_sshd: list[str] = []
+    for path in authorized_keys_paths(user, eff):
         read_by_sshd.append(path)
-        confine = home if _under(path, home) else posixpath.dirname(path)
+        confine = authorized_keys_confine(path, home)
         out.append(Target(path, "authorized_keys", user=user, confine=confine, grants_root=is_root))
     # Keys in the usual places that sshd is configured not to read are still worth reporting.
     for template in DEFAULT_AUTHORIZED_KEYS:
         path = _norm(posixpath.join(home, template))
         if path not in read_by_sshd:
             out.append(
-                Target(path, "authorized_keys", user=user, confine=home,
-                       not_read_by_sshd="file not read by sshd (not in AuthorizedKeysFile)", grants_root=is_root)
+                Target(
+                    path,
+                    "authorized_keys",
+                    user=user,
+                    confine=home,
+                    not_read_by_sshd="file not read by sshd (not in AuthorizedKeysFile)",
+                    grants_root=is_root,
+                )
             )
     if settings.identity_keys:
         out.append(Target(_norm(posixpath.join(home, ".ssh")), "identity_dir", user=user, confine=home))
@@ -262,8 +294,13 @@ def _orphan_targets(fs: HostFS, users: list[User], homes: set[str]) -> list[Targ
                 continue
             for template in DEFAULT_AUTHORIZED_KEYS:
                 out.append(
-                    Target(posixpath.join(home, template), "authorized_keys", user=None, confine=home,
-                           not_read_by_sshd="no account has this home")
+                    Target(
+                        posixpath.join(home, template),
+                        "authorized_keys",
+                        user=None,
+                        confine=home,
+                        not_read_by_sshd="no account has this home",
+                    )
                 )
     return out
 
@@ -320,11 +357,16 @@ def _authorized_records(result: ReadResult, target: Target, plan: Plan, ctx: Sca
     file_problem = target.not_read_by_sshd
     if file_problem is None and user is not None and plan.sshd.strict_modes:
         file_problem = strict_modes_problem(
-            result.info, result.chain, uid=user.uid, home=_norm(user.home),
+            result.info,
+            result.chain,
+            uid=user.uid,
+            home=_norm(user.home),
             private_gids=plan.private_gids.get(user.name, frozenset()),
         )
     orphaned = user is None or result.info.uid not in (0, user.uid)
-    sshd_facts = SshdFacts(plan.sshd.pubkey_authentication, plan.sshd.permit_root_login, plan.sshd.strict_modes)
+    sshd_facts = SshdFacts(
+        plan.sshd.pubkey_authentication, plan.sshd.permit_root_login, plan.sshd.strict_modes
+    )
     records: list[KeyRecord] = []
     mtime = _mtime(result.info)
     for line in parse_authorized_keys(result.data):
@@ -344,7 +386,11 @@ def _authorized_records(result: ReadResult, target: Target, plan: Plan, ctx: Sca
             certificate_valid_before=key.certificate.valid_before if key.certificate else None,
         )
         problem = file_problem or line_problem(
-            facts, sshd=sshd_facts, is_root=target.grants_root, now=ctx.now, local_tz=ctx.local_tz,
+            facts,
+            sshd=sshd_facts,
+            is_root=target.grants_root,
+            now=ctx.now,
+            local_tz=ctx.local_tz,
             parse_expiry=expiry_time_utc,
         )
         kind: KeyKind = "authorized_principal_ca" if facts.cert_authority else "authorized_key"
@@ -356,13 +402,25 @@ def _authorized_records(result: ReadResult, target: Target, plan: Plan, ctx: Sca
                 expires_at = None
         records.append(
             KeyRecord(
-                kind=kind, user=user_name, uid=uid, path=target.path, line=line.number,
-                type=key.type, bits=key.bits, fingerprint=key.fingerprint, fingerprint_md5=key.fingerprint_md5,
-                comment=line.comment, options=opts.to_json() if opts and not line.options_error else {},
-                certificate=key.certificate, effective=problem is None, ineffective_reason=problem,
-                file_mtime=mtime, first_seen=ctx.first_seen.get((key.fingerprint, user_name, target.path)),
+                kind=kind,
+                user=user_name,
+                uid=uid,
+                path=target.path,
+                line=line.number,
+                type=key.type,
+                bits=key.bits,
+                fingerprint=key.fingerprint,
+                fingerprint_md5=key.fingerprint_md5,
+                comment=line.comment,
+                options=opts.to_json() if opts and not line.options_error else {},
+                certificate=key.certificate,
+                effective=problem is None,
+                ineffective_reason=problem,
+                file_mtime=mtime,
+                first_seen=ctx.first_seen.get((key.fingerprint, user_name, target.path)),
                 last_used=ctx.last_used.get((key.fingerprint, user_name)),
-                managed_by=managed_by, expires_at=expires_at,
+                managed_by=managed_by,
+                expires_at=expires_at,
             )
         )
     return FileResult(tuple(records), tuple(errors), read=True, orphaned=orphaned)
@@ -379,18 +437,37 @@ def _plain_key_records(result: ReadResult, target: Target, ctx: ScanContext) -> 
             continue
         if line.kind != "key" or line.key is None:
             continue
-        records.append(_record(kind, None, 0, target.path, line.number, line.key, line.comment, result.info, ctx))
+        records.append(
+            _record(kind, None, 0, target.path, line.number, line.key, line.comment, result.info, ctx)
+        )
     return FileResult(tuple(records), tuple(errors), read=True)
 
 
 def _record(
-    kind: KeyKind, user: str | None, uid: int | None, path: str, line: int | None, key: PublicKey,
-    comment: str, info: FileInfo, ctx: ScanContext, encrypted: bool | None = None,
+    kind: KeyKind,
+    user: str | None,
+    uid: int | None,
+    path: str,
+    line: int | None,
+    key: PublicKey,
+    comment: str,
+    info: FileInfo,
+    ctx: ScanContext,
+    encrypted: bool | None = None,
 ) -> KeyRecord:
     return KeyRecord(
-        kind=kind, user=user, uid=uid, path=path, line=line, type=key.type, bits=key.bits,
-        fingerprint=key.fingerprint, fingerprint_md5=key.fingerprint_md5, comment=comment,
-        certificate=key.certificate, file_mtime=_mtime(info),
+        kind=kind,
+        user=user,
+        uid=uid,
+        path=path,
+        line=line,
+        type=key.type,
+        bits=key.bits,
+        fingerprint=key.fingerprint,
+        fingerprint_md5=key.fingerprint_md5,
+        comment=comment,
+        certificate=key.certificate,
+        file_mtime=_mtime(info),
         first_seen=ctx.first_seen.get((key.fingerprint, user, path)),
         last_used=ctx.last_used.get((key.fingerprint, user)) if user else None,
         encrypted=encrypted,
@@ -447,8 +524,18 @@ def _identity_record(
         return ScanError(path, user.name, _reason(exc) if not isinstance(exc, InvalidKey) else str(exc))
     if not comment:
         comment = _pub_comment(fs, path, target)
-    return _record("identity_key", user.name, user.uid, path, None, key, comment, result.info, ctx,
-                   encrypted=parsed.encrypted)
+    return _record(
+        "identity_key",
+        user.name,
+        user.uid,
+        path,
+        None,
+        key,
+        comment,
+        result.info,
+        ctx,
+        encrypted=parsed.encrypted,
+    )
 
 
 def _pub_comment(fs: HostFS, path: str, target: Target) -> str:
@@ -463,7 +550,9 @@ def _pub_comment(fs: HostFS, path: str, target: Target) -> str:
 # --- assembling -------------------------------------------------------------------------------
 
 
-def assemble(plan: Plan, results: Mapping[str, FileResult], ctx: ScanContext, files_read: Iterable[str]) -> Inventory:
+def assemble(
+    plan: Plan, results: Mapping[str, FileResult], ctx: ScanContext, files_read: Iterable[str]
+) -> Inventory:
     """Cross-file facts (shared keys), risk and policy, then the Inventory. Pure."""
     records = [(r, res.orphaned) for res in results.values() for r in res.records]
     errors = list(plan.errors) + [e for res in results.values() for e in res.errors]
@@ -476,18 +565,28 @@ def assemble(plan: Plan, results: Mapping[str, FileResult], ctx: ScanContext, fi
         has_from = "from" in r.options
         since = min((t for t in (r.first_seen, r.file_mtime) if t is not None), default=None)
         inputs = RiskInputs(
-            kind=r.kind, base_type=_base_type(r.type), bits=r.bits,
-            age=(ctx.now - since) if since else None, encrypted=r.encrypted,
+            kind=r.kind,
+            base_type=_base_type(r.type),
+            bits=r.bits,
+            age=(ctx.now - since) if since else None,
+            encrypted=r.encrypted,
             grants_root=r.uid == 0 and r.kind in ("authorized_key", "authorized_principal_ca"),
             orphaned=orphaned,
             shared=r.kind == "authorized_key" and len(users_per_key.get(r.fingerprint, ())) > 1,
-            managed=r.managed_by is not None, has_from=has_from,
+            managed=r.managed_by is not None,
+            has_from=has_from,
         )
         final.append(replace(r, risk=risk_of(inputs, ctx.policy)))
     final.sort(key=lambda r: (r.kind, r.user or "", r.path, r.line or 0))
     return Inventory(
-        snapshot_id=ctx.snapshot_id, generation=ctx.generation, collected_at=ctx.now, host_id=ctx.host_id,
-        sshd=plan.summary, keys=tuple(final), errors=tuple(errors), users_scanned=len(plan.users),
+        snapshot_id=ctx.snapshot_id,
+        generation=ctx.generation,
+        collected_at=ctx.now,
+        host_id=ctx.host_id,
+        sshd=plan.summary,
+        keys=tuple(final),
+        errors=tuple(errors),
+        users_scanned=len(plan.users),
         files_read=tuple(files_read),
     )
 
@@ -496,7 +595,9 @@ def _base_type(type_name: str) -> str:
     return type_name.removesuffix("-cert-v01@openssh.com").replace("-cert-v01", "")
 
 
-def scan_host(fs: HostFS, users: UserSource, settings: ScanSettings, ctx: ScanContext) -> tuple[Plan, dict[str, FileResult], Inventory]:
+def scan_host(
+    fs: HostFS, users: UserSource, settings: ScanSettings, ctx: ScanContext
+) -> tuple[Plan, dict[str, FileResult], Inventory]:
     """A full discovery. Returns the plan and per-file results so callers can re-read single files."""
     plan = plan_targets(fs, users, settings, ctx.sshd_version)
     results = {target_key(t): read_target(fs, t, plan, ctx) for t in plan.targets}

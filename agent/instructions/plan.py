@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from agent.instructions.validate import EPHEMERAL_TAG
 from agent.ssh.authorized_keys import AuthorizedLine, parse_authorized_keys
 
 
@@ -48,8 +49,23 @@ def _file_ending(lines: list[AuthorizedLine]) -> bytes:
     return b"\n"
 
 
-def _has_key(lines: list[AuthorizedLine], fingerprint: str) -> bool:
-    return any(ln.kind == "key" and ln.key is not None and ln.key.fingerprint == fingerprint for ln in lines)
+def _matches(ln: AuthorizedLine, fingerprint: str, tag: str | None) -> bool:
+    """A key line of that fingerprint; with `tag`, only lines whose comment is exactly the tag."""
+    if ln.kind != "key" or ln.key is None or ln.key.fingerprint != fingerprint:
+        return False
+    return tag is None or ln.comment == tag
+
+
+def is_ephemeral_line(ln: AuthorizedLine) -> bool:
+    return ln.comment.startswith(EPHEMERAL_TAG + ":")
+
+
+def _has_key(lines: list[AuthorizedLine], fingerprint: str, tag: str | None = None) -> bool:
+    """Is the key in the file for good? Without a tag an ephemeral line does not count: it
+    will be swept away, so it cannot stand for a permanent grant of the same key."""
+    if tag is not None:
+        return any(_matches(ln, fingerprint, tag) for ln in lines)
+    return any(_matches(ln, fingerprint, None) and not is_ephemeral_line(ln) for ln in lines)
 
 
 def _append(data: bytes, lines: list[AuthorizedLine], new_line: bytes) -> bytes:
@@ -58,17 +74,21 @@ def _append(data: bytes, lines: list[AuthorizedLine], new_line: bytes) -> bytes:
     return prefix + new_line + ending
 
 
-def plan_add(data: bytes, new_line: str, new_fingerprint: str) -> EditPlan:
+def plan_add(data: bytes, new_line: str, new_fingerprint: str, *, tag: str | None = None) -> EditPlan:
+    """Append `new_line` unless the key is already there (with `tag`: a line carrying that
+    exact comment, e.g. an ephemeral grant's own line)."""
     lines = parse_authorized_keys(data)
-    if _has_key(lines, new_fingerprint):
+    if _has_key(lines, new_fingerprint, tag):
         return EditPlan(None, _fingerprints(lines))
     new_data = _append(data, lines, new_line.encode("utf-8"))
     return EditPlan(new_data, _fingerprints(parse_authorized_keys(new_data)), added=1)
 
 
-def plan_remove(data: bytes, fingerprint: str) -> EditPlan:
+def plan_remove(data: bytes, fingerprint: str, *, tag: str | None = None) -> EditPlan:
+    """Drop every line of that fingerprint (with `tag`: only lines whose comment is the tag,
+    so removing an ephemeral grant never takes a permanent line of the same key with it)."""
     lines = parse_authorized_keys(data)
-    kept = [ln for ln in lines if not (ln.kind == "key" and ln.key is not None and ln.key.fingerprint == fingerprint)]
+    kept = [ln for ln in lines if not _matches(ln, fingerprint, tag)]
     if len(kept) == len(lines):
         return EditPlan(None, _fingerprints(lines))
     # Each kept line keeps its own bytes, ending included (no re-joining, no normalising).
@@ -85,7 +105,11 @@ def plan_replace(
     old line's options are kept (no options in the instruction) or replaced.
     """
     lines = parse_authorized_keys(data)
-    old_lines = [ln for ln in lines if ln.kind == "key" and ln.key is not None and ln.key.fingerprint == old_fingerprint]
+    old_lines = [
+        ln
+        for ln in lines
+        if ln.kind == "key" and ln.key is not None and ln.key.fingerprint == old_fingerprint
+    ]
     if not old_lines:
         if _has_key(lines, new_fingerprint):
             return EditPlan(None, _fingerprints(lines))

@@ -15,9 +15,9 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+from agent.instructions.verify import Instruction, Rejected
 from agent.inventory.evaluate import Policy
 from agent.inventory.model import parse_rfc3339
-from agent.instructions.verify import Instruction, Rejected
 from agent.ssh.authorized_keys import KeyOptions, OptionError, parse_authorized_line, parse_options
 from agent.ssh.keys import PublicKey, key_text
 
@@ -84,6 +84,10 @@ def _field(body: dict[str, Any], name: str, *, required: bool = True) -> str | N
         raise Rejected(f"{name} must be a string")
     if any(ch in value for ch in "\r\n\x00"):
         raise Rejected(f"{name} contains a line break or NUL")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:  # lone surrogates from JSON "\ud800" escapes
+        raise Rejected(f"{name} is not valid UTF-8") from None
     return value
 
 
@@ -142,7 +146,11 @@ def parse_new_key(
             raise Rejected("cert-authority cannot be installed by an instruction")
         # Re-read the whole line: the options must end exactly where we think (no second key).
         combined = parse_authorized_line(f"{options_field} {text}".encode(), 1)
-        if combined.key is None or combined.key.fingerprint != key.fingerprint or combined.options_text != options_field:
+        if (
+            combined.key is None
+            or combined.key.fingerprint != key.fingerprint
+            or combined.options_text != options_field
+        ):
             raise Rejected("options do not form one line with the key")
     if policy is not None:
         _check_policy(key, policy)
@@ -200,7 +208,11 @@ def _rotation(body: dict[str, Any], user_exists: Callable[[str], bool], policy: 
 
 
 def _ephemeral(
-    body: dict[str, Any], user_exists: Callable[[str], bool], policy: Policy | None, now: datetime, max_ttl_s: int
+    body: dict[str, Any],
+    user_exists: Callable[[str], bool],
+    policy: Policy | None,
+    now: datetime,
+    max_ttl_s: int,
 ) -> Ephemeral:
     grant_id = _identifier(body, "grant_id")
     user = _user(body, user_exists)
@@ -208,7 +220,7 @@ def _ephemeral(
     assert expires_text is not None
     try:
         expires_at = parse_rfc3339(expires_text)
-    except ValueError:
+    except (ValueError, OverflowError):
         raise Rejected("malformed expires_at") from None
     if expires_at > now + timedelta(seconds=max_ttl_s):
         raise Rejected("grant lasts longer than ephemeral_max_ttl_s")

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import jwt
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import load_pem_public_key, load_ssh_public_key
 
@@ -29,11 +30,15 @@ _JTI = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
 class Rejected(Exception):
     """An instruction that must not be applied. `code` is the contract's error code."""
 
-    def __init__(self, reason: str, code: str = "VALIDATION_ERROR", jti: str | None = None) -> None:
+    def __init__(
+        self, reason: str, code: str = "VALIDATION_ERROR", jti: str | None = None, *, status: str = "rejected"
+    ) -> None:
         super().__init__(reason)
         self.reason = reason
         self.code = code
         self.jti = jti
+        # The result status to report: "rejected", or "expired" for an instruction past its exp.
+        self.status = status
 
 
 @dataclass(frozen=True)
@@ -55,7 +60,7 @@ def load_public_keys(texts: Sequence[str]) -> list[Ed25519PublicKey]:
         raw = text.strip().encode("ascii", "replace")
         try:
             key = load_pem_public_key(raw) if raw.startswith(b"-----BEGIN") else load_ssh_public_key(raw)
-        except (ValueError, TypeError):
+        except (ValueError, TypeError, UnsupportedAlgorithm):
             raise ValueError(f"instructions.public_keys[{index}]: not a public key") from None
         if not isinstance(key, Ed25519PublicKey):
             raise ValueError(f"instructions.public_keys[{index}]: not an Ed25519 key")
@@ -67,7 +72,8 @@ def _b64url_json(segment: str) -> dict[str, Any]:
     try:
         padded = segment + "=" * (-len(segment) % 4)
         value = json.loads(base64.urlsafe_b64decode(padded.encode("ascii")))
-    except (ValueError, binascii.Error, UnicodeError):
+    except (ValueError, binascii.Error, UnicodeError, RecursionError):
+        # RecursionError: deeply nested JSON ("[[[[...") must be a rejection, not a crash.
         raise Rejected("malformed token") from None
     if not isinstance(value, dict):
         raise Rejected("malformed token")
@@ -109,7 +115,9 @@ def verify_instruction(
         claims = _b64url_json(token.split(".")[1])
         signed = False
     elif alg == "none":
-        raise Rejected("unsigned instruction refused (instructions.require_signature)", "AUTH_INVALID", jti_hint)
+        raise Rejected(
+            "unsigned instruction refused (instructions.require_signature)", "AUTH_INVALID", jti_hint
+        )
     else:
         raise Rejected("algorithm not allowed (only EdDSA)", "AUTH_INVALID", jti_hint)
     return _check_claims(claims, header, host_id=host_id, now=now, leeway=leeway, signed=signed)
@@ -128,7 +136,7 @@ def _verify_signed(token: str, keys: Sequence[Ed25519PublicKey], jti_hint: str |
             )
         except jwt.InvalidSignatureError:
             continue
-        except jwt.PyJWTError:
+        except (jwt.PyJWTError, ValueError, TypeError, RecursionError):
             raise Rejected("malformed token", jti=jti_hint) from None
         return claims
     raise Rejected("signature does not verify with any pinned key", "AUTH_INVALID", jti_hint)
@@ -147,7 +155,7 @@ def _check_claims(
     if not isinstance(exp, int) or isinstance(exp, bool):
         raise Rejected("missing exp", jti=jti)
     if exp + leeway < now:
-        raise Rejected("instruction expired (exp)", jti=jti)
+        raise Rejected("instruction expired (exp)", "EXPIRED", jti, status="expired")
     iat = claims.get("iat")
     if iat is not None and (not isinstance(iat, int) or isinstance(iat, bool) or iat - leeway > now):
         raise Rejected("iat in the future", jti=jti)
@@ -159,6 +167,12 @@ def _check_claims(
         raise Rejected("instruction body is not an object", jti=jti)
     kid = header.get("kid")
     return Instruction(
-        jti=jti, aud=aud, iat=iat, exp=exp, kind=str(kind), body=body,
-        kid=kid if isinstance(kid, str) else None, signed=signed,
+        jti=jti,
+        aud=aud,
+        iat=iat,
+        exp=exp,
+        kind=str(kind),
+        body=body,
+        kid=kid if isinstance(kid, str) else None,
+        signed=signed,
     )

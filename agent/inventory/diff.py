@@ -87,14 +87,23 @@ def diff_errors(old: Iterable[ScanError], new: Iterable[ScanError]) -> list[Chan
     ]
 
 
-def diff_inventories(old: Inventory | None, new: Inventory, *, paths: Iterable[str] | None = None) -> list[Change]:
+def diff_inventories(
+    old: Inventory | None, new: Inventory, *, paths: Iterable[str] | None = None
+) -> list[Change]:
     if old is None:
         return []
     changes = diff_keys(old.keys, new.keys, paths=paths)
     changes += diff_errors(old.errors, new.errors)
     if old.sshd != new.sshd:
         changes.append(
-            Change("sshd_config_changed", None, None, None, None, {"before": old.sshd.to_json(), "after": new.sshd.to_json()})
+            Change(
+                "sshd_config_changed",
+                None,
+                None,
+                None,
+                None,
+                {"before": old.sshd.to_json(), "after": new.sshd.to_json()},
+            )
         )
     return changes
 
@@ -102,7 +111,16 @@ def diff_inventories(old: Inventory | None, new: Inventory, *, paths: Iterable[s
 def to_events(changes: Iterable[Change], *, at: datetime, new_id: Callable[[], str]) -> list[Event]:
     """Materialise changes as events; seq 0 is a placeholder the outbox replaces."""
     return [
-        Event(id=new_id(), seq=0, at=at, type=c.type, user=c.user, path=c.path,
-              fingerprint=c.fingerprint, key=c.key, detail=dict(c.detail))
+        Event(
+            id=new_id(),
+            seq=0,
+            at=at,
+            type=c.type,
+            user=c.user,
+            path=c.path,
+            fingerprint=c.fingerprint,
+            key=c.key,
+            detail=dict(c.detail),
+        )
         for c in changes
     ]

@@ -58,9 +58,13 @@ def _certificate_from_json(data: Any) -> Certificate | None:
     if not isinstance(data, dict):
         return None
     return Certificate(
-        cert_type=data["cert_type"], key_id=data["key_id"], serial=int(data["serial"]),
-        principals=tuple(data.get("principals", ())), valid_after=_time(data.get("valid_after")),
-        valid_before=_time(data.get("valid_before")), ca_fingerprint=data["ca_fingerprint"],
+        cert_type=data["cert_type"],
+        key_id=data["key_id"],
+        serial=int(data["serial"]),
+        principals=tuple(data.get("principals", ())),
+        valid_after=_time(data.get("valid_after")),
+        valid_before=_time(data.get("valid_before")),
+        ca_fingerprint=data["ca_fingerprint"],
     )
 
 
@@ -123,14 +127,26 @@ class KeyRecord:
         """The inverse of to_json (for the snapshot kept across restarts)."""
         risk = d.get("risk") or {}
         return cls(
-            kind=d["kind"], user=d.get("user"), uid=d.get("uid"), path=d["path"], line=d.get("line"),
-            type=d["type"], bits=int(d["bits"]), fingerprint=d["fingerprint"],
-            fingerprint_md5=d.get("fingerprint_md5", ""), comment=d.get("comment", ""),
-            options=dict(d.get("options") or {}), certificate=_certificate_from_json(d.get("certificate")),
-            effective=bool(d.get("effective", True)), ineffective_reason=d.get("ineffective_reason"),
-            file_mtime=_time(d.get("file_mtime")), first_seen=_time(d.get("first_seen")),
-            last_used=_time(d.get("last_used")), managed_by=d.get("managed_by"),
-            expires_at=_time(d.get("expires_at")), encrypted=d.get("encrypted"),
+            kind=d["kind"],
+            user=d.get("user"),
+            uid=d.get("uid"),
+            path=d["path"],
+            line=d.get("line"),
+            type=d["type"],
+            bits=int(d["bits"]),
+            fingerprint=d["fingerprint"],
+            fingerprint_md5=d.get("fingerprint_md5", ""),
+            comment=d.get("comment", ""),
+            options=dict(d.get("options") or {}),
+            certificate=_certificate_from_json(d.get("certificate")),
+            effective=bool(d.get("effective", True)),
+            ineffective_reason=d.get("ineffective_reason"),
+            file_mtime=_time(d.get("file_mtime")),
+            first_seen=_time(d.get("first_seen")),
+            last_used=_time(d.get("last_used")),
+            managed_by=d.get("managed_by"),
+            expires_at=_time(d.get("expires_at")),
+            encrypted=d.get("encrypted"),
             risk=Risk(int(risk.get("score", 0)), tuple(risk.get("factors", ()))),
         )
 
@@ -181,7 +197,8 @@ class SshdSummary:
     @classmethod
     def from_json(cls, d: JSON) -> SshdSummary:
         return cls(
-            version=d.get("version"), authorized_keys_file=tuple(d.get("authorized_keys_file", ())),
+            version=d.get("version"),
+            authorized_keys_file=tuple(d.get("authorized_keys_file", ())),
             authorized_keys_command=d.get("authorized_keys_command"),
             trusted_user_ca_keys=d.get("trusted_user_ca_keys"),
             permit_root_login=d.get("permit_root_login", "prohibit-password"),
@@ -218,9 +235,12 @@ class Inventory:
     @classmethod
     def from_json(cls, d: JSON) -> Inventory:
         return cls(
-            snapshot_id=d["snapshot_id"], generation=int(d.get("generation", 0)),
-            collected_at=parse_rfc3339(d["collected_at"]), host_id=d.get("host_id"),
-            sshd=SshdSummary.from_json(d["sshd"]), keys=tuple(KeyRecord.from_json(k) for k in d.get("keys", ())),
+            snapshot_id=d["snapshot_id"],
+            generation=int(d.get("generation", 0)),
+            collected_at=parse_rfc3339(d["collected_at"]),
+            host_id=d.get("host_id"),
+            sshd=SshdSummary.from_json(d["sshd"]),
+            keys=tuple(KeyRecord.from_json(k) for k in d.get("keys", ())),
             errors=tuple(ScanError.from_json(e) for e in d.get("errors", ())),
         )
 

@@ -85,7 +85,9 @@ def render_table(inventory: Inventory, *, width: int = 120, homes: dict[str, str
     lines.append("")
     lines.append(summary_line(inventory))
     if inventory.keys:
-        lines.append("FL: I ineffective (see --format json for why), E expired, P identity key without passphrase")
+        lines.append(
+            "FL: I ineffective (see --format json for why), E expired, P identity key without passphrase"
+        )
     for err in inventory.errors:
         where = f"{err.path}:{err.line}" if err.line else err.path
         lines.append(f"problem: {where}: {err.error}")

@@ -20,6 +20,7 @@ certificate's CA signature. Error messages are fixed phrases and never contain i
 from __future__ import annotations
 
 import binascii
+import functools
 import hashlib
 import re
 from dataclasses import dataclass
@@ -52,11 +53,21 @@ class PublicKey:
     base_type: str  # plain type ("ssh-rsa" for an RSA certificate)
     keygen_type: str  # ssh-keygen -l's label: RSA, DSA, ECDSA, ED25519, ECDSA-SK, ED25519-SK, +"-CERT"
     bits: int  # as ssh-keygen -l prints
-    fingerprint: str  # "SHA256:<base64 without padding>" of the canonical plain key
-    fingerprint_md5: str  # "MD5:aa:bb:..."
     blob: bytes  # as given
     plain_blob: bytes  # canonical plain public key (what is fingerprinted)
     certificate: Certificate | None
+
+    # Fingerprints are derived from plain_blob and cached in the instance: SHA256 is filled in when the
+    # key is parsed, MD5 (rarely wanted) on first use.
+    @functools.cached_property
+    def fingerprint(self) -> str:
+        """ "SHA256:<base64 without padding>" of the canonical plain key, as ssh-keygen -l prints it."""
+        return _fingerprint(self.plain_blob)
+
+    @functools.cached_property
+    def fingerprint_md5(self) -> str:
+        """ "MD5:aa:bb:..." (computed on first use: most callers only need SHA256)."""
+        return "MD5:" + hashlib.md5(self.plain_blob, usedforsecurity=False).digest().hex(":")
 
     def __repr__(self) -> str:  # keep blobs out of logs and tracebacks
         return f"PublicKey(type={self.type!r}, bits={self.bits}, fingerprint={self.fingerprint!r})"
@@ -257,12 +268,14 @@ def _b64(data: bytes) -> str:
 
 def _decode_base64(token: bytes) -> bytes:
     """OpenSSH's b64_pton: padding required, zero pad bits, other whitespace inside ignored."""
-    if b"\r" in token or b"\n" in token or b"\x0b" in token or b"\x0c" in token:
-        token = token.translate(None, b"\r\n\x0b\x0c")
     try:
         data = binascii.a2b_base64(token, strict_mode=True)
     except (binascii.Error, ValueError):
-        raise InvalidKey("invalid base64") from None
+        # b64_pton skips isspace() characters anywhere; blanks already ended the token.
+        stripped = token.translate(None, b"\r\n\x0b\x0c")
+        if stripped == token:
+            raise InvalidKey("invalid base64") from None
+        return _decode_base64(stripped)
     # strict_mode still accepts non-zero pad bits; OpenSSH refuses them (a subliminal channel).
     if binascii.b2a_base64(data, newline=False) != token:
         raise InvalidKey("invalid base64")
@@ -299,11 +312,9 @@ class _Fields(NamedTuple):
     application: bytes  # sk keys
 
 
-def _key_fields(
-    family: int, name_curve: str | None, buf: bytes, pos: int
-) -> tuple[_Fields, bytes, int, int]:
+def _key_fields(family: int, name_curve: str | None, buf: bytes, pos: int) -> tuple[_Fields, bytes, int, int]:
     """Parse the family's fields -> (fields, canonical plain encoding sans type, bits, pos)."""
-    if family == _ED25519 or family == _ED25519_SK:
+    if family in (_ED25519, _ED25519_SK):
         pk, pos = _string(buf, pos)
         if len(pk) != 32:
             raise InvalidKey("invalid ed25519 key length")
@@ -340,14 +351,14 @@ def _key_fields(
     if curve_name.decode("latin-1") != name_curve:
         raise InvalidKey("ECDSA curve mismatch")
     curve = _CURVES[name_curve]
-    q, pos = _string(buf, pos)
-    x, y = _ec_point(q, curve)
-    enc = _put_string(curve_name) + _put_string(q)
+    point, pos = _string(buf, pos)
+    x, y = _ec_point(point, curve)
+    enc = _put_string(curve_name) + _put_string(point)
     app = b""
     if family == _ECDSA_SK:
         app, pos = _cstring(buf, pos)
         enc += _put_string(app)
-    return _Fields(family, name_curve, (x, y), q, app), enc, curve.bits, pos
+    return _Fields(family, name_curve, (x, y), point, app), enc, curve.bits, pos
 
 
 def _resolve_name(raw: bytes) -> tuple[int, bool, str | None]:
@@ -376,10 +387,12 @@ def _parse_plain_for_ca(blob: bytes) -> tuple[_Fields, bytes]:
     return fields, _put_string(_type_name(family, curve).encode()) + enc
 
 
-def _fingerprints(plain: bytes) -> tuple[str, str]:
-    sha = binascii.b2a_base64(hashlib.sha256(plain).digest(), newline=False).rstrip(b"=")
-    md5 = hashlib.md5(plain, usedforsecurity=False).digest().hex(":")
-    return "SHA256:" + sha.decode("ascii"), "MD5:" + md5
+def _fingerprint(plain: bytes) -> str:
+    # a 32-byte digest encodes to 43 characters and one "=" of padding
+    return "SHA256:" + binascii.b2a_base64(_sha256(plain).digest(), newline=False)[:43].decode("ascii")
+
+
+_sha256 = hashlib.sha256
 
 
 def _datetime(value: int) -> datetime:
@@ -396,7 +409,7 @@ def _check_option_section(section: bytes) -> None:
         _, pos = _string(section, pos)
 
 
-def _parse_certificate(blob: bytes, pos: int, family: int) -> tuple[Certificate, int]:
+def _parse_certificate(blob: bytes, pos: int) -> tuple[Certificate, int]:
     serial, pos = _uint(blob, pos, 8)
     ctype, pos = _uint(blob, pos, 4)
     key_id, pos = _cstring(blob, pos)
@@ -433,7 +446,7 @@ def _parse_certificate(blob: bytes, pos: int, family: int) -> tuple[Certificate,
         principals=tuple(principals),
         valid_after=None if valid_after == 0 else _datetime(valid_after),
         valid_before=None if valid_before == _U64_MAX else _datetime(valid_before),
-        ca_fingerprint=_fingerprints(ca_plain)[0],
+        ca_fingerprint=_fingerprint(ca_plain),
     )
     return cert, pos
 
@@ -491,7 +504,7 @@ def _verify(ca: _Fields, signature: bytes, data: bytes) -> bool:
                 sig.rjust(modlen, b"\0"), data, padding.PKCS1v15(), hash_by_name[hash_name]
             )
             return True
-        if family == _ED25519 or family == _ED25519_SK:
+        if family in (_ED25519, _ED25519_SK):
             expected = "ssh-ed25519" if family == _ED25519 else "sk-ssh-ed25519@openssh.com"
             if sig_type != expected:
                 return False
@@ -503,7 +516,7 @@ def _verify(ca: _Fields, signature: bytes, data: bytes) -> bool:
                 return False
             ed25519.Ed25519PublicKey.from_public_bytes(ca.raw).verify(sig, message)
             return True
-        if family == _ECDSA or family == _ECDSA_SK:
+        if family in (_ECDSA, _ECDSA_SK):
             assert ca.curve is not None
             if sig_type != (_ECDSA_NAMES[ca.curve] if family == _ECDSA else _CANONICAL[_ECDSA_SK]):
                 return False
@@ -577,10 +590,10 @@ def parse_public_blob(blob: bytes, label: str | None = None) -> PublicKey:
         raise InvalidKey("key type mismatch")
     if is_cert:
         _nonce, pos = _string(blob, pos)
-    fields, enc, bits, pos = _key_fields(family, curve, blob, pos)
+    _fields, enc, bits, pos = _key_fields(family, curve, blob, pos)
     certificate: Certificate | None = None
     if is_cert:
-        certificate, pos = _parse_certificate(blob, pos, family)
+        certificate, pos = _parse_certificate(blob, pos)
     if pos != len(blob):
         raise InvalidKey("trailing bytes after key")
     if want is not None and family in (_ECDSA, _ECDSA_SK) and want[2] != curve:
@@ -598,6 +611,50 @@ def parse_public_blob(blob: bytes, label: str | None = None) -> PublicKey:
 
 
 _ED25519_PREFIX: Final = b"\0\0\0\x0bssh-ed25519\0\0\0\x20"
+_RSA_PREFIX: Final = b"\0\0\0\x07ssh-rsa"
+_FAST_LABELS: Final = {b"ssh-ed25519": "ssh-ed25519", b"ssh-rsa": "ssh-rsa"}
+_a2b = binascii.a2b_base64
+_b2a = binascii.b2a_base64
+
+
+def fast_plain_key(label: bytes, token: bytes) -> PublicKey | None:
+    """The hot path for the two common, canonical cases: a plain ssh-ed25519 or ssh-rsa key.
+
+    Returns None whenever anything is unusual (other types, whitespace in the token, non-canonical
+    or invalid data); the caller then takes the complete path, which gives the exact verdict.
+    """
+    name = _FAST_LABELS.get(label)
+    if name is None:
+        return None
+    try:
+        blob = _a2b(token, strict_mode=True)
+    except (binascii.Error, ValueError):
+        return None
+    if _b2a(blob, newline=False) != token:
+        return None
+    if name == "ssh-ed25519":
+        if len(blob) != 51 or not blob.startswith(_ED25519_PREFIX):
+            return None
+        return _public_key("ssh-ed25519", "ssh-ed25519", "ED25519", 256, blob, blob, None)
+    if not blob.startswith(_RSA_PREFIX) or len(blob) < 20:
+        return None
+    e_len = int.from_bytes(blob[11:15], "big")
+    n_at = 15 + e_len
+    n_len = int.from_bytes(blob[n_at : n_at + 4], "big")
+    n_start = n_at + 4
+    if (
+        n_start + n_len != len(blob)
+        or e_len == 0
+        or blob[15] == 0
+        or blob[15] >= 0x80
+        or n_len < 129
+        or n_len > _MAX_BIGNUM_BYTES + 1
+        or blob[n_start] != 0
+        or blob[n_start + 1] < 0x80
+    ):
+        return None  # anything but the usual canonical shape (modulus with its sign byte)
+    bits = (n_len - 1) * 8
+    return _public_key("ssh-rsa", "ssh-rsa", "RSA", bits, blob, blob, None)
 
 
 def _public_key(
@@ -609,24 +666,29 @@ def _public_key(
     plain: bytes,
     certificate: Certificate | None,
 ) -> PublicKey:
-    sha, md5 = _fingerprints(plain)
     # Bypass the frozen dataclass __init__ (one object.__setattr__ per field): this is the hot path.
-    key = _new_public_key(PublicKey)
-    vars(key).update(
-        type=type_,
-        base_type=base_type,
-        keygen_type=keygen_type,
-        bits=bits,
-        fingerprint=sha,
-        fingerprint_md5=md5,
-        blob=blob,
-        plain_blob=plain,
-        certificate=certificate,
+    key = _new_object(PublicKey)
+    _set_attr(
+        key,
+        "__dict__",
+        {
+            "type": type_,
+            "base_type": base_type,
+            "keygen_type": keygen_type,
+            "bits": bits,
+            "blob": blob,
+            "plain_blob": plain,
+            "certificate": certificate,
+            # SHA256 is what every report needs: fill the cached_property's slot now, in the
+            # caller's GC-paused bulk parse, rather than later one by one.
+            "fingerprint": _fingerprint(plain),
+        },
     )
     return key
 
 
-_new_public_key = object.__new__
+_new_object = object.__new__
+_set_attr = object.__setattr__
 
 
 def parse_key_bytes(line: bytes) -> tuple[PublicKey, str, bytes]:
@@ -651,7 +713,7 @@ def parse_key_bytes(line: bytes) -> tuple[PublicKey, str, bytes]:
 
 
 def parse_public_key_text(text: str) -> tuple[PublicKey, str]:
-    """"label base64 [comment]" -> (key, comment stripped). Raises InvalidKey."""
+    """ "label base64 [comment]" -> (key, comment stripped). Raises InvalidKey."""
     raw = text.encode("utf-8", "surrogateescape")
     nul = raw.find(b"\0")
     if nul != -1:  # C strings end at NUL
@@ -661,7 +723,7 @@ def parse_public_key_text(text: str) -> tuple[PublicKey, str]:
 
 
 def key_text(key: PublicKey) -> str:
-    """"type base64" as sshkey_write prints it: certificates as given, plain keys canonical."""
+    """ "type base64" as sshkey_write prints it: certificates as given, plain keys canonical."""
     return f"{key.type} {_b64(key.blob if key.certificate is not None else key.plain_blob)}"
 
 

@@ -189,9 +189,10 @@ class App:
                 return self._handle(req)
             except ApiError as exc:
                 return exc.response()
-            except Exception:
-                # The type only: exception text may quote request content.
-                log.exception("internal error handling %s %s", req.method, req.path)
+            except Exception as exc:
+                # The type only (traceback at debug level): exception text may quote request content.
+                log.error("internal error handling %s %s: %s", req.method, req.path, type(exc).__name__)
+                log.debug("traceback", exc_info=True)
                 return ApiError(500, "internal error").response()
 
     def _handle(self, req: Request) -> Response:

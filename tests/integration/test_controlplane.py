@@ -556,7 +556,9 @@ def test_delay_makes_clients_time_out_and_idempotency_saves_the_retry(
     with pytest.raises(httpx.ReadTimeout):
         client.post(path, json=batch, headers=headers, timeout=0.1)
     cp.faults.delay(0, path_prefix=path)
-    time.sleep(0.5)  # the delayed request is applied after the client gave up
+    deadline = time.monotonic() + 5
+    while not cp.events(host_id) and time.monotonic() < deadline:  # applied after the client gave up
+        time.sleep(0.02)
     retry = client.post(path, json=batch, headers=headers)
     assert retry.json() == {"accepted": 1, "duplicates": 0} and retry.headers["Idempotent-Replayed"] == "true"
     assert len(cp.events(host_id)) == 1 and cp.duplicate_count(host_id) == 0

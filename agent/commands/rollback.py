@@ -1,0 +1,60 @@
+"""`sshklm-agent rollback ROTATION_ID`: restore the files a rotation changed, if unchanged since.
+
+All or nothing: every file the rotation wrote must still hold exactly the bytes it wrote
+(sha256 recorded at the time), otherwise nothing is restored and the changed file is named.
+"""
+
+from __future__ import annotations
+
+import sys
+from datetime import UTC, datetime
+
+from agent.config import Config
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+
+
+def cmd_rollback(config: Config, rotation_id: str) -> int:
+    from agent.commands.scan import policy_from
+    from agent.host.safefs import HostFS, UnsafePath
+    from agent.host.users import NssUserSource
+    from agent.instructions.apply import Applier, RollbackRefused, backups_dir_for
+    from agent.store.db import StoreError, open_database
+    from agent.store.state import StateStore
+
+    try:
+        db = open_database(config.state.dir)
+    except StoreError as exc:
+        print(f"sshklm-agent: rollback: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    fs = HostFS("/")
+    try:
+        applier = Applier(
+            fs,
+            NssUserSource(),
+            StateStore(db),
+            sshd_config_path=config.discovery.sshd_config,
+            public_keys=(),
+            require_signature=True,
+            leeway_s=config.instructions.leeway_s,
+            host_id=lambda: None,
+            policy=lambda: policy_from(config),
+            max_ttl_s=lambda: config.policy.ephemeral_max_ttl_s,
+            backups_dir=backups_dir_for(config.state.dir),
+            backups_per_file=config.apply.backups_per_file,
+            clock=lambda: datetime.now(UTC),
+            on_event=lambda events: None,
+            run_scan=None,
+        )
+        try:
+            restored = applier.rollback(rotation_id)
+        except (RollbackRefused, UnsafePath, OSError) as exc:
+            print(f"sshklm-agent: rollback {rotation_id} refused: {exc}", file=sys.stderr)
+            return EXIT_FAILED
+        for path in restored:
+            print(f"restored {path}")
+        return EXIT_OK
+    finally:
+        fs.close()
+        db.close()

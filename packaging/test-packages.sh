@@ -1,0 +1,299 @@
+#!/bin/bash
+# End-to-end test of the sshklm-agent packages, run as root by `make package-test` (CI).
+#
+# Builds the .deb and .rpm twice (version X from agent/__init__.py, and X+1 with a changed
+# shipped config) fully offline from the wheelhouse, then: lintian; dpkg -i; the installed
+# CLI (--version, scan, check-config); systemd-analyze verify + security on the installed
+# unit; conffile edit kept across an upgrade to X+1; dpkg -r; dpkg -P; rpm queries (files,
+# noreplace config, scriptlets, requires) and an rpm upgrade into a scratch root.
+# Prints PASS/FAIL per check and exits non-zero when any check failed.
+#
+# DESTRUCTIVE for this machine's sshklm-agent package: it installs and purges it (deleting
+# /etc/sshklm-agent and /var/lib/sshklm-agent). If the package is already installed it refuses
+# unless CI=true or SSHKLM_PACKAGE_TEST_DESTRUCTIVE=1.
+#
+# Environment: WHEELHOUSE (default <repo>/build/wheelhouse, filled by `make package`),
+# MAX_EXPOSURE (default 3.0), KEEP=1 keeps the scratch directory.
+set -u
+export LC_ALL=C.UTF-8 DEBIAN_FRONTEND=noninteractive
+
+here=$(cd "$(dirname "$0")" && pwd)
+root=$(cd "$here/.." && pwd)
+MAX_EXPOSURE=${MAX_EXPOSURE:-3.0}
+export WHEELHOUSE=${WHEELHOUSE:-$root/build/wheelhouse}
+
+passed=0
+failed=0
+T=$(mktemp -d /tmp/sshklm-package-test.XXXXXX)
+log=$T/check.log
+
+cleanup() {
+	if [ "${KEEP:-0}" = 1 ]; then echo "scratch kept: $T"; else rm -rf "$T"; fi
+}
+trap cleanup EXIT
+
+# check NAME COMMAND...: run COMMAND, PASS when it exits 0; on FAIL show its output.
+check() {
+	name=$1
+	shift
+	if "$@" >"$log" 2>&1; then
+		echo "PASS: $name"
+		passed=$((passed + 1))
+	else
+		echo "FAIL: $name"
+		sed -e 's/^/    | /' "$log" | tail -n 25
+		failed=$((failed + 1))
+	fi
+}
+
+fatal() {
+	echo "FAIL: $*"
+	echo "package-test: $passed passed, $((failed + 1)) failed"
+	exit 1
+}
+
+# ---- helpers used as check commands -------------------------------------------------------
+
+need_tools() {
+	local missing=""
+	for t in dpkg dpkg-deb rpm lintian systemd-analyze ssh-keygen gzip unshare; do
+		command -v "$t" >/dev/null 2>&1 || missing="$missing $t"
+	done
+	[ -x /usr/bin/python3 ] || missing="$missing /usr/bin/python3"
+	/usr/bin/python3 -c 'import ensurepip, venv' 2>/dev/null || missing="$missing python3-venv"
+	[ -z "$missing" ] || { echo "missing:$missing"; return 1; }
+}
+
+# The next version: the last numeric component + 1 (0.1.0 -> 0.1.1).
+bump() {
+	echo "$1" | awk -F. -v OFS=. '{ $NF = $NF + 1; print }'
+}
+
+build() { # build VERSION DIST CONFIG
+	VERSION=$1 DIST=$2 CONFIG_EXAMPLE=$3 WORK=$T/work "$here/build.sh" build
+}
+
+expect_output() { # expect_output EXPECTED COMMAND...: stdout must equal EXPECTED
+	local want=$1 got
+	shift
+	got=$("$@") || { echo "exit status $?; output: $got"; return 1; }
+	[ "$got" = "$want" ] || { echo "expected '$want', got '$got'"; return 1; }
+}
+
+deb_installed_version() {
+	dpkg-query -W -f='${Status} ${Version}\n' sshklm-agent 2>/dev/null
+}
+
+installed_layout() {
+	local ok=0
+	[ "$(readlink -f /usr/bin/sshklm-agent)" = /opt/sshklm-agent/bin/sshklm-agent ] || { echo "/usr/bin/sshklm-agent link wrong"; ok=1; }
+	[ "$(readlink /opt/sshklm-agent/bin/python3.11)" = /usr/bin/python3.11 ] || { echo "venv not on /usr/bin/python3.11"; ok=1; }
+	[ "$(stat -c %a /var/lib/sshklm-agent)" = 700 ] || { echo "/var/lib/sshklm-agent not 0700"; ok=1; }
+	[ -f /lib/systemd/system/sshklm-agent.service ] || { echo "unit missing"; ok=1; }
+	grep -qx /etc/sshklm-agent/agent.toml /var/lib/dpkg/info/sshklm-agent.conffiles || { echo "agent.toml not a conffile"; ok=1; }
+	# postinst compiled the bytecode (the service sees /opt read-only)
+	[ -n "$(find /opt/sshklm-agent/lib -name '*.pyc' -path '*/agent/*' -print -quit)" ] || { echo "no bytecode compiled"; ok=1; }
+	# enabled by deb-systemd-helper (works without systemd as PID 1)
+	[ -L /etc/systemd/system/multi-user.target.wants/sshklm-agent.service ] || { echo "not enabled"; ok=1; }
+	return $ok
+}
+
+scan_real_host() {
+	sshklm-agent scan --format json >"$T/scan.json" || return 1
+	/usr/bin/python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); assert isinstance(d["keys"], list), d' "$T/scan.json"
+}
+
+# A throwaway filesystem root with one user and one key: the packaged agent must find it.
+scan_fixture_root() {
+	local r=$T/fixture
+	mkdir -p "$r/etc/ssh" "$r/home/alice/.ssh"
+	echo 'root:x:0:0:root:/root:/bin/sh' >"$r/etc/passwd"
+	echo 'alice:x:4242:4242:Alice:/home/alice:/bin/sh' >>"$r/etc/passwd"
+	printf 'root:x:0:\nalice:x:4242:\n' >"$r/etc/group"
+	echo 'AuthorizedKeysFile .ssh/authorized_keys' >"$r/etc/ssh/sshd_config"
+	ssh-keygen -q -t ed25519 -N '' -C pkgtest -f "$T/alice_key" || return 1
+	cp "$T/alice_key.pub" "$r/home/alice/.ssh/authorized_keys"
+	chown -R 4242:4242 "$r/home/alice"
+	chmod 700 "$r/home/alice/.ssh"
+	chmod 600 "$r/home/alice/.ssh/authorized_keys"
+	local fp
+	fp=$(ssh-keygen -l -E sha256 -f "$T/alice_key.pub" | awk '{print $2}')
+	sshklm-agent scan --root "$r" --format json >"$T/fixture.json" || return 1
+	grep -q "\"$fp\"" "$T/fixture.json" || { echo "fingerprint $fp not in scan output"; head -c 2000 "$T/fixture.json"; return 1; }
+}
+
+check_config_rejects() {
+	local out rc
+	sed 's/^max_connections = .*/max_connections = "four"/' /etc/sshklm-agent/agent.toml >"$T/bad.toml"
+	grep -q '^max_connections = "four"' "$T/bad.toml" || { echo "fixture: no server.max_connections line to break"; return 1; }
+	out=$(sshklm-agent check-config --config "$T/bad.toml" 2>&1)
+	rc=$?
+	echo "$out"
+	[ "$rc" -ne 0 ] || { echo "exit status 0 for a broken config"; return 1; }
+	echo "$out" | grep -q 'server\.max_connections' || { echo "message does not name server.max_connections"; return 1; }
+}
+
+# systemd-analyze verify exits 0 on unknown keys and bad values: any output is a failure.
+unit_verify_silent() {
+	local out
+	out=$(systemd-analyze verify "$1" 2>&1)
+	local rc=$?
+	[ -z "$out" ] && [ "$rc" -eq 0 ] || { echo "rc=$rc"; echo "$out"; return 1; }
+}
+
+unit_exposure() {
+	local out fig
+	out=$(systemd-analyze security --offline=yes "$1" 2>&1)
+	fig=$(echo "$out" | sed -n 's/.*Overall exposure level for .*: \([0-9.]*\).*/\1/p')
+	echo "$out" | tail -n 1
+	[ -n "$fig" ] || { echo "no exposure figure"; return 1; }
+	echo "exposure=$fig (max $MAX_EXPOSURE)"
+	awk -v a="$fig" -v b="$MAX_EXPOSURE" 'BEGIN { exit !(a <= b) }'
+}
+
+conffile_edit_kept() {
+	grep -qx "$1" /etc/sshklm-agent/agent.toml || { echo "local edit lost"; return 1; }
+	# the new version's shipped file was set aside, not forced on the administrator
+	[ -f /etc/sshklm-agent/agent.toml.dpkg-dist ] || { echo "no agent.toml.dpkg-dist"; return 1; }
+	grep -q 'changed in the upgrade build' /etc/sshklm-agent/agent.toml.dpkg-dist
+}
+
+removed_not_purged() {
+	local ok=0
+	deb_installed_version | grep -q '^deinstall ok config-files' || { echo "status: $(deb_installed_version)"; ok=1; }
+	[ ! -e /opt/sshklm-agent ] || { echo "/opt/sshklm-agent left:"; find /opt/sshklm-agent | head; ok=1; }
+	[ ! -e /usr/bin/sshklm-agent ] || { echo "/usr/bin/sshklm-agent left"; ok=1; }
+	[ ! -e /etc/systemd/system/multi-user.target.wants/sshklm-agent.service ] || { echo "enablement link left"; ok=1; }
+	[ -f /etc/sshklm-agent/agent.toml ] || { echo "conffile removed by dpkg -r"; ok=1; }
+	return $ok
+}
+
+purged() {
+	local ok=0
+	[ -z "$(deb_installed_version)" ] || dpkg-query -W -f='${Status}\n' sshklm-agent | grep -q 'not-installed' || { echo "status: $(deb_installed_version)"; ok=1; }
+	for p in /etc/sshklm-agent /var/lib/sshklm-agent /opt/sshklm-agent /lib/systemd/system/sshklm-agent.service; do
+		[ ! -e "$p" ] || { echo "$p left after purge"; ok=1; }
+	done
+	return $ok
+}
+
+rpm_files() {
+	local want missing=0 list
+	list=$(rpm -qlp "$1" 2>/dev/null) || return 1
+	for want in /opt/sshklm-agent/bin/sshklm-agent /usr/bin/sshklm-agent /usr/lib/systemd/system/sshklm-agent.service \
+		/etc/sshklm-agent/agent.toml /var/lib/sshklm-agent /usr/share/man/man8/sshklm-agent.8.gz; do
+		echo "$list" | grep -qx "$want" || { echo "missing $want"; missing=1; }
+	done
+	! echo "$list" | grep -q '^/lib/systemd' || { echo "rpm uses /lib/systemd"; missing=1; }
+	! echo "$list" | grep -q '__pycache__' || { echo "rpm ships __pycache__"; missing=1; }
+	return $missing
+}
+
+rpm_config_noreplace() {
+	local flags
+	[ "$(rpm -qcp "$1" 2>/dev/null)" = /etc/sshklm-agent/agent.toml ] || { echo "config files: $(rpm -qcp "$1")"; return 1; }
+	flags=$(rpm -qp --queryformat '[%{FILENAMES} %{FILEFLAGS:fflags}\n]' "$1" 2>/dev/null | awk '$1=="/etc/sshklm-agent/agent.toml"{print $2}')
+	echo "agent.toml flags: $flags"
+	case "$flags" in *c*n* | *n*c*) ;; *) return 1 ;; esac
+	# and the state directory is 0700
+	rpm -qp --dump "$1" 2>/dev/null | awk '$1=="/var/lib/sshklm-agent"{print $5}' | grep -qx 040700
+}
+
+rpm_scriptlets() {
+	local s
+	s=$(rpm -qp --scripts "$1" 2>/dev/null)
+	echo "$s" | grep -q '^postinstall scriptlet' || return 1
+	echo "$s" | grep -q '^preuninstall scriptlet' || return 1
+	echo "$s" | grep -q '^postuninstall scriptlet' || return 1
+	echo "$s" | grep -q 'systemctl --no-reload enable sshklm-agent.service' || return 1
+	echo "$s" | grep -q 'systemctl try-restart sshklm-agent.service' || return 1
+	# every scriptlet is valid sh
+	for f in "$here"/scripts/rpm/*; do sh -n "$f" || return 1; done
+}
+
+rpm_requires() {
+	local r
+	r=$(rpm -qp --requires "$1" 2>/dev/null)
+	echo "$r"
+	echo "$r" | grep -qx '/usr/bin/python3.11' && echo "$r" | grep -qx 'systemd' && echo "$r" | grep -qx 'glibc >= 2.34'
+}
+
+# rpm into a scratch root (no scriptlets: the root has no /bin/sh): the upgrade keeps an
+# edited %config(noreplace) file and writes the new one as .rpmnew.
+rpm_upgrade_keeps_config() {
+	local r=$T/rpmroot
+	mkdir -p "$r"
+	rpm --root "$r" --initdb || return 1
+	rpm --root "$r" -i --nodeps --noscripts "$1" 2>&1 | grep -v -e Alien -e 'you know what' || true
+	[ -f "$r/etc/sshklm-agent/agent.toml" ] || { echo "not installed"; return 1; }
+	echo '# rpm local edit' >>"$r/etc/sshklm-agent/agent.toml"
+	rpm --root "$r" -U --nodeps --noscripts "$2" 2>&1 | grep -v -e Alien -e 'you know what' || true
+	rpm --root "$r" -q sshklm-agent | grep -q -- "-$3-" || { echo "not upgraded: $(rpm --root "$r" -q sshklm-agent)"; return 1; }
+	grep -qx '# rpm local edit' "$r/etc/sshklm-agent/agent.toml" || { echo "edit lost"; return 1; }
+	[ -f "$r/etc/sshklm-agent/agent.toml.rpmnew" ] || { echo "no .rpmnew"; return 1; }
+}
+
+# ---- the run -----------------------------------------------------------------------------
+
+[ "$(id -u)" -eq 0 ] || fatal "must run as root (installs packages)"
+check "tools present (dpkg, rpm, lintian, systemd-analyze, python3-venv)" need_tools
+[ "$failed" -eq 0 ] || fatal "missing tools"
+if dpkg-query -W -f='${Status}' sshklm-agent 2>/dev/null | grep -q 'ok installed\|config-files'; then
+	if [ "${CI:-}" = true ] || [ "${SSHKLM_PACKAGE_TEST_DESTRUCTIVE:-0}" = 1 ]; then
+		echo "note: purging the installed sshklm-agent package first"
+		dpkg -P sshklm-agent >/dev/null 2>&1
+	else
+		fatal "sshklm-agent is installed here; set SSHKLM_PACKAGE_TEST_DESTRUCTIVE=1 to let the test purge it"
+	fi
+fi
+
+X=$(sed -n 's/^__version__ = "\([^"]*\)"$/\1/p' "$root/agent/__init__.py")
+Y=$(bump "$X")
+config=$root/config.example.toml
+[ -f "$config" ] || fatal "$config missing"
+cp "$config" "$T/config-y.toml"
+echo "# changed in the upgrade build" >>"$T/config-y.toml"
+
+check "build $X (.deb + .rpm, offline from $WHEELHOUSE)" build "$X" "$T/x" "$config"
+check "build $Y (.deb + .rpm, offline)" build "$Y" "$T/y" "$T/config-y.toml"
+DEB_X=$T/x/sshklm-agent_${X}-1_amd64.deb
+DEB_Y=$T/y/sshklm-agent_${Y}-1_amd64.deb
+RPM_X=$T/x/sshklm-agent-${X}-1.x86_64.rpm
+RPM_Y=$T/y/sshklm-agent-${Y}-1.x86_64.rpm
+[ -f "$DEB_X" ] && [ -f "$DEB_Y" ] && [ -f "$RPM_X" ] && [ -f "$RPM_Y" ] || fatal "packages were not built"
+
+check "lintian: no errors or warnings beyond packaging/lintian-overrides" \
+	lintian --fail-on error,warning "$DEB_X"
+check "dpkg -i $X (no systemd as PID 1 here: nothing started, nothing broken)" dpkg -i "$DEB_X"
+check "installed: $X" sh -c "dpkg-query -W -f='\${Status} \${Version}' sshklm-agent | grep -qx 'install ok installed $X-1'"
+check "layout: /usr/bin link, venv on /usr/bin/python3.11, state 0700, conffile, bytecode, enabled" installed_layout
+check "sshklm-agent --version prints $X" expect_output "sshklm-agent $X" /usr/bin/sshklm-agent --version
+check "sshklm-agent scan of this host exits 0 with a JSON inventory" scan_real_host
+check "sshklm-agent scan --root finds a key planted in a fixture root" scan_fixture_root
+check "check-config accepts the shipped config" expect_output ok sshklm-agent check-config
+check "check-config rejects a broken config, naming server.max_connections, exit 1" check_config_rejects
+check "systemd-analyze verify (installed unit): no output" unit_verify_silent /lib/systemd/system/sshklm-agent.service
+check "systemd-analyze security --offline: exposure <= $MAX_EXPOSURE" unit_exposure /lib/systemd/system/sshklm-agent.service
+
+edit="# local edit $$"
+echo "$edit" >>/etc/sshklm-agent/agent.toml
+check "upgrade to $Y (dpkg -i, keep local conffile)" \
+	dpkg -i --force-confdef --force-confold "$DEB_Y"
+check "installed: $Y" sh -c "dpkg-query -W -f='\${Status} \${Version}' sshklm-agent | grep -qx 'install ok installed $Y-1'"
+check "sshklm-agent --version prints $Y after upgrade" expect_output "sshklm-agent $Y" /usr/bin/sshklm-agent --version
+check "edited conffile survives the upgrade (new one as .dpkg-dist)" conffile_edit_kept "$edit"
+# as if an administrator ran the CLI once: bytecode outside the package must not block removal
+/opt/sshklm-agent/bin/python -c 'import agent.cli' >/dev/null 2>&1
+check "dpkg -r: program and enablement gone, conffile kept" sh -c "dpkg -r sshklm-agent"
+check "after dpkg -r" removed_not_purged
+check "dpkg -P" dpkg -P sshklm-agent
+check "after dpkg -P: /etc/sshklm-agent, /var/lib/sshklm-agent, /opt/sshklm-agent gone" purged
+
+check "rpm -qlp: files at rpm paths (/usr/lib/systemd/system), no __pycache__" rpm_files "$RPM_X"
+check "rpm: agent.toml is %config(noreplace), state dir 0700" rpm_config_noreplace "$RPM_X"
+check "rpm -qp --scripts: post/preun/postun present and valid sh" rpm_scriptlets "$RPM_X"
+check "rpm -qp --requires: /usr/bin/python3.11, glibc >= 2.34, systemd" rpm_requires "$RPM_X"
+check "rpm -U $X -> $Y in a scratch root keeps the edited config (.rpmnew)" rpm_upgrade_keeps_config "$RPM_X" "$RPM_Y" "$Y"
+
+echo "package-test: $passed passed, $failed failed"
+[ "$failed" -eq 0 ]

@@ -1,0 +1,286 @@
+"""The daemon end to end: real inotify, the reference control plane over loopback HTTP,
+outages, kill -9, sd_notify on a real AF_UNIX socket, SIGHUP with a broken config."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from agent.control.enroll import enroll_host
+from tests.controlplane import ControlPlane
+from tests.fakeroot import FakeRoot, ed25519_line
+
+pytestmark = pytest.mark.slow
+
+
+def wait_for(predicate: Callable[[], object], timeout: float = 15.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def write_config(path: Path, state: Path, url: str = "", extra: str = "") -> Path:
+    server = f'[server]\nurl = "{url}"\nallow_plain_http_loopback = true\n' if url else ""
+    path.write_text(
+        server
+        + f'[state]\ndir = "{state}"\n'
+        + "[schedule]\nstartup_splay_s = 0\nheartbeat_s = 1\njitter = 0.0\n"
+        + "[watch]\npoll_interval_s = 5.0\n"
+        + "[usage]\nenabled = false\n"
+        + extra
+    )
+    return path
+
+
+class Agent:
+    """`sshklm-agent run` as a real child process."""
+
+    def __init__(self, config: Path, root: Path, env: dict[str, str] | None = None) -> None:
+        self.config, self.root = config, root
+        self.log = config.parent / "agent.log"
+        self.env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> Agent:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "agent", "run", "--config", str(self.config), "--root", str(self.root)],
+            stdout=subprocess.DEVNULL, stderr=self.log.open("ab"), env=self.env,
+        )
+        return self
+
+    def signal(self, sig: int) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+
+    def stop(self, timeout: float = 10.0) -> int:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout)
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(5)
+
+    def text(self) -> str:
+        return self.log.read_text() if self.log.exists() else ""
+
+
+@pytest.fixture
+def fr(tmp_path: Path) -> FakeRoot:
+    root = FakeRoot(tmp_path / "root")
+    root.add_user("alice", 1000)
+    root.authorized_keys("alice", [ed25519_line("initial")])
+    (root.root / "etc/machine-id").write_text("0123456789abcdef0123456789abcdef\n")
+    (root.root / "etc/hostname").write_text("test-host\n")
+    return root
+
+
+@pytest.fixture
+def agents() -> Iterator[list[Agent]]:
+    started: list[Agent] = []
+    yield started
+    for agent in started:
+        agent.kill()
+
+
+def enroll(cp: ControlPlane, state: Path) -> str:
+    facts = {"machine_id": "m-" + state.name, "hostname": "test-host", "fqdn": "test-host", "os": {},
+             "kernel": "", "agent_version": "0.1.0", "sshd_version": None, "host_keys": []}
+    return enroll_host(cp.url, cp.bootstrap_token, str(state), facts).host_id
+
+
+def appended_fingerprints(cp: ControlPlane, host_id: str, kind: str = "key_added") -> list[str]:
+    return [e["fingerprint"] for e in cp.events(host_id) if e["type"] == kind]
+
+
+def fingerprint_of(line: str) -> str:
+    out = subprocess.run(["ssh-keygen", "-l", "-f", "-"], input=line.encode(), capture_output=True, check=True)
+    return out.stdout.decode().split()[1]
+
+
+def test_standalone_logs_changes(fr: FakeRoot, tmp_path: Path, agents: list[Agent]) -> None:
+    agent = Agent(write_config(tmp_path / "agent.toml", tmp_path / "state"), fr.root).start()
+    agents.append(agent)
+    wait_for(lambda: "ready" in agent.text(), what="ready")
+    fr.authorized_keys("alice", [ed25519_line("initial"), ed25519_line("second")])
+    wait_for(lambda: "key_added user=alice" in agent.text(), what="logged change")
+    assert agent.stop() == 0
+
+
+def test_reports_to_control_plane(fr: FakeRoot, tmp_path: Path, agents: list[Agent]) -> None:
+    with ControlPlane.start() as cp:
+        state = tmp_path / "state"
+        host_id = enroll(cp, state)
+        agent = Agent(write_config(tmp_path / "agent.toml", state, cp.url), fr.root).start()
+        agents.append(agent)
+        wait_for(lambda: cp.inventory(host_id) is not None, what="first inventory")
+        inventory = cp.inventory(host_id)
+        assert inventory is not None and any(k["comment"] == "initial" for k in inventory["keys"])
+        new = ed25519_line("added-later")
+        with fr.path("/home/alice/.ssh/authorized_keys").open("a") as f:
+            f.write(new + "\n")
+        fp = fingerprint_of(new)
+        wait_for(lambda: fp in appended_fingerprints(cp, host_id), what="key_added event")
+        # Heartbeats flow on the configured cadence.
+        wait_for(lambda: any(r.path.endswith("/heartbeat") for r in cp.requests), what="heartbeat")
+        assert agent.stop() == 0
+
+
+def test_outage_loses_nothing_and_keeps_order(fr: FakeRoot, tmp_path: Path, agents: list[Agent]) -> None:
+    db = tmp_path / "cp.db"
+    cp = ControlPlane.start(db=str(db))
+    port = int(cp.url.rsplit(":", 1)[1])
+    state = tmp_path / "state"
+    host_id = enroll(cp, state)
+    agent = Agent(write_config(tmp_path / "agent.toml", state, cp.url), fr.root).start()
+    agents.append(agent)
+    try:
+        wait_for(lambda: cp.inventory(host_id) is not None, what="first inventory")
+        cp.stop()
+        lines = [ed25519_line(f"outage-{i}") for i in range(100)]
+        path = fr.path("/home/alice/.ssh/authorized_keys")
+        for line in lines:
+            with path.open("a") as f:
+                f.write(line + "\n")
+            time.sleep(0.05)  # separate writes; several may share one debounce window
+        cp = ControlPlane.start(port=port, db=str(db))
+        wanted = [fingerprint_of(line) for line in lines]
+        wait_for(lambda: set(wanted) <= set(appended_fingerprints(cp, host_id)), timeout=60, what="all events")
+        events = cp.events(host_id)
+        ids = [e["id"] for e in events]
+        assert len(ids) == len(set(ids)), "an event arrived twice"
+        seqs = [e["seq"] for e in events]
+        assert seqs == sorted(seqs), "events out of order"
+        got = [fp for fp in appended_fingerprints(cp, host_id) if fp in wanted]
+        assert got == wanted
+        assert agent.stop() == 0
+    finally:
+        cp.stop()
+
+
+def test_kill_9_with_pending_outbox_then_restart(fr: FakeRoot, tmp_path: Path, agents: list[Agent]) -> None:
+    with ControlPlane.start() as cp:
+        state = tmp_path / "state"
+        host_id = enroll(cp, state)
+        config = write_config(tmp_path / "agent.toml", state, cp.url)
+        agent = Agent(config, fr.root).start()
+        agents.append(agent)
+        wait_for(lambda: cp.inventory(host_id) is not None, what="first inventory")
+        cp.faults.fail_next(10_000, status=503, path_prefix=f"/v1/hosts/{host_id}/events")
+        lines = [ed25519_line(f"before-kill-{i}") for i in range(5)]
+        for line in lines:
+            with fr.path("/home/alice/.ssh/authorized_keys").open("a") as f:
+                f.write(line + "\n")
+            time.sleep(0.4)
+        wait_for(lambda: "delivery failed" in agent.text(), what="a failed delivery")
+        agent.kill()  # SIGKILL with events still in the outbox
+        cp.faults.clear()
+        restarted = Agent(config, fr.root).start()
+        agents.append(restarted)
+        wanted = {fingerprint_of(line) for line in lines}
+        wait_for(lambda: wanted <= set(appended_fingerprints(cp, host_id)), timeout=30, what="events after restart")
+        assert restarted.stop() == 0
+
+
+class NotifySocket:
+    def __init__(self, path: Path) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(str(path))
+        self.sock.settimeout(0.2)
+        self.path = path
+        self.messages: list[str] = []
+
+    def drain(self) -> list[str]:
+        while True:
+            try:
+                self.messages.append(self.sock.recv(4096).decode("latin-1"))
+            except TimeoutError:
+                return self.messages
+
+    def wait(self, text: str, timeout: float = 15.0, after: int = 0) -> int:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for i, msg in enumerate(self.drain()[after:], start=after):
+                if text in msg:
+                    return i
+        raise AssertionError(f"no notify message containing {text!r}; got {self.messages}")
+
+
+def test_sd_notify_ready_watchdog_reload_and_stop(fr: FakeRoot, tmp_path: Path, agents: list[Agent]) -> None:
+    sock = NotifySocket(tmp_path / "notify.sock")
+    config = write_config(tmp_path / "agent.toml", tmp_path / "state")
+    env = {"NOTIFY_SOCKET": str(sock.path), "WATCHDOG_USEC": "2000000"}
+    agent = Agent(config, fr.root, env=env).start()
+    agents.append(agent)
+    ready = sock.wait("READY=1")
+    assert "STATUS=" in sock.messages[ready] and "keys" in sock.messages[ready]
+    sock.wait("WATCHDOG=1", after=ready)
+    # SIGHUP with a good config: RELOADING=1 with MONOTONIC_USEC, then READY=1.
+    agent.signal(signal.SIGHUP)
+    reloading = sock.wait("RELOADING=1", after=ready + 1)
+    assert "MONOTONIC_USEC=" in sock.messages[reloading]
+    sock.wait("READY=1", after=reloading)
+    # SIGHUP with a broken config: the old one stays, the agent says why and keeps running.
+    good = config.read_text()
+    config.write_text(good + "[watch]\nbogus = 1\n")
+    count = len(sock.drain())
+    agent.signal(signal.SIGHUP)
+    sock.wait("READY=1", after=count)
+    wait_for(lambda: "reload refused" in agent.text(), what="reload refused log")
+    assert agent.proc is not None and agent.proc.poll() is None
+    config.write_text(good)
+    # SIGTERM: STOPPING=1 and a clean exit well within 10 s.
+    started = time.monotonic()
+    assert agent.stop(timeout=10) == 0
+    assert time.monotonic() - started < 10
+    sock.wait("STOPPING=1")
+
+
+def test_status_command_reads_daemon_state(fr: FakeRoot, tmp_path: Path, agents: list[Agent]) -> None:
+    config = write_config(tmp_path / "agent.toml", tmp_path / "state")
+    agent = Agent(config, fr.root).start()
+    agents.append(agent)
+    wait_for(lambda: "ready" in agent.text(), what="ready")
+
+    def status() -> dict[str, object]:
+        out = subprocess.run([sys.executable, "-m", "agent", "status", "--json", "--config", str(config)],
+                             capture_output=True, text=True, check=False)
+        return json.loads(out.stdout)
+
+    st = status()
+    assert st["running"] is True and st["mode"] == "standalone" and st["keys"] == 1
+    assert st["watch"]["targets_inotify"] > 0  # type: ignore[index]
+    assert agent.stop() == 0
+    assert status()["running"] is False
+
+
+def test_queue_overflow_triggers_full_rescan(fr: FakeRoot, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from agent.config import parse_config_text
+    from agent.daemon.service import Daemon
+
+    config = parse_config_text(write_config(tmp_path / "agent.toml", tmp_path / "state").read_text())
+    daemon = Daemon(config, root=str(fr.root), install_signals=False)
+    daemon.start()
+    try:
+        scans: list[int] = []
+        original = daemon.discovery.full_scan
+        monkeypatch.setattr(daemon.discovery, "full_scan", lambda *a, **k: (scans.append(1), original(*a, **k))[1])
+        assert daemon.watcher is not None
+        # The watcher's inotify layer reports IN_Q_OVERFLOW; watchdog itself would only log it.
+        daemon.watcher._sink.on_queue_overflow()
+        wait_for(lambda: scans, what="rescan after overflow")
+    finally:
+        daemon.stop()
