@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 # Debian packages the tests drive for real: ssh-keygen (oracle), sshd (end-to-end), lintian/rpm (packages).
-DEB_TEST_PACKAGES := openssh-client openssh-server lintian rpm systemd procps
+DEB_TEST_PACKAGES := openssh-client openssh-server lintian rpm systemd procps python3-venv binutils util-linux
 
 .PHONY: all venv run test lint typecheck unit system-deps bench clean package package-test
 

@@ -71,7 +71,7 @@ tools_venv() {
 wheelhouse_complete() {
 	[ -d "$WHEELHOUSE" ] || return 1
 	pip=$(tools_venv)
-	PIP_CONFIG_FILE=/dev/null PIP_FIND_LINKS= "$pip" download -q --no-deps --require-hashes --no-index \
+	PIP_CONFIG_FILE=/dev/null PIP_FIND_LINKS='' "$pip" download -q --no-deps --require-hashes --no-index \
 		--find-links "$WHEELHOUSE" -d "$WORK/check" \
 		-r "$here/requirements.lock" -r "$here/build-requirements.lock" >/dev/null 2>&1
 }
@@ -148,7 +148,9 @@ cmd_build() {
 
 	# 2. The virtualenv at /opt/sshklm-agent, in a private mount namespace.
 	say "building /opt/sshklm-agent (private mount namespace; host /opt untouched)"
+	[ -d /opt ] || mkdir -p /opt # the mount point (FHS; normally present)
 	if [ "$(id -u)" -eq 0 ]; then ns="unshare -m --propagation private"; else ns="unshare -r -m --propagation private"; fi
+	# shellcheck disable=SC2016 # expanded by the inner shell, from its arguments
 	$ns /bin/sh -eu -c '
 		mount --bind "$1" /opt
 		"$2" -m venv /opt/sshklm-agent

@@ -30,7 +30,10 @@ class UsageTracker:
         usage = daemon.config.usage
         source: Any = usage.source
         self.follower = UsageFollower(
-            self.on_hit, source=source, log_file=usage.log_file or None, journal_unit=usage.journal_unit or None
+            self.on_hit,
+            source=source,
+            log_file=usage.log_file or None,
+            journal_unit=usage.journal_unit or None,
         )
 
     def on_hit(self, hit: UsageHit, at: datetime) -> None:

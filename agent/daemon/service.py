@@ -11,6 +11,9 @@ standalone mode. Scheduled jobs are the safety nets and the server conversation.
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import gc
 import logging
 import os
 import random
@@ -249,6 +252,7 @@ class Daemon:
             self.store.save_inventory(inventory.to_json())
             if self.watcher is not None:
                 self._update_watch_targets()
+            release_free_memory()
 
     def _update_watch_targets(self) -> None:
         if self.watcher is None:
@@ -431,6 +435,16 @@ class Daemon:
         if st.get("last_error"):
             parts.append(f"last error: {st['last_error']}")
         return "; ".join(parts)
+
+
+def release_free_memory() -> None:
+    """Hand the memory a full scan's peak left behind back to the OS.
+
+    CPython frees the objects but glibc keeps the arenas; an idle daemon should not sit on
+    the peak of its last rescan (tens of MB at 10,000 users)."""
+    gc.collect()
+    with contextlib.suppress(OSError, AttributeError):  # not glibc: nothing to trim
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
 def _jsonable(value: Any) -> Any:

@@ -37,7 +37,7 @@ import stat
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Final
+from typing import Final, Protocol
 
 MAX_SYMLINKS: Final = 40
 SELINUX_XATTR: Final = "security.selinux"
@@ -151,6 +151,12 @@ class _MountTable:
         found = self._by_dev.get(dev)
         if found is not None:
             return found
+        return self.fstype_by_path(host_path)
+
+    def fstype_by_dev(self, dev: int) -> str | None:
+        return self._by_dev.get(dev)
+
+    def fstype_by_path(self, host_path: str) -> str | None:
         # Btrfs subvolumes and some overlays report anonymous device numbers: fall back to paths.
         for mount in self._mounts:
             mp = mount.mount_point.rstrip("/")
@@ -211,6 +217,10 @@ class _Check:
 
 
 _CHECK: Final = _Check()
+
+
+_new_object = object.__new__
+_set_attr = object.__setattr__
 
 
 def _read_fd(fd: int, limit: int) -> bytes:
@@ -360,39 +370,55 @@ class HostFS:
         self._mounts = None
 
     def _info(self, path: str, st: os.stat_result) -> FileInfo:
+        # Called for every directory of every walk: the device lookup almost always answers, so
+        # the host path is only built for the fallback, and the frozen dataclass's per-field
+        # __setattr__ init is bypassed (same fields, same type).
         if self._mounts is None:
             self._mounts = _load_mount_table()
-        host_path = os.path.join(self._root_real, path.lstrip("/")).rstrip("/") or "/"
-        return FileInfo(
-            path=path,
-            uid=st.st_uid,
-            gid=st.st_gid,
-            mode=st.st_mode,
-            size=st.st_size,
-            mtime=st.st_mtime,
-            dev=st.st_dev,
-            ino=st.st_ino,
-            nlink=st.st_nlink,
-            fstype=self._mounts.fstype(st.st_dev, host_path),
+        fstype = self._mounts.fstype_by_dev(st.st_dev)
+        if fstype is None:
+            host_path = os.path.join(self._root_real, path.lstrip("/")).rstrip("/") or "/"
+            fstype = self._mounts.fstype_by_path(host_path)
+        info = _new_object(FileInfo)
+        _set_attr(
+            info,
+            "__dict__",
+            {
+                "path": path,
+                "uid": st.st_uid,
+                "gid": st.st_gid,
+                "mode": st.st_mode,
+                "size": st.st_size,
+                "mtime": st.st_mtime,
+                "dev": st.st_dev,
+                "ino": st.st_ino,
+                "nlink": st.st_nlink,
+                "fstype": fstype,
+            },
         )
+        return info
 
     # -- resolution --
 
     def _resolve(
-        self, path: str, *, follow_final: bool, confine: tuple[str, ...] | None
+        self, path: str, *, follow_final: bool, confine: str | None
     ) -> tuple[_Walk, _Final | None]:
         """Walk ``path`` inside the root. Returns the walk at the parent and the final component,
         or the walk at the target itself (final None) when the target is a directory.
-        The caller owns (and must close) the walk."""
+        The caller owns (and must close) the walk.
+
+        ``confine`` only matters once a symlink is met (a walk without links cannot leave it), so
+        it is resolved then, not up front: most reads meet no link and save a whole second walk."""
         pending: list[str | _Check] = list(reversed(_components(path)))
         real_left = len(pending)  # how many path components (not markers) are still queued
         links = 0
+        confine_names: tuple[str, ...] | None = None
         walk = _Walk(self)
         try:
             while pending:
                 item = pending.pop()
                 if isinstance(item, _Check):
-                    self._check_confined(walk.names, confine, path)
+                    self._check_confined(walk.names, confine_names, path)
                     continue
                 real_left -= 1
                 if item == "..":
@@ -409,7 +435,9 @@ class HostFS:
                     if links > MAX_SYMLINKS:
                         raise UnsafePath("too many symlinks", path)
                     target = self._readlink(walk, item, path)
-                    if confine is not None and _within(walk.names, confine):
+                    if confine is not None and confine_names is None:
+                        confine_names = self._confine_names(confine)
+                    if confine_names is not None and _within(walk.names, confine_names):
                         pending.append(_CHECK)
                     parts = target.split("/")
                     pending.extend(reversed(parts))
@@ -427,10 +455,10 @@ class HostFS:
                     raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), path)
                 os.close(fd)
                 if any(isinstance(p, _Check) for p in pending):
-                    self._check_confined(walk.names, confine, path)
+                    self._check_confined(walk.names, confine_names, path)
                 return walk, _Final(item, st)
             if any(isinstance(p, _Check) for p in pending):
-                self._check_confined(walk.names, confine, path)
+                self._check_confined(walk.names, confine_names, path)
             return walk, None
         except BaseException:
             walk.reset()
@@ -459,9 +487,7 @@ class HostFS:
             raise FileNotFoundError(errno.ENOENT, "empty symlink", path)
         return target
 
-    def _confine_names(self, confine: str | None) -> tuple[str, ...] | None:
-        if confine is None:
-            return None
+    def _confine_names(self, confine: str) -> tuple[str, ...]:
         walk, final = self._resolve(confine, follow_final=True, confine=None)
         with walk:
             if final is not None:
@@ -502,7 +528,7 @@ class HostFS:
 
         ``max_bytes`` overrides the instance cap for this call."""
         limit = self.max_bytes if max_bytes is None else max_bytes
-        walk, final = self._resolve(path, follow_final=True, confine=self._confine_names(confine))
+        walk, final = self._resolve(path, follow_final=True, confine=confine)
         with walk:
             if final is None:
                 raise UnsafePath("is a directory", path)
@@ -513,7 +539,7 @@ class HostFS:
     def stat(self, path: str, *, confine: str | None = None) -> FileInfo | None:
         """lstat semantics on the final component (parents are resolved); None when absent."""
         try:
-            walk, final = self._resolve(path, follow_final=False, confine=self._confine_names(confine))
+            walk, final = self._resolve(path, follow_final=False, confine=confine)
         except (FileNotFoundError, NotADirectoryError):
             return None
         with walk:
@@ -524,7 +550,7 @@ class HostFS:
     def exists(self, path: str, *, confine: str | None = None) -> bool:
         """True when the path resolves (following symlinks) to something. UnsafePath propagates."""
         try:
-            walk, _ = self._resolve(path, follow_final=True, confine=self._confine_names(confine))
+            walk, _ = self._resolve(path, follow_final=True, confine=confine)
         except (FileNotFoundError, NotADirectoryError):
             return False
         walk.reset()
@@ -532,15 +558,18 @@ class HostFS:
 
     def listdir(self, path: str, *, confine: str | None = None) -> list[str]:
         """Sorted entry names of a directory (symlinks to it followed inside the root)."""
-        walk, final = self._resolve(path, follow_final=True, confine=self._confine_names(confine))
-        with walk:
-            if final is not None:
-                raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), path)
-            fd = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=walk.fd)
-            try:
-                return sorted(os.listdir(fd))
-            finally:
-                os.close(fd)
+        with self.open_read_dir(path, confine=confine) as directory:
+            return directory.listdir()
+
+    def open_read_dir(self, path: str, *, confine: str | None = None) -> ReadDir:
+        """Resolve the directory ``path`` once (exactly as ``read`` resolves a file's parent) and
+        hold it, to list it and read several names in it without walking again. The caller
+        closes the handle. Raises like ``read``; NotADirectoryError when ``path`` is a file."""
+        walk, final = self._resolve(path, follow_final=True, confine=confine)
+        if final is not None:
+            walk.reset()
+            raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), path)
+        return ReadDir(self, walk, path, confine)
 
     def glob(self, pattern: str) -> list[str]:
         """Sorted absolute paths matching ``pattern`` (fnmatch per component, like glob(3):
@@ -769,3 +798,141 @@ class HostFS:
             raise
         finally:
             _close_quietly(tfd)
+
+
+# -- reading several files of one directory ----------------------------------------------------
+
+
+class FileReads(Protocol):
+    """The read side discovery needs: ``HostFS`` itself, or ``DirReads`` over it."""
+
+    def read(self, path: str, *, confine: str | None = None) -> ReadResult: ...
+
+    def listdir(self, path: str, *, confine: str | None = None) -> list[str]: ...
+
+
+class ReadDir:
+    """A directory held open for reading (see ``HostFS.open_read_dir``).
+
+    ``read(name)`` gives exactly what ``fs.read(path + "/" + name, confine=confine)`` gives: the
+    held walk is the one that read would make to the parent; the final name is probed with
+    O_PATH|O_NOFOLLOW and fstat, non-regular files are refused before opening, and a final
+    symlink is handed to the full ``read`` (so it is resolved and confined the usual way)."""
+
+    def __init__(self, fs: HostFS, walk: _Walk, path: str, confine: str | None) -> None:
+        self._fs = fs
+        self._walk = walk
+        self.path = path  # as asked for
+        self.confine = confine
+        self.realpath = walk.path  # resolved path inside the root
+        self.chain = tuple(walk.infos)  # directories from "/" down to and including this one
+
+    def _lexical(self, name: str) -> str:
+        return self.path.rstrip("/") + "/" + name
+
+    def read(self, name: str, *, max_bytes: int | None = None) -> ReadResult:
+        _check_name(name)
+        path = self._lexical(name)
+        try:
+            probe_fd = os.open(name, _PROBE, dir_fd=self._walk.fd)
+        except FileNotFoundError:
+            raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), path) from None
+        try:
+            probe = os.fstat(probe_fd)
+        finally:
+            os.close(probe_fd)
+        if stat.S_ISLNK(probe.st_mode):
+            return self._fs.read(path, confine=self.confine, max_bytes=max_bytes)
+        if stat.S_ISDIR(probe.st_mode):
+            raise UnsafePath("is a directory", path)
+        limit = self._fs.max_bytes if max_bytes is None else max_bytes
+        realpath = self._walk.child(name)
+        data, info, truncated = self._fs._read_final(self._walk.fd, name, probe, realpath, path, limit)
+        return ReadResult(data, info, realpath, self.chain, truncated)
+
+    def listdir(self) -> list[str]:
+        """Sorted entry names."""
+        fd = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=self._walk.fd)
+        try:
+            return sorted(os.listdir(fd))
+        finally:
+            os.close(fd)
+
+    def close(self) -> None:
+        self._walk.reset()
+
+    def __enter__(self) -> ReadDir:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class DirReads:
+    """``read``/``listdir`` like HostFS's, for a caller that reads several files of one directory
+    in a row (discovery: a user's authorized_keys, authorized_keys2 and ~/.ssh listing).
+
+    The last directory asked for stays open, and so does the last failure to open one (a user
+    without ~/.ssh costs one walk, not three). Nothing is kept longer than the next directory:
+    call ``close`` (or use ``with``) when done."""
+
+    def __init__(self, fs: HostFS) -> None:
+        self._fs = fs
+        self._key: tuple[str, str | None] | None = None
+        self._dir: ReadDir | None = None
+        self._error: OSError | UnsafePath | None = None
+
+    def read(self, path: str, *, confine: str | None = None) -> ReadResult:
+        parent, name = _split_simple(path)
+        if name is None:
+            return self._fs.read(path, confine=confine)
+        try:
+            directory = self._open(parent, confine)
+        except UnsafePath as exc:
+            raise UnsafePath(exc.reason, path) from None
+        except OSError as exc:
+            raise type(exc)(exc.errno, exc.strerror, path) from None
+        return directory.read(name)
+
+    def listdir(self, path: str, *, confine: str | None = None) -> list[str]:
+        return self._open(path, confine).listdir()
+
+    def _open(self, path: str, confine: str | None) -> ReadDir:
+        key = (path, confine)
+        held = self._key
+        # A confined walk that succeeded is also the unconfined walk (confine only adds checks).
+        if held is not None and (held == key or (confine is None and held[0] == path and self._dir)):
+            if self._dir is not None:
+                return self._dir
+            assert self._error is not None
+            raise self._error
+        self.close()
+        self._key = key
+        try:
+            self._dir = self._fs.open_read_dir(path, confine=confine)
+        except (OSError, UnsafePath) as exc:
+            self._error = exc
+            raise
+        return self._dir
+
+    def close(self) -> None:
+        if self._dir is not None:
+            self._dir.close()
+        self._key, self._dir, self._error = None, None, None
+
+    def __enter__(self) -> DirReads:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _split_simple(path: str) -> tuple[str, str | None]:
+    """(parent, last name) of a plain absolute path; name None when the path has a "." or ".."
+    component or is the root (those go through the full walk)."""
+    parent, _, name = path.rpartition("/")
+    if not path.startswith("/") or name in ("", ".", "..") or "/./" in path or "/../" in path:
+        return path, None
+    if parent.endswith("/..") or parent.endswith("/.") or parent in (".", ".."):
+        return path, None
+    return parent or "/", name

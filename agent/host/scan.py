@@ -17,7 +17,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, tzinfo
 from typing import Literal
 
-from agent.host.safefs import FileInfo, HostFS, ReadResult, UnsafePath
+from agent.host.safefs import DirReads, FileInfo, FileReads, HostFS, ReadResult, UnsafePath
 from agent.host.users import User, UserSource
 from agent.inventory.evaluate import (
     LineFacts,
@@ -324,8 +324,9 @@ def _mtime(info: FileInfo) -> datetime:
     return datetime.fromtimestamp(info.mtime, UTC)
 
 
-def read_target(fs: HostFS, target: Target, plan: Plan, ctx: ScanContext) -> FileResult:
-    """Read one target. Missing files are normal (no error); anything unsafe is an error."""
+def read_target(fs: FileReads, target: Target, plan: Plan, ctx: ScanContext) -> FileResult:
+    """Read one target. Missing files are normal (no error); anything unsafe is an error.
+    `fs` is the HostFS, or a DirReads over it when reading many targets in a row."""
     try:
         if target.kind == "identity_dir":
             return _read_identity_dir(fs, target, ctx)
@@ -474,7 +475,7 @@ def _record(
     )
 
 
-def _read_identity_dir(fs: HostFS, target: Target, ctx: ScanContext) -> FileResult:
+def _read_identity_dir(fs: FileReads, target: Target, ctx: ScanContext) -> FileResult:
     user = target.user
     assert user is not None
     names = fs.listdir(target.path)
@@ -502,7 +503,7 @@ def _read_identity_dir(fs: HostFS, target: Target, ctx: ScanContext) -> FileResu
 
 
 def _identity_record(
-    fs: HostFS, path: str, result: ReadResult, user: User, target: Target, ctx: ScanContext
+    fs: FileReads, path: str, result: ReadResult, user: User, target: Target, ctx: ScanContext
 ) -> KeyRecord | ScanError:
     """The public half of a private key file; the private bytes go no further than here."""
     try:
@@ -538,7 +539,7 @@ def _identity_record(
     )
 
 
-def _pub_comment(fs: HostFS, path: str, target: Target) -> str:
+def _pub_comment(fs: FileReads, path: str, target: Target) -> str:
     try:
         pub = fs.read(path + ".pub", confine=target.confine)
         _, comment = parse_public_key_text(_text(pub).strip())
@@ -600,7 +601,9 @@ def scan_host(
 ) -> tuple[Plan, dict[str, FileResult], Inventory]:
     """A full discovery. Returns the plan and per-file results so callers can re-read single files."""
     plan = plan_targets(fs, users, settings, ctx.sshd_version)
-    results = {target_key(t): read_target(fs, t, plan, ctx) for t in plan.targets}
+    # Targets come grouped by directory (a user's files, then their ~/.ssh): walk each once.
+    with DirReads(fs) as reads:
+        results = {target_key(t): read_target(reads, t, plan, ctx) for t in plan.targets}
     read = [t.path for t in plan.targets if results[target_key(t)].read]
     return plan, results, assemble(plan, results, ctx, read)
 

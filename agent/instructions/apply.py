@@ -72,6 +72,7 @@ BACKUPS_SUBDIR = "backups"  # under the state directory
 NEW_FILE_MODE = 0o600
 SSH_DIR_MODE = 0o700
 SWEEP_INTERVAL_S = 60.0
+PRUNE_EVERY_WRITES = 64
 _ATTEMPTS = 3  # re-plan when a file changed between our read and our write
 
 
@@ -193,6 +194,11 @@ class Applier:
         self.note_managed = note_managed
         self.schedule_once = schedule_once
         self._lock = threading.RLock()
+        # Per unit of work (one instruction, one grant expiry): the user database and
+        # sshd_config are read once, not once per question asked of them.
+        self._users_memo: dict[str, User | None] = {}
+        self._config_memo: dict[str, Any] = {}
+        self._writes_since_prune = 0
         if not require_signature:
             log.warning(
                 "INSTRUCTIONS ARE NOT REQUIRED TO BE SIGNED (instructions.require_signature = false): "
@@ -241,6 +247,7 @@ class Applier:
                 raise Rejected("token too large")
             jti = peek_jti(token)
             with self._lock:
+                self._fresh_lookups()
                 return self._handle(token)
         except Rejected as exc:
             jti = exc.jti or jti
@@ -367,18 +374,25 @@ class Applier:
             return self._not_applied(ins.jti, "rejected", "REPLAYED", "replayed jti", ins)
         fingerprints: list[str] = []
         user_name = ins.body.get("user")
-        user = (
-            self.users.get(user_name) if isinstance(user_name, str) and self._user_exists(user_name) else None
-        )
+        user = self._user(user_name) if isinstance(user_name, str) and self._user_exists(user_name) else None
         if user is not None:
             fingerprints = self._fingerprints_of(user)
         return self._result(seen, None, fingerprints)
 
     # -- validation helpers ------------------------------------------------------------------------
 
+    def _fresh_lookups(self) -> None:
+        self._users_memo = {}
+        self._config_memo = {}
+
+    def _user(self, name: str) -> User | None:
+        if name not in self._users_memo:
+            self._users_memo[name] = self.users.get(name)
+        return self._users_memo[name]
+
     def _user_exists(self, name: str) -> bool:
         try:
-            return self.users.get(name) is not None
+            return self._user(name) is not None
         except (OSError, UnsafePath):
             return False
 
@@ -393,18 +407,21 @@ class Applier:
             new = body.new
         if new is None:
             return
-        user = self.users.get(body.user) if isinstance(body, Rotation | Ephemeral) else None
+        user = self._user(body.user) if isinstance(body, Rotation | Ephemeral) else None
         if user is not None and user.uid == 0 and (new.options is None or new.options.from_ is None):
             raise Rejected("policy require_from_for_root: a key for root needs from=")
 
     def _require_user(self, name: str) -> User:
-        user = self.users.get(name)
+        user = self._user(name)
         if user is None:
             raise ApplyFailed("NOT_FOUND", "no such user")
         return user
 
     def _paths(self, user: User, *, conditional: bool = True) -> list[str]:
-        parsed, _ = load_sshd_config(self.fs, self.sshd_config_path)
+        parsed = self._config_memo.get("parsed")
+        if parsed is None:
+            parsed, _ = load_sshd_config(self.fs, self.sshd_config_path)
+            self._config_memo["parsed"] = parsed
         eff = resolve(parsed, MatchContext(user.name, user.groups))
         return authorized_keys_paths(user, eff, conditional=conditional)
 
@@ -558,7 +575,7 @@ class Applier:
         return self._remove_grant(ins, grant)
 
     def _remove_grant(self, ins: Instruction | None, grant: Grant) -> _Outcome:
-        user = self.users.get(grant.user)
+        user = self._user(grant.user)
         if user is None:  # the account is gone, and with it sshd's use of the line
             self.store.remove_grant(grant.grant_id)
             return _Outcome()
@@ -719,7 +736,9 @@ class Applier:
                 raise
             if ins is None:
                 self.store.finish_apply(journal_id)
-        self._prune_backups()
+        self._writes_since_prune += 1
+        if self._writes_since_prune >= PRUNE_EVERY_WRITES:
+            self.prune_backups()
         outcome.fingerprints_after = self._fingerprints_of(user)
         return outcome
 
@@ -735,26 +754,23 @@ class Applier:
         return fd
 
     def _write_backup(self, plan: _FilePlan, user: User) -> str:
-        """Save the file as it is now (root-owned, 0600) with a small metadata file beside it."""
-        name = f"{int(self.clock().timestamp())}-{sha256_hex(plan.path.encode())[:12]}-{secrets.token_hex(4)}"
+        """Save the file as it is now: root-owned, 0600, in the agent's private backups directory.
+
+        Format: one JSON line of metadata (path, owner account, whether the file existed), then
+        the file's bytes exactly. One file, one fsync."""
+        name = f"{int(self.clock().timestamp())}-{sha256_hex(plan.path.encode())[:12]}-{secrets.token_hex(4)}.bak"
         meta = {"path": plan.path, "user": user.name, "existed": plan.current is not None}
+        data = json.dumps(meta, separators=(",", ":")).encode() + b"\n" + (plan.before or b"")
         fd = self._backups_fd()
         try:
-            for filename, data in (
-                (name + ".bak", plan.before or b""),
-                (name + ".json", json.dumps(meta).encode()),
-            ):
-                out = os.open(
-                    filename,
-                    os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
-                    0o600,
-                    dir_fd=fd,
-                )
-                try:
-                    _write_all(out, data)
-                    os.fsync(out)
-                finally:
-                    os.close(out)
+            out = os.open(
+                name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=fd
+            )
+            try:
+                _write_all(out, data)
+                os.fsync(out)
+            finally:
+                os.close(out)
             os.fsync(fd)
         finally:
             os.close(fd)
@@ -764,32 +780,36 @@ class Applier:
         with contextlib.suppress(OSError):
             fd = self._backups_fd()
             try:
-                for suffix in (".bak", ".json"):
-                    with contextlib.suppress(FileNotFoundError):
-                        os.unlink(name + suffix, dir_fd=fd)
+                os.unlink(name, dir_fd=fd)
             finally:
                 os.close(fd)
 
-    def _prune_backups(self) -> None:
+    def prune_backups(self) -> None:
+        """Keep the newest `backups_per_file` backups per file. Run every PRUNE_EVERY_WRITES
+        writes and by every sweep (a query over the whole index is too dear for every write)."""
+        self._writes_since_prune = 0
         for dropped in self.store.prune_backups(self.backups_per_file):
             self._delete_backup(dropped.backup_file)
 
     def read_backup(self, name: str) -> tuple[bytes, JSON]:
+        """(file bytes, metadata) of a backup named in the index."""
+        if "/" in name or name.startswith("."):
+            raise RollbackRefused("malformed backup name in the index")
         fd = self._backups_fd()
         try:
-            if "/" in name or name.startswith("."):
-                raise RollbackRefused("malformed backup name in the index")
-            parts = []
-            for suffix in (".bak", ".json"):
-                f = os.open(name + suffix, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
-                with os.fdopen(f, "rb") as fh:
-                    parts.append(fh.read())
+            f = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
+            with os.fdopen(f, "rb") as fh:
+                raw = fh.read()
         finally:
             os.close(fd)
-        meta = json.loads(parts[1])
-        if not isinstance(meta, dict):
-            raise RollbackRefused("backup metadata unreadable")
-        return parts[0], meta
+        head, sep, data = raw.partition(b"\n")
+        try:
+            meta = json.loads(head)
+        except ValueError:
+            meta = None
+        if not sep or not isinstance(meta, dict):
+            raise RollbackRefused(f"backup {name} is unreadable")
+        return data, meta
 
     # -- ephemeral expiry ----------------------------------------------------------------------------
 
@@ -798,6 +818,8 @@ class Applier:
         removed = 0
         for grant in self.store.due_grants(self.clock()):
             removed += self._expire(grant)
+        with self._lock:
+            self.prune_backups()
         return removed
 
     def expire_grant(self, grant_id: str) -> None:
@@ -808,6 +830,7 @@ class Applier:
 
     def _expire(self, grant: Grant) -> int:
         with self._lock:
+            self._fresh_lookups()
             try:
                 outcome = self._remove_grant(None, grant)
             except ApplyFailed as exc:
@@ -858,6 +881,7 @@ class Applier:
         out: list[tuple[str, Result]] = []
         with self._lock:
             for pending in self.store.unfinished_applies():
+                self._fresh_lookups()
                 try:
                     result = self._reconcile_one(pending.jti, pending.record)
                 except Exception as exc:
@@ -876,7 +900,7 @@ class Applier:
         return out
 
     def _reconcile_one(self, jti: str, record: JSON) -> Result:
-        user = self.users.get(str(record.get("user")))
+        user = self._user(str(record.get("user")))
         files = record.get("files") or []
         if user is None:
             return self._result(
@@ -940,6 +964,7 @@ class Applier:
         """Restore the files `rotation_id` changed, all or nothing: each must still hold exactly
         what the rotation wrote (sha256), else RollbackRefused names the file that changed."""
         with self._lock:
+            self._fresh_lookups()
             backups = self.store.backups_for(rotation_id)
             if not backups:
                 raise RollbackRefused(f"no backups recorded for {rotation_id}")
@@ -949,7 +974,7 @@ class Applier:
             work = []
             for path, backup in first.items():
                 data, meta = self.read_backup(backup.backup_file)
-                user = self.users.get(str(meta.get("user")))
+                user = self._user(str(meta.get("user")))
                 if user is None or meta.get("path") != path:
                     raise RollbackRefused(f"{path}: owner account or backup metadata does not match")
                 work.append((path, backup, data, bool(meta.get("existed")), user))

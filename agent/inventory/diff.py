@@ -68,7 +68,14 @@ def diff_keys(
             changes.append(_change("key_added", new_rec, {"line": new_rec.line}))
         for old_rec in before[common:]:
             changes.append(_change("key_removed", old_rec, {"line": old_rec.line}))
+    # In file order: several lines appended within one debounce window arrive as written.
+    changes.sort(key=lambda c: (c.path or "", _line(c)))
     return changes
+
+
+def _line(change: Change) -> int:
+    line = change.detail.get("line")
+    return line if isinstance(line, int) else 0
 
 
 def _change(kind: EventType, record: KeyRecord, detail: dict[str, object]) -> Change:

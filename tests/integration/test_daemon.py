@@ -56,7 +56,9 @@ class Agent:
     def start(self) -> Agent:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "agent", "run", "--config", str(self.config), "--root", str(self.root)],
-            stdout=subprocess.DEVNULL, stderr=self.log.open("ab"), env=self.env,
+            stdout=subprocess.DEVNULL,
+            stderr=self.log.open("ab"),
+            env=self.env,
         )
         return self
 
@@ -97,8 +99,16 @@ def agents() -> Iterator[list[Agent]]:
 
 
 def enroll(cp: ControlPlane, state: Path) -> str:
-    facts = {"machine_id": "m-" + state.name, "hostname": "test-host", "fqdn": "test-host", "os": {},
-             "kernel": "", "agent_version": "0.1.0", "sshd_version": None, "host_keys": []}
+    facts = {
+        "machine_id": "m-" + state.name,
+        "hostname": "test-host",
+        "fqdn": "test-host",
+        "os": {},
+        "kernel": "",
+        "agent_version": "0.1.0",
+        "sshd_version": None,
+        "host_keys": [],
+    }
     return enroll_host(cp.url, cp.bootstrap_token, str(state), facts).host_id
 
 
@@ -107,7 +117,9 @@ def appended_fingerprints(cp: ControlPlane, host_id: str, kind: str = "key_added
 
 
 def fingerprint_of(line: str) -> str:
-    out = subprocess.run(["ssh-keygen", "-l", "-f", "-"], input=line.encode(), capture_output=True, check=True)
+    out = subprocess.run(
+        ["ssh-keygen", "-l", "-f", "-"], input=line.encode(), capture_output=True, check=True
+    )
     return out.stdout.decode().split()[1]
 
 
@@ -158,7 +170,9 @@ def test_outage_loses_nothing_and_keeps_order(fr: FakeRoot, tmp_path: Path, agen
             time.sleep(0.05)  # separate writes; several may share one debounce window
         cp = ControlPlane.start(port=port, db=str(db))
         wanted = [fingerprint_of(line) for line in lines]
-        wait_for(lambda: set(wanted) <= set(appended_fingerprints(cp, host_id)), timeout=60, what="all events")
+        wait_for(
+            lambda: set(wanted) <= set(appended_fingerprints(cp, host_id)), timeout=60, what="all events"
+        )
         events = cp.events(host_id)
         ids = [e["id"] for e in events]
         assert len(ids) == len(set(ids)), "an event arrived twice"
@@ -191,7 +205,9 @@ def test_kill_9_with_pending_outbox_then_restart(fr: FakeRoot, tmp_path: Path, a
         restarted = Agent(config, fr.root).start()
         agents.append(restarted)
         wanted = {fingerprint_of(line) for line in lines}
-        wait_for(lambda: wanted <= set(appended_fingerprints(cp, host_id)), timeout=30, what="events after restart")
+        wait_for(
+            lambda: wanted <= set(appended_fingerprints(cp, host_id)), timeout=30, what="events after restart"
+        )
         assert restarted.stop() == 0
 
 
@@ -256,8 +272,12 @@ def test_status_command_reads_daemon_state(fr: FakeRoot, tmp_path: Path, agents:
     wait_for(lambda: "ready" in agent.text(), what="ready")
 
     def status() -> dict[str, object]:
-        out = subprocess.run([sys.executable, "-m", "agent", "status", "--json", "--config", str(config)],
-                             capture_output=True, text=True, check=False)
+        out = subprocess.run(
+            [sys.executable, "-m", "agent", "status", "--json", "--config", str(config)],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
         return json.loads(out.stdout)
 
     st = status()
@@ -267,7 +287,9 @@ def test_status_command_reads_daemon_state(fr: FakeRoot, tmp_path: Path, agents:
     assert status()["running"] is False
 
 
-def test_queue_overflow_triggers_full_rescan(fr: FakeRoot, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_queue_overflow_triggers_full_rescan(
+    fr: FakeRoot, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from agent.config import parse_config_text
     from agent.daemon.service import Daemon
 
@@ -277,7 +299,9 @@ def test_queue_overflow_triggers_full_rescan(fr: FakeRoot, tmp_path: Path, monke
     try:
         scans: list[int] = []
         original = daemon.discovery.full_scan
-        monkeypatch.setattr(daemon.discovery, "full_scan", lambda *a, **k: (scans.append(1), original(*a, **k))[1])
+        monkeypatch.setattr(
+            daemon.discovery, "full_scan", lambda *a, **k: (scans.append(1), original(*a, **k))[1]
+        )
         assert daemon.watcher is not None
         # The watcher's inotify layer reports IN_Q_OVERFLOW; watchdog itself would only log it.
         daemon.watcher._sink.on_queue_overflow()

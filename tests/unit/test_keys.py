@@ -269,6 +269,8 @@ def test_malformed_certificates() -> None:
         ("ssh-ed25519 " + b64(ED_BLOB) + "====", "invalid base64"),
         ("SSH-ED25519 " + b64(ED_BLOB), "unknown key type"),  # labels are case-sensitive
     ],
+    # Stable ids: the key is generated per run, and xdist workers must collect the same tests.
+    ids=["label-only", "label-blanks", "short", "bad-char", "pad-bits", "extra-padding", "label-case"],
 )
 def test_malformed_text(text: str, reason: str) -> None:
     with pytest.raises(InvalidKey) as info:

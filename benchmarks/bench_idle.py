@@ -1,0 +1,111 @@
+"""Idle footprint of the whole daemon: RSS, threads and CPU with 1,000 and 10,000 users watched.
+
+Starts `sshklm-agent run` (standalone, default settings) on a fake root per size, waits for it
+to be ready, lets it settle, then samples /proc/PID for an idle period: RSS (VmRSS), thread
+count, and CPU time used (utime+stime) as a share of one core. Targets: RSS <= 60 MB at 1,000
+users and <= 100 MB at 10,000; threads <= 10; CPU < 1%.
+
+Usage: python benchmarks/bench_idle.py [--sizes 1000 10000] [--idle 60]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from tests.fakeroot import FakeRoot, ed25519_line
+
+TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def proc_status(pid: int) -> dict[str, str]:
+    out = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        key, _, value = line.partition(":")
+        out[key] = value.strip()
+    return out
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICKS  # utime, stime
+
+
+def build(root: Path, users: int) -> None:
+    fr = FakeRoot(root)
+    lines = [ed25519_line(f"k{i}") for i in range(min(users, 500))]
+    passwd = ["root:x:0:0:root:/root:/bin/sh"]
+    for u in range(users):
+        name = f"user{u:05d}"
+        passwd.append(f"{name}:x:{10000 + u}:{10000 + u}::/home/{name}:/bin/sh")
+        ssh = root / "home" / name / ".ssh"
+        ssh.mkdir(parents=True)
+        (ssh / "authorized_keys").write_text(lines[u % len(lines)] + "\n")
+        (ssh / "authorized_keys").chmod(0o600)
+    (root / "etc/passwd").write_text("\n".join(passwd) + "\n")
+    (root / "etc/group").write_text("".join(f"{p.split(':')[0]}:x:{p.split(':')[3]}:\n" for p in passwd))
+    del fr
+
+
+def measure(users: int, idle: float, work: Path) -> None:
+    root = work / f"root-{users}"
+    build(root, users)
+    state = work / f"state-{users}"
+    config = work / f"agent-{users}.toml"
+    config.write_text(f'[state]\ndir = "{state}"\n[usage]\nenabled = false\n')
+    log = work / f"agent-{users}.log"
+    started = time.monotonic()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "agent", "run", "--config", str(config), "--root", str(root)],
+        stderr=log.open("wb"),
+    )
+    try:
+        while "ready" not in log.read_text():
+            if proc.poll() is not None or time.monotonic() - started > 300:
+                raise SystemExit(f"agent did not start: {log.read_text()[-800:]}")
+            time.sleep(0.2)
+        ready_s = time.monotonic() - started
+        time.sleep(5)  # settle: first status write, watcher set-up
+        cpu0, t0 = cpu_seconds(proc.pid), time.monotonic()
+        peak_threads = 0
+        while time.monotonic() - t0 < idle:
+            peak_threads = max(peak_threads, int(proc_status(proc.pid)["Threads"]))
+            time.sleep(1)
+        cpu = (cpu_seconds(proc.pid) - cpu0) / (time.monotonic() - t0) * 100
+        status = proc_status(proc.pid)
+        rss = int(status["VmRSS"].split()[0]) / 1024
+        print(
+            f"{users:>6} users | ready in {ready_s:5.1f} s | RSS {rss:6.1f} MB | threads {peak_threads:2d} "
+            f"| idle CPU {cpu:.2f}% over {idle:.0f} s"
+        )
+    finally:
+        proc.terminate()
+        proc.wait(15)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 10_000])
+    parser.add_argument("--idle", type=float, default=60.0)
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="bench-idle-"))
+    try:
+        print("targets: RSS <= 60 MB (1,000 users), <= 100 MB (10,000 users); threads <= 10; CPU < 1%")
+        for users in args.sizes:
+            measure(users, args.idle, work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

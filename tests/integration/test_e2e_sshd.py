@@ -1,0 +1,217 @@
+"""End to end with a real OpenSSH sshd: instructions from the reference control plane, applied by
+the Applier to a throwaway user's real home, proven by real `ssh` logins.
+
+Root only (useradd, sshd); skipped with the reason otherwise.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import secrets
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from agent.host.safefs import HostFS
+from agent.host.users import NssUserSource
+from agent.instructions.apply import Applier
+from agent.inventory.evaluate import Policy
+from agent.store.db import open_database
+from agent.store.state import StateStore
+from tests.controlplane import ControlPlane
+
+SSHD = "/usr/sbin/sshd"
+
+pytestmark = [
+    pytest.mark.root,
+    pytest.mark.skipif(os.geteuid() != 0, reason="needs root: creates a user and runs sshd"),
+    pytest.mark.skipif(not os.path.exists(SSHD), reason="openssh-server (/usr/sbin/sshd) is not installed"),
+    pytest.mark.skipif(shutil.which("useradd") is None, reason="useradd is not available"),
+    pytest.mark.skipif(shutil.which("ssh") is None, reason="ssh client is not installed"),
+]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _keygen(path: Path, comment: str) -> tuple[Path, str]:
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", comment, "-f", str(path)], check=True)
+    pub = path.with_suffix(".pub").read_text().strip()
+    out = subprocess.run(["ssh-keygen", "-l", "-E", "sha256", "-f", str(path) + ".pub"], capture_output=True,
+                         text=True, check=True).stdout.split()
+    return path, f"{pub}\t{out[1]}"
+
+
+@dataclass
+class Env:
+    user: str
+    home: Path
+    port: int
+    tmp: Path
+    cp: ControlPlane
+    host_id: str
+    applier: Applier
+    keys: dict[str, tuple[Path, str, str]]  # name -> (private key path, public line, fingerprint)
+
+    @property
+    def ak(self) -> Path:
+        return self.home / ".ssh" / "authorized_keys"
+
+    def login(self, key: str) -> bool:
+        proc = subprocess.run(
+            ["ssh", "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
+             "-o", "IdentitiesOnly=yes", "-o", "ConnectTimeout=10", "-o", "LogLevel=ERROR",
+             "-i", str(self.keys[key][0]), "-p", str(self.port), f"{self.user}@127.0.0.1", "true"],
+            capture_output=True, text=True, timeout=30, check=False,
+        )
+        return proc.returncode == 0
+
+    def apply(self, kind: str, body: dict[str, Any], exp_s: int = 600) -> dict[str, Any]:
+        token = self.cp.issue_instruction(self.host_id, kind, body, exp_s=exp_s)
+        _, result = self.applier.handle(token)
+        return result
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
+    tmp = tmp_path_factory.mktemp("e2e")
+    os.chmod(tmp, 0o755)
+    user = f"sshklm{secrets.token_hex(3)}"
+    subprocess.run(["useradd", "-m", "-s", "/bin/sh", user], check=True)
+    subprocess.run(["usermod", "-p", "*", user], check=True)  # locked ("!") accounts are refused without PAM
+    sshd: subprocess.Popen[bytes] | None = None
+    cp: ControlPlane | None = None
+    try:
+        pw = pwd.getpwnam(user)
+        home = Path(pw.pw_dir)
+        keys: dict[str, tuple[Path, str, str]] = {}
+        for name in ("old", "new", "extra", "bystander"):
+            path, both = _keygen(tmp / f"id_{name}", f"{name}@e2e")
+            line, fp = both.split("\t")
+            keys[name] = (path, line, fp)
+        ssh_dir = home / ".ssh"
+        ssh_dir.mkdir(mode=0o700)
+        os.chown(ssh_dir, pw.pw_uid, pw.pw_gid)
+        ak = ssh_dir / "authorized_keys"
+        ak.write_text(f"# keys of {user}\n{keys['bystander'][1]}\n{keys['old'][1]}\n\nnot a key\n")
+        os.chown(ak, pw.pw_uid, pw.pw_gid)
+        os.chmod(ak, 0o600)
+
+        port = _free_port()
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(tmp / "hostkey")], check=True)
+        config = tmp / "sshd_config"
+        config.write_text(
+            f"Port {port}\nListenAddress 127.0.0.1\nHostKey {tmp / 'hostkey'}\nPidFile {tmp / 'sshd.pid'}\n"
+            "UsePAM no\nStrictModes yes\nPubkeyAuthentication yes\nPasswordAuthentication no\n"
+            "KbdInteractiveAuthentication no\nAuthorizedKeysFile .ssh/authorized_keys\nLogLevel VERBOSE\n"
+        )
+        os.makedirs("/run/sshd", exist_ok=True)
+        sshd = subprocess.Popen([SSHD, "-D", "-f", str(config), "-E", str(tmp / "sshd.log")])
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline or sshd.poll() is not None:
+                    raise RuntimeError("sshd did not start: " + (tmp / "sshd.log").read_text()) from None
+                time.sleep(0.05)
+
+        cp = ControlPlane.start()
+        answer = httpx.post(f"{cp.url}/v1/agents/enroll", headers={"Authorization": f"Bearer {cp.bootstrap_token}"},
+                            json={"machine_id": secrets.token_hex(16), "hostname": "e2e"}, timeout=10)
+        host_id = answer.json()["host_id"]
+        fs = HostFS("/")
+        policy = Policy(1, 2048, frozenset({"ssh-ed25519"}), 365, False, 3600)
+        applier = Applier(
+            fs, NssUserSource(), StateStore(open_database(tmp / "state")),
+            sshd_config_path=str(config), public_keys=[cp.signing_public_key_openssh], require_signature=True,
+            leeway_s=30, host_id=lambda: host_id, policy=lambda: policy, max_ttl_s=lambda: 3600,
+            backups_dir=str(tmp / "state" / "backups"), backups_per_file=5, clock=lambda: datetime.now(UTC),
+            on_event=lambda events: None, run_scan=None,
+        )
+        yield Env(user, home, port, tmp, cp, host_id, applier, keys)
+    finally:
+        if cp is not None:
+            cp.stop()
+        if sshd is not None:
+            sshd.terminate()
+            sshd.wait(timeout=10)
+        subprocess.run(["userdel", "-r", user], check=False, capture_output=True)
+
+
+def _file_facts(path: Path) -> tuple[int, int, int]:
+    st = path.stat()
+    return st.st_mode, st.st_uid, st.st_gid
+
+
+def test_rotation_replace(env: Env) -> None:
+    assert env.login("old")
+    assert not env.login("new")
+    facts = _file_facts(env.ak)
+    before_lines = env.ak.read_bytes().split(b"\n")
+    result = env.apply("rotation", {"rotation_id": "rot_e2e1", "user": env.user, "action": "replace",
+                                    "old_fingerprint": env.keys["old"][2], "new_key": env.keys["new"][1]})
+    assert result["status"] == "applied", result
+    assert env.keys["new"][2] in result["fingerprints_after"]
+    assert env.keys["old"][2] not in result["fingerprints_after"]
+    assert env.login("new")
+    assert not env.login("old")
+    assert env.login("bystander")
+    assert _file_facts(env.ak) == facts
+    after_lines = env.ak.read_bytes().split(b"\n")
+    assert len(after_lines) == len(before_lines)
+    changed = [i for i, (a, b) in enumerate(zip(before_lines, after_lines, strict=True)) if a != b]
+    assert changed == [2]  # only the old key's line, in place
+    assert after_lines[2] == env.keys["new"][1].encode()
+
+
+def test_add_and_remove(env: Env) -> None:
+    assert not env.login("extra")
+    added = env.apply("rotation", {"rotation_id": "rot_e2e2", "user": env.user, "action": "add",
+                                   "new_key": env.keys["extra"][1], "options": "no-pty"})
+    assert added["status"] == "applied", added
+    assert env.login("extra")
+    removed = env.apply("rotation", {"rotation_id": "rot_e2e3", "user": env.user, "action": "remove",
+                                     "old_fingerprint": env.keys["extra"][2]})
+    assert removed["status"] == "applied", removed
+    assert not env.login("extra")
+    assert env.login("bystander")
+    assert env.ak.read_bytes().startswith(f"# keys of {env.user}\n".encode())
+    assert env.ak.read_bytes().endswith(b"\nnot a key\n")
+
+
+def test_ephemeral_grant_expires(env: Env) -> None:
+    path, _ = _keygen(env.tmp / "id_eph", "eph@e2e")
+    pub = path.with_suffix(".pub").read_text().strip()
+    env.keys["eph"] = (path, pub, "")
+    expires = (datetime.now(UTC) + timedelta(seconds=4)).replace(microsecond=0)
+    result = env.apply("ephemeral", {"grant_id": "eph_e2e1", "user": env.user, "public_key": pub,
+                                     "expires_at": expires.strftime("%Y-%m-%dT%H:%M:%SZ")}, exp_s=60)
+    assert result["status"] == "applied", result
+    assert env.login("eph")
+    assert env.applier.sweep_ephemeral() == 0  # not due yet
+    while datetime.now(UTC) < expires + timedelta(seconds=1):
+        time.sleep(0.2)
+    # The line is still there, but sshd itself refuses it (expiry-time)...
+    assert b"sshklm-ephemeral:eph_e2e1" in env.ak.read_bytes()
+    assert not env.login("eph")
+    # ...and the sweep removes it.
+    assert env.applier.sweep_ephemeral() == 1
+    assert b"sshklm-ephemeral:eph_e2e1" not in env.ak.read_bytes()
+    assert not env.login("eph")
+    assert env.login("bystander")
+    assert oct(env.ak.stat().st_mode & 0o777) == "0o600"
