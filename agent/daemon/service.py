@@ -31,6 +31,7 @@ from apscheduler.triggers.interval import IntervalTrigger
 from agent import __version__
 from agent.commands.scan import local_zone, open_host, policy_from, settings_from, sshd_version
 from agent.config import Config, ConfigError, load_config
+from agent.control.errors import ApiError
 from agent.daemon.discovery import LiveDiscovery
 from agent.daemon.notify import Notifier
 from agent.daemon.sender import LogDestination, Sender
@@ -364,6 +365,10 @@ class Daemon:
         def run() -> None:
             try:
                 fn()
+            except ApiError as exc:
+                # Expected conversation failures (outage, auth, limits): one line, no traceback.
+                self._note_error(f"job {job_id}: {exc}")
+                log.warning("job %s: %s", job_id, exc)
             except Exception as exc:
                 self._note_error(f"job {job_id} failed: {type(exc).__name__}: {exc}")
                 log.exception("job %s failed", job_id)

@@ -370,23 +370,10 @@ def _authorized_records(result: ReadResult, target: Target, plan: Plan, ctx: Sca
     )
     records: list[KeyRecord] = []
     mtime = _mtime(result.info)
-    for line in parse_authorized_keys(result.data):
-        if line.kind == "invalid":
-            errors.append(ScanError(target.path, user_name, line.error or "invalid line", line=line.number))
-            continue
-        if line.kind != "key" or line.key is None:
-            continue
-        key = line.key
-        opts = line.options
-        facts = LineFacts(
-            options_error=line.options_error,
-            expiry_time=opts.expiry_time if opts else None,
-            has_principals=bool(opts and opts.principals is not None),
-            cert_authority=bool(opts and opts.cert_authority),
-            has_command=bool(opts and opts.command is not None),
-            certificate_valid_before=key.certificate.valid_before if key.certificate else None,
-        )
-        problem = file_problem or line_problem(
+    path = target.path
+
+    def problem_of(facts: LineFacts) -> str | None:
+        return file_problem or line_problem(
             facts,
             sshd=sshd_facts,
             is_root=target.grants_root,
@@ -394,37 +381,78 @@ def _authorized_records(result: ReadResult, target: Target, plan: Plan, ctx: Sca
             local_tz=ctx.local_tz,
             parse_expiry=expiry_time_utc,
         )
-        kind: KeyKind = "authorized_principal_ca" if facts.cert_authority else "authorized_key"
-        managed_by, expires_at = ctx.managed.get((key.fingerprint, user_name, target.path), (None, None))
-        if expires_at is None and opts and opts.expiry_time and not line.options_error:
-            try:
-                expires_at = expiry_time_utc(opts.expiry_time, ctx.local_tz)
-            except ValueError:
-                expires_at = None
+
+    # A line without options or certificate gets the same verdict as every other such line of
+    # this file: evaluate it once (most lines are plain).
+    plain_problem = problem_of(_PLAIN_LINE)
+    for line in parse_authorized_keys(result.data):
+        if line.kind != "key" or line.key is None:
+            if line.kind == "invalid":
+                errors.append(ScanError(path, user_name, line.error or "invalid line", line=line.number))
+            continue
+        key = line.key
+        opts = line.options
+        fingerprint = key.fingerprint
+        expires_at: datetime | None = None
+        if opts is DEFAULT_OPTIONS and key.certificate is None:
+            kind: KeyKind = "authorized_key"
+            problem = plain_problem
+            options: dict[str, object] = {}
+        else:
+            facts = LineFacts(
+                options_error=line.options_error,
+                expiry_time=opts.expiry_time if opts else None,
+                has_principals=bool(opts and opts.principals is not None),
+                cert_authority=bool(opts and opts.cert_authority),
+                has_command=bool(opts and opts.command is not None),
+                certificate_valid_before=key.certificate.valid_before if key.certificate else None,
+            )
+            problem = problem_of(facts)
+            kind = "authorized_principal_ca" if facts.cert_authority else "authorized_key"
+            options = opts.to_json() if opts and not line.options_error else {}
+            if opts and opts.expiry_time and not line.options_error:
+                try:
+                    expires_at = expiry_time_utc(opts.expiry_time, ctx.local_tz)
+                except ValueError:
+                    expires_at = None
+        managed_by: str | None = None
+        if ctx.managed:
+            managed_by, managed_expiry = ctx.managed.get((fingerprint, user_name, path), (None, None))
+            expires_at = managed_expiry or expires_at
         records.append(
-            KeyRecord(
+            new_key_record(
                 kind=kind,
                 user=user_name,
                 uid=uid,
-                path=target.path,
+                path=path,
                 line=line.number,
                 type=key.type,
                 bits=key.bits,
-                fingerprint=key.fingerprint,
+                fingerprint=fingerprint,
                 fingerprint_md5=key.fingerprint_md5,
                 comment=line.comment,
-                options=opts.to_json() if opts and not line.options_error else {},
+                options=options,
                 certificate=key.certificate,
                 effective=problem is None,
                 ineffective_reason=problem,
                 file_mtime=mtime,
-                first_seen=ctx.first_seen.get((key.fingerprint, user_name, target.path)),
-                last_used=ctx.last_used.get((key.fingerprint, user_name)),
+                first_seen=ctx.first_seen.get((fingerprint, user_name, path)) if ctx.first_seen else None,
+                last_used=ctx.last_used.get((fingerprint, user_name)) if ctx.last_used else None,
                 managed_by=managed_by,
                 expires_at=expires_at,
             )
         )
     return FileResult(tuple(records), tuple(errors), read=True, orphaned=orphaned)
+
+
+_PLAIN_LINE: Final = LineFacts(
+    options_error=None,
+    expiry_time=None,
+    has_principals=False,
+    cert_authority=False,
+    has_command=False,
+    certificate_valid_before=None,
+)
 
 
 def _plain_key_records(result: ReadResult, target: Target, ctx: ScanContext) -> FileResult:

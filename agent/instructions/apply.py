@@ -758,7 +758,8 @@ class Applier:
 
         Format: one JSON line of metadata (path, owner account, whether the file existed), then
         the file's bytes exactly. One file, one fsync."""
-        name = f"{int(self.clock().timestamp())}-{sha256_hex(plan.path.encode())[:12]}-{secrets.token_hex(4)}.bak"
+        stamp = int(self.clock().timestamp())
+        name = f"{stamp}-{sha256_hex(plan.path.encode())[:12]}-{secrets.token_hex(4)}.bak"
         meta = {"path": plan.path, "user": user.name, "existed": plan.current is not None}
         data = json.dumps(meta, separators=(",", ":")).encode() + b"\n" + (plan.before or b"")
         fd = self._backups_fd()

@@ -6,9 +6,9 @@ No I/O here; times are timezone-aware UTC datetimes and are rendered RFC 3339 wi
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass, field, fields
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 from agent.ssh.certificate import Certificate, rfc3339
 
@@ -149,6 +149,42 @@ class KeyRecord:
             encrypted=d.get("encrypted"),
             risk=Risk(int(risk.get("score", 0)), tuple(risk.get("factors", ()))),
         )
+
+
+# Bulk construction for discovery (100,000s of records): a frozen dataclass's __init__ sets each of
+# the 21 fields with its own object.__setattr__ call, and dataclasses.replace goes through it again.
+# These fill the instance __dict__ in one step; the result is the same as KeyRecord(...) / replace().
+_KEY_RECORD_FIELDS: Final = tuple(f.name for f in fields(KeyRecord))
+_KEY_RECORD_DEFAULTS: Final = {
+    f.name: f.default for f in fields(KeyRecord) if f.default is not MISSING
+}
+_new_object = object.__new__
+_set_attr = object.__setattr__
+
+
+def new_key_record(**values: Any) -> KeyRecord:
+    """KeyRecord(**values), fast. Unknown or missing (non-defaulted) fields raise TypeError."""
+    if "options" not in values:
+        values["options"] = {}
+    merged = {**_KEY_RECORD_DEFAULTS, **values}
+    if len(merged) != len(_KEY_RECORD_FIELDS):
+        known = set(_KEY_RECORD_FIELDS)
+        raise TypeError(f"bad KeyRecord fields: {sorted(set(merged) ^ known)}")
+    return _install(merged)
+
+
+def replace_key_record(record: KeyRecord, **changes: Any) -> KeyRecord:
+    """dataclasses.replace(record, **changes), fast."""
+    merged = {**record.__dict__, **changes}
+    if len(merged) != len(_KEY_RECORD_FIELDS):
+        raise TypeError(f"bad KeyRecord fields: {sorted(set(merged) - set(_KEY_RECORD_FIELDS))}")
+    return _install(merged)
+
+
+def _install(values: dict[str, Any]) -> KeyRecord:
+    record: KeyRecord = _new_object(KeyRecord)
+    _set_attr(record, "__dict__", values)
+    return record
 
 
 @dataclass(frozen=True)
