@@ -1,7 +1,7 @@
-"""Parts attached to the daemon at start: the usage-log follower and the instruction applier.
+"""Parts attached to the daemon: the usage-log follower and the instruction applier.
 
-Kept out of service.py so the core loop (scan, watch, outbox, report) does not depend on
-them. Each exposes start()/stop() and may contribute scheduled jobs via jobs().
+Kept out of service.py so the core loop (scan, watch, outbox, report) does not depend on them.
+Each has prepare() (the daemon's store, host and link exist), start()/stop() and jobs().
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import Callable
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from agent.daemon.service import Daemon
@@ -19,7 +19,7 @@ from agent.inventory.model import rfc3339
 
 log = logging.getLogger("sshklm.extensions")
 
-Job = tuple[str, Callable[[], None], float, datetime | None]
+Job = tuple[str, Callable[[], None], float | None, datetime | None]
 
 
 class UsageTracker:
@@ -55,6 +55,9 @@ class UsageTracker:
         }
         self.daemon.emit_events([event])
 
+    def prepare(self) -> None:
+        return None
+
     def start(self) -> None:
         self.follower.start()
         f = self.follower
@@ -67,7 +70,73 @@ class UsageTracker:
         return []
 
 
+class InstructionHandler:
+    """Server-issued rotations, ephemeral grants and scans, through the Applier (docs/rotation.md)."""
+
+    def __init__(self, daemon: Daemon) -> None:
+        self.daemon = daemon
+        self.applier: Any = None
+
+    def prepare(self) -> None:
+        from agent.instructions.apply import Applier, backups_dir_for
+
+        d = self.daemon
+        cfg = d.config
+        self.applier = Applier(
+            d.fs,
+            d.users,
+            d.store,
+            sshd_config_path=cfg.discovery.sshd_config,
+            public_keys=list(cfg.instructions.public_keys),
+            require_signature=cfg.instructions.require_signature,
+            leeway_s=cfg.instructions.leeway_s,
+            host_id=lambda: d.host_id,
+            policy=lambda: d.policy,
+            max_ttl_s=lambda: d.policy.ephemeral_max_ttl_s,
+            backups_dir=backups_dir_for(cfg.state.dir),
+            backups_per_file=cfg.apply.backups_per_file,
+            clock=lambda: datetime.now(UTC),
+            on_event=d.emit_events,
+            run_scan=self.run_scan,
+            note_managed=d.note_managed,
+            schedule_once=d.schedule_once,
+        )
+        if d.link is not None:
+            d.link.instruction_handler = self.applier.handle
+
+    def run_scan(self, scan_id: str) -> None:
+        link = self.daemon.link
+        if link is not None:
+            link.put_scan_result(scan_id)
+        else:
+            self.daemon.rescan()
+
+    def start(self) -> None:
+        self.applier.start()
+        # Applies a crash interrupted between writing and acknowledging: check, then report.
+        for jti, result in self.applier.reconcile():
+            link = self.daemon.link
+            if link is None or not link.ready:
+                log.info(
+                    "reconciled instruction %s: %s (not reported: not connected)", jti, result.get("status")
+                )
+                continue
+            try:
+                link.post_result(jti, result)
+            except Exception as exc:
+                log.warning("reconciled instruction %s: result not delivered (%s)", jti, exc)
+
+    def stop(self) -> None:
+        self.applier.stop()
+
+    def jobs(self) -> list[Job]:
+        jobs: list[Job] = self.applier.jobs()
+        return jobs
+
+
 def attach_extensions(daemon: Daemon) -> None:
     config = daemon.config
     if config.usage.enabled and config.usage.source != "none":
         daemon.extensions.append(UsageTracker(daemon))
+    if config.apply.enabled:
+        daemon.extensions.append(InstructionHandler(daemon))

@@ -62,7 +62,7 @@ class ServerLink:
         self._policy_version: int | None = None
         self._policy_etag: str | None = None
         self._lock = threading.Lock()
-        self.instruction_handler: Callable[[str], tuple[str, JSON]] | None = None
+        self.instruction_handler: Callable[[str], tuple[str | None, JSON]] | None = None
         if not plain_http_allowed(config.server.url, config.server.allow_plain_http_loopback):
             self.problem = (
                 "server.url must be https (plain http only to loopback with allow_plain_http_loopback)"
@@ -193,6 +193,10 @@ class ServerLink:
                 jti, result = self.instruction_handler(token)
             except Exception:
                 log.exception("instruction handling failed")
+                continue
+            if jti is None:
+                # Not even a jti could be read: there is no instruction id to answer for.
+                log.warning("unreadable instruction dropped (%s)", result.get("error"))
                 continue
             self.post_result(jti, result)
 

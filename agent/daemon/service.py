@@ -26,6 +26,7 @@ from typing import Any
 
 from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.schedulers.background import BackgroundScheduler
+from apscheduler.triggers.date import DateTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
 from agent import __version__
@@ -107,6 +108,8 @@ class Daemon:
         else:
             log.info("standalone mode (no server.url): changes are logged, nothing is sent")
             destination = LogDestination()
+        for ext in self.extensions:
+            ext.prepare()
         self.sender = Sender(self.outbox, destination, rng=self.rng, on_error=self._note_error)
         self.sender.start()
         if cfg.watch.enabled:
@@ -342,8 +345,11 @@ class Daemon:
             )
             add("token_refresh", self.link.refresh_token, 60.0, first_contact + timedelta(seconds=2))
         for ext in self.extensions:
-            for job_id, fn, seconds, first in getattr(ext, "jobs", lambda: [])():
-                add(job_id, fn, seconds, first)
+            for job_id, fn, seconds, first in ext.jobs():
+                if seconds is None:
+                    self.schedule_once(job_id, fn, first or now, scheduler)
+                else:
+                    add(job_id, fn, seconds, first)
         interval = self.notifier.watchdog_interval()
         if interval:
             # Half the watchdog interval, no jitter: a late ping restarts the agent.
@@ -354,6 +360,26 @@ class Daemon:
                 replace_existing=True,
                 next_run_time=now,
             )
+
+    def schedule_once(
+        self,
+        job_id: str,
+        fn: Callable[[], None],
+        when: datetime,
+        scheduler: BackgroundScheduler | None = None,
+    ) -> None:
+        """A one-off job (an ephemeral grant's expiry). Late runs still run: expiry must happen."""
+        target = scheduler or self.scheduler
+        if target is None:
+            return
+        target.add_job(
+            self._guard(job_id, fn),
+            DateTrigger(run_date=when, timezone=UTC),
+            id=job_id,
+            name=job_id,
+            replace_existing=True,
+            misfire_grace_time=None,
+        )
 
     def reschedule(self, job_id: str, seconds: float) -> None:
         if self.scheduler is not None and self.scheduler.get_job(job_id) is not None:

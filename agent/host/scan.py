@@ -9,13 +9,15 @@ only the files that changed.
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import posixpath
 import uuid
 from collections import Counter
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field, replace
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, tzinfo
-from typing import Literal
+from typing import Final, Literal
 
 from agent.host.safefs import DirReads, FileInfo, FileReads, HostFS, ReadResult, UnsafePath
 from agent.host.users import User, UserSource
@@ -28,8 +30,16 @@ from agent.inventory.evaluate import (
     risk_of,
     strict_modes_problem,
 )
-from agent.inventory.model import Inventory, KeyKind, KeyRecord, ScanError, SshdSummary
-from agent.ssh.authorized_keys import expiry_time_utc, parse_authorized_keys
+from agent.inventory.model import (
+    Inventory,
+    KeyKind,
+    KeyRecord,
+    ScanError,
+    SshdSummary,
+    new_key_record,
+    replace_key_record,
+)
+from agent.ssh.authorized_keys import DEFAULT_OPTIONS, expiry_time_utc, parse_authorized_keys
 from agent.ssh.keys import InvalidKey, PublicKey, parse_public_blob, parse_public_key_text
 from agent.ssh.privkey import looks_like_private_key, parse_private_key_file
 from agent.ssh.sshd_config import (
@@ -484,7 +494,7 @@ def _record(
     ctx: ScanContext,
     encrypted: bool | None = None,
 ) -> KeyRecord:
-    return KeyRecord(
+    return new_key_record(
         kind=kind,
         user=user,
         uid=uid,
@@ -590,22 +600,32 @@ def assemble(
         if r.kind in ("authorized_key", "authorized_principal_ca") and r.user:
             users_per_key.setdefault(r.fingerprint, set()).add(r.user)
     final = []
+    now = ctx.now
+    policy = ctx.policy
     for r, orphaned in records:
-        has_from = "from" in r.options
-        since = min((t for t in (r.first_seen, r.file_mtime) if t is not None), default=None)
+        kind = r.kind
+        first_seen, file_mtime = r.first_seen, r.file_mtime
+        since = (
+            file_mtime
+            if first_seen is None
+            else first_seen
+            if file_mtime is None
+            else min(first_seen, file_mtime)
+        )
+        authorized = kind in ("authorized_key", "authorized_principal_ca")
         inputs = RiskInputs(
-            kind=r.kind,
+            kind=kind,
             base_type=_base_type(r.type),
             bits=r.bits,
-            age=(ctx.now - since) if since else None,
+            age=(now - since) if since else None,
             encrypted=r.encrypted,
-            grants_root=r.uid == 0 and r.kind in ("authorized_key", "authorized_principal_ca"),
+            grants_root=r.uid == 0 and authorized,
             orphaned=orphaned,
-            shared=r.kind == "authorized_key" and len(users_per_key.get(r.fingerprint, ())) > 1,
+            shared=kind == "authorized_key" and len(users_per_key.get(r.fingerprint, ())) > 1,
             managed=r.managed_by is not None,
-            has_from=has_from,
+            has_from="from" in r.options,
         )
-        final.append(replace(r, risk=risk_of(inputs, ctx.policy)))
+        final.append(replace_key_record(r, risk=risk_of(inputs, policy)))
     final.sort(key=lambda r: (r.kind, r.user or "", r.path, r.line or 0))
     return Inventory(
         snapshot_id=ctx.snapshot_id,
@@ -628,12 +648,30 @@ def scan_host(
     fs: HostFS, users: UserSource, settings: ScanSettings, ctx: ScanContext
 ) -> tuple[Plan, dict[str, FileResult], Inventory]:
     """A full discovery. Returns the plan and per-file results so callers can re-read single files."""
-    plan = plan_targets(fs, users, settings, ctx.sshd_version)
-    # Targets come grouped by directory (a user's files, then their ~/.ssh): walk each once.
-    with DirReads(fs) as reads:
-        results = {target_key(t): read_target(reads, t, plan, ctx) for t in plan.targets}
-    read = [t.path for t in plan.targets if results[target_key(t)].read]
-    return plan, results, assemble(plan, results, ctx, read)
+    with gc_paused():
+        plan = plan_targets(fs, users, settings, ctx.sshd_version)
+        # Targets come grouped by directory (a user's files, then their ~/.ssh): walk each once.
+        with DirReads(fs) as reads:
+            results = {target_key(t): read_target(reads, t, plan, ctx) for t in plan.targets}
+        read = [t.path for t in plan.targets if results[target_key(t)].read]
+        return plan, results, assemble(plan, results, ctx, read)
+
+
+@contextlib.contextmanager
+def gc_paused() -> Iterator[None]:
+    """Pause the cyclic garbage collector (process-wide) for a bulk build of acyclic objects.
+
+    A large scan allocates millions of containers (records, dicts, tuples) and none of them form
+    cycles, yet each allocation burst triggers collections that traverse the ever-growing heap:
+    a third of a 100,000-key scan's time. Nested use is fine; only the outermost re-enables."""
+    paused = gc.isenabled()
+    if paused:
+        gc.disable()
+    try:
+        yield
+    finally:
+        if paused:
+            gc.enable()
 
 
 def target_key(target: Target) -> str:

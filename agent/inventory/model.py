@@ -154,10 +154,8 @@ class KeyRecord:
 # Bulk construction for discovery (100,000s of records): a frozen dataclass's __init__ sets each of
 # the 21 fields with its own object.__setattr__ call, and dataclasses.replace goes through it again.
 # These fill the instance __dict__ in one step; the result is the same as KeyRecord(...) / replace().
-_KEY_RECORD_FIELDS: Final = tuple(f.name for f in fields(KeyRecord))
-_KEY_RECORD_DEFAULTS: Final = {
-    f.name: f.default for f in fields(KeyRecord) if f.default is not MISSING
-}
+_KEY_RECORD_FIELDS: Final = frozenset(f.name for f in fields(KeyRecord))
+_KEY_RECORD_DEFAULTS: Final = {f.name: f.default for f in fields(KeyRecord) if f.default is not MISSING}
 _new_object = object.__new__
 _set_attr = object.__setattr__
 
@@ -167,17 +165,16 @@ def new_key_record(**values: Any) -> KeyRecord:
     if "options" not in values:
         values["options"] = {}
     merged = {**_KEY_RECORD_DEFAULTS, **values}
-    if len(merged) != len(_KEY_RECORD_FIELDS):
-        known = set(_KEY_RECORD_FIELDS)
-        raise TypeError(f"bad KeyRecord fields: {sorted(set(merged) ^ known)}")
+    if merged.keys() != _KEY_RECORD_FIELDS:
+        raise TypeError(f"bad KeyRecord fields: {sorted(merged.keys() ^ _KEY_RECORD_FIELDS)}")
     return _install(merged)
 
 
 def replace_key_record(record: KeyRecord, **changes: Any) -> KeyRecord:
     """dataclasses.replace(record, **changes), fast."""
     merged = {**record.__dict__, **changes}
-    if len(merged) != len(_KEY_RECORD_FIELDS):
-        raise TypeError(f"bad KeyRecord fields: {sorted(set(merged) - set(_KEY_RECORD_FIELDS))}")
+    if merged.keys() != _KEY_RECORD_FIELDS:
+        raise TypeError(f"bad KeyRecord fields: {sorted(merged.keys() ^ _KEY_RECORD_FIELDS)}")
     return _install(merged)
 
 

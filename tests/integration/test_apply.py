@@ -190,7 +190,7 @@ def test_backups_are_pruned_per_file(host: FakeHost, signer: Signer, applier: Ap
         key, _ = public_line(f"k{i}")
         body = {"rotation_id": f"rot_{i}", "user": "alice", "action": "add", "new_key": key}
         assert applier.handle(signer.token("rotation", body))[1]["status"] == "applied"
-    applier.sweep_ephemeral()  # pruning runs with the sweep (and every 64 writes)
+    applier.sweep_ephemeral()  # pruning runs with the minute sweep
     assert len(list((host.state / "backups").glob("*.bak"))) == 3  # backups_per_file
 
 
