@@ -26,8 +26,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from agent.host.users import User  # noqa: E402
-from tests.integration.apply_support import (  # noqa: E402
+from agent.host.users import User
+from tests.integration.apply_support import (
     Signer,
     make_applier,
     make_fake_host,
@@ -61,8 +61,13 @@ def main() -> int:
             slot = (n // len(users)) % 3
             new = public_line(f"{user}-r{n}")[0]
             old = expected[user][slot]
-            body = {"rotation_id": f"rot_{n}", "user": user, "action": "replace",
-                    "old_fingerprint": fingerprints[old], "new_key": new}
+            body = {
+                "rotation_id": f"rot_{n}",
+                "user": user,
+                "action": "replace",
+                "old_fingerprint": fingerprints[old],
+                "new_key": new,
+            }
             tokens.append((signer.token("rotation", body), user, slot, new))
             expected[user][slot] = new
             fingerprints[new] = public_line_fp(new)
@@ -81,12 +86,19 @@ def main() -> int:
             want = "# managed keys\n" + "\n".join(expected[user]) + "\n"
             if host.ak(user).read_text() != want or host.ak(user).stat().st_mode & 0o777 != 0o600:
                 bad += 1
-        leftovers = [p for user in users for p in (host.home(user) / ".ssh").iterdir() if p.name != "authorized_keys"]
+        leftovers = [
+            p for user in users for p in (host.home(user) / ".ssh").iterdir() if p.name != "authorized_keys"
+        ]
         latencies.sort()
         p50 = latencies[len(latencies) // 2] * 1000
         p99 = latencies[int(len(latencies) * 0.99) - 1] * 1000
-        print(f"users={len(users)} rotations={len(tokens)} total={total:.2f}s rate={len(tokens) / total:.0f}/s")
-        print(f"latency p50={p50:.2f} ms p99={p99:.2f} ms max={latencies[-1] * 1000:.2f} ms (target p99 < 20 ms)")
+        print(
+            f"users={len(users)} rotations={len(tokens)} total={total:.2f}s rate={len(tokens) / total:.0f}/s"
+        )
+        print(
+            f"latency p50={p50:.2f} ms p99={p99:.2f} ms max={latencies[-1] * 1000:.2f} ms",
+            "(target p99 < 20 ms)",
+        )
         print(f"tree verified: {len(users) - bad}/{len(users)} files exact, {len(leftovers)} stray files")
         print(f"uid={os.geteuid()}")
         return 0 if bad == 0 and not leftovers and p99 < 20 else 1

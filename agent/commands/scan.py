@@ -13,6 +13,7 @@ from typing import TextIO
 from agent.config import Config
 from agent.host.safefs import HostFS
 from agent.host.scan import ScanContext, ScanSettings, scan_host
+from agent.host.scan_parallel import inventory_json_chunks, usable_cpus
 from agent.host.users import NssUserSource, RootUserSource, UserSource
 from agent.inventory.evaluate import Policy
 from agent.inventory.model import Inventory
@@ -65,16 +66,19 @@ def local_zone() -> tzinfo:
     return zone or UTC
 
 
-def run_scan(config: Config, root: str | None, *, host_id: str | None = None) -> Inventory:
-    fs, users = open_host(config, root)
-    ctx = ScanContext(
+def scan_context(config: Config, root: str | None, *, host_id: str | None = None) -> ScanContext:
+    return ScanContext(
         now=datetime.now(UTC),
         local_tz=local_zone(),
         host_id=host_id,
         sshd_version=None if root else sshd_version(config.discovery.sshd_binary),
         policy=policy_from(config),
     )
-    _, _, inventory = scan_host(fs, users, settings_from(config), ctx)
+
+
+def run_scan(config: Config, root: str | None, *, host_id: str | None = None) -> Inventory:
+    fs, users = open_host(config, root)
+    _, _, inventory = scan_host(fs, users, settings_from(config), scan_context(config, root, host_id=host_id))
     return inventory
 
 
@@ -103,10 +107,18 @@ def cmd_scan(config: Config, *, root: str | None, fmt: str | None) -> int:
         print(f"sshklm-agent: --root {root}: not a directory", file=sys.stderr)
         return 2
     fmt = fmt or ("table" if sys.stdout.isatty() else "json")
-    inventory = run_scan(config, root)
-    homes = _homes(config, root) if fmt == "table" else {}
     try:
-        write_inventory(inventory, fmt, sys.stdout, homes)
+        if fmt in ("json", "ndjson") and usable_cpus() > 1:
+            # Machine-readable output can be produced by two processes (see scan_parallel).
+            fs, users = open_host(config, root)
+            ctx = scan_context(config, root)
+            chunks = inventory_json_chunks(fs, users, settings_from(config), ctx, ndjson=fmt == "ndjson")
+            for chunk in chunks:
+                sys.stdout.write(chunk)
+        else:
+            inventory = run_scan(config, root)
+            homes = _homes(config, root) if fmt == "table" else {}
+            write_inventory(inventory, fmt, sys.stdout, homes)
         sys.stdout.flush()
     except BrokenPipeError:
         # `scan | head` is fine; do not print a traceback for the closed pipe.

@@ -14,7 +14,7 @@ import gc
 import posixpath
 import uuid
 from collections import Counter
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, tzinfo
 from typing import Final, Literal
@@ -589,29 +589,42 @@ def _pub_comment(fs: FileReads, path: str, target: Target) -> str:
 # --- assembling -------------------------------------------------------------------------------
 
 
+def users_per_key(results: Iterable[FileResult]) -> dict[str, set[str]]:
+    """Fingerprint -> accounts that authorize it (the 'shared key' fact). Pure."""
+    out: dict[str, set[str]] = {}
+    for res in results:
+        for r in res.records:
+            if r.user and r.kind in ("authorized_key", "authorized_principal_ca"):
+                users = out.get(r.fingerprint)
+                if users is None:
+                    out[r.fingerprint] = {r.user}
+                else:
+                    users.add(r.user)
+    return out
+
+
 def assemble(
-    plan: Plan, results: Mapping[str, FileResult], ctx: ScanContext, files_read: Iterable[str]
+    plan: Plan,
+    results: Mapping[str, FileResult],
+    ctx: ScanContext,
+    files_read: Iterable[str],
+    *,
+    key_users: Mapping[str, Collection[str]] | None = None,
 ) -> Inventory:
-    """Cross-file facts (shared keys), risk and policy, then the Inventory. Pure."""
+    """Cross-file facts (shared keys), risk and policy, then the Inventory. Pure.
+
+    `key_users` is `users_per_key` over the whole host when `results` holds only part of it."""
     records = [(r, res.orphaned) for res in results.values() for r in res.records]
     errors = list(plan.errors) + [e for res in results.values() for e in res.errors]
-    users_per_key: dict[str, set[str]] = {}
-    for r, _ in records:
-        if r.kind in ("authorized_key", "authorized_principal_ca") and r.user:
-            users_per_key.setdefault(r.fingerprint, set()).add(r.user)
+    if key_users is None:
+        key_users = users_per_key(results.values())
     final = []
     now = ctx.now
     policy = ctx.policy
     for r, orphaned in records:
         kind = r.kind
         first_seen, file_mtime = r.first_seen, r.file_mtime
-        since = (
-            file_mtime
-            if first_seen is None
-            else first_seen
-            if file_mtime is None
-            else min(first_seen, file_mtime)
-        )
+        since = min(first_seen, file_mtime) if first_seen and file_mtime else first_seen or file_mtime
         authorized = kind in ("authorized_key", "authorized_principal_ca")
         inputs = RiskInputs(
             kind=kind,
@@ -621,7 +634,7 @@ def assemble(
             encrypted=r.encrypted,
             grants_root=r.uid == 0 and authorized,
             orphaned=orphaned,
-            shared=kind == "authorized_key" and len(users_per_key.get(r.fingerprint, ())) > 1,
+            shared=kind == "authorized_key" and len(key_users.get(r.fingerprint, ())) > 1,
             managed=r.managed_by is not None,
             has_from="from" in r.options,
         )

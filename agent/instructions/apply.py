@@ -148,6 +148,8 @@ class _Outcome:
     fingerprints_after: list[str] = field(default_factory=list)
     added: list[str] = field(default_factory=list)
     removed: list[str] = field(default_factory=list)
+    # (rotation_id, path, backup_file, sha256_after) of files written: indexed on completion.
+    backups: list[tuple[str, str, str, str]] = field(default_factory=list)
 
 
 class Applier:
@@ -286,11 +288,9 @@ class Applier:
         try:
             outcome = self._act(ins, body)
         except ApplyFailed as exc:
-            self.store.record_jti(ins.jti, "failed", ins.exp)
-            self.store.finish_apply(ins.jti)
+            self.store.complete_apply(ins.jti, jti=(ins.jti, "failed", ins.exp))
             return ins.jti, self._not_applied(ins.jti, "failed", exc.code, exc.message, ins)
-        self.store.record_jti(ins.jti, "applied", ins.exp)
-        self.store.finish_apply(ins.jti)
+        self.store.complete_apply(ins.jti, jti=(ins.jti, "applied", ins.exp), backups=outcome.backups)
         self._emit_applied(ins, body, outcome)
         return ins.jti, self._result("applied", None, outcome.fingerprints_after)
 
@@ -725,7 +725,8 @@ class Applier:
                     if p.current is None and self.fs.read_at(p.dirh, p.name) is None:
                         raise UnsafePath("file vanished after the write", p.path)
                     outcome.written.append(p.path)
-                    self.store.add_backup(backup_id, p.path, backups[p.path], sha256_hex(p.plan.new_data))
+                    # Indexed when the apply completes (one transaction); reconcile re-indexes after a crash.
+                    outcome.backups.append((backup_id, p.path, backups[p.path], sha256_hex(p.plan.new_data)))
             except BaseException:
                 if not outcome.written:
                     self.store.finish_apply(journal_id)  # nothing changed: nothing to reconcile
@@ -733,7 +734,7 @@ class Applier:
                         self._delete_backup(name)
                 raise
             if ins is None:
-                self.store.finish_apply(journal_id)
+                self.store.complete_apply(journal_id, backups=outcome.backups)
         outcome.fingerprints_after = self._fingerprints_of(user)
         return outcome
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -247,6 +247,35 @@ class StateStore:
     def finish_apply(self, jti: str) -> None:
         with self._db.transaction() as conn:
             conn.execute("DELETE FROM pending_apply WHERE jti = ?", (jti,))
+
+    def complete_apply(
+        self,
+        journal_id: str,
+        *,
+        jti: tuple[str, str, datetime | float] | None = None,
+        backups: Sequence[tuple[str, str, str, str]] = (),
+    ) -> None:
+        """Finish an apply in ONE transaction (one fsync instead of three): index its backups
+        (rotation_id, path, backup_file, sha256_after), record the instruction's outcome
+        (jti, status, exp) and drop the journal entry. A crash before this commit leaves the
+        journal entry, and reconcile redoes exactly these steps."""
+        now = self._clock()
+        with self._db.transaction() as conn:
+            for rotation_id, path, backup_file, sha256_after in backups:
+                conn.execute(
+                    "INSERT INTO backups (rotation_id, path, backup_file, sha256_after, created_at) "
+                    "VALUES (?, ?, ?, ?, ?)",
+                    (rotation_id, path, backup_file, sha256_after, now),
+                )
+            if jti is not None:
+                jti_id, status, exp = jti
+                conn.execute(
+                    "INSERT INTO jti (jti, status, exp, recorded_at) VALUES (?, ?, ?, ?) "
+                    "ON CONFLICT (jti) DO UPDATE SET status = excluded.status, "
+                    "exp = max(exp, excluded.exp), recorded_at = excluded.recorded_at",
+                    (jti_id, status, _epoch(exp), now),
+                )
+            conn.execute("DELETE FROM pending_apply WHERE jti = ?", (journal_id,))
 
     def unfinished_applies(self) -> list[PendingApply]:
         """Applies begun but never finished (a crash in between), oldest first."""

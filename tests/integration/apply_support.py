@@ -60,9 +60,11 @@ class Signer:
 
     @property
     def public_openssh(self) -> str:
-        return self.key.public_key().public_bytes(
-            serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH
-        ).decode()
+        return (
+            self.key.public_key()
+            .public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
+            .decode()
+        )
 
     def token(
         self,
@@ -117,7 +119,9 @@ def make_fake_host(tmp: Path, users: tuple[str, ...] = ("alice", "bob")) -> Fake
     (root / "etc" / "ssh").mkdir(parents=True)
     (root / "home").mkdir()
     uids = {name: _owner(_BASE_UID + i) for i, name in enumerate(users)}
-    gid_of = {name: _owner(_BASE_UID + i) if os.geteuid() == 0 else os.getegid() for i, name in enumerate(users)}
+    gid_of = {
+        name: _owner(_BASE_UID + i) if os.geteuid() == 0 else os.getegid() for i, name in enumerate(users)
+    }
     passwd = ["root:x:0:0:root:/root:/bin/bash"]
     group = ["root:x:0:"]
     for name in users:
@@ -132,7 +136,9 @@ def make_fake_host(tmp: Path, users: tuple[str, ...] = ("alice", "bob")) -> Fake
             os.chown(home / ".ssh", uids[name], gid_of[name])
     (root / "etc" / "passwd").write_text("\n".join(passwd) + "\n")
     (root / "etc" / "group").write_text("\n".join(group) + "\n")
-    (root / "etc" / "ssh" / "sshd_config").write_text("AuthorizedKeysFile .ssh/authorized_keys .ssh/authorized_keys2\n")
+    (root / "etc" / "ssh" / "sshd_config").write_text(
+        "AuthorizedKeysFile .ssh/authorized_keys .ssh/authorized_keys2\n"
+    )
     (root / "root").mkdir(mode=0o700)
     state = tmp / "state"
     return FakeHost(root, state, uids)
@@ -194,8 +200,16 @@ def snapshot(root: Path) -> dict[str, tuple[Any, ...]]:
                 detail = os.readlink(path)
             else:
                 detail = None
-            out[rel] = (stat.S_IFMT(st.st_mode), stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid, st.st_size,
-                        st.st_ino, st.st_nlink, detail)
+            out[rel] = (
+                stat.S_IFMT(st.st_mode),
+                stat.S_IMODE(st.st_mode),
+                st.st_uid,
+                st.st_gid,
+                st.st_size,
+                st.st_ino,
+                st.st_nlink,
+                detail,
+            )
     return out
 
 

@@ -44,11 +44,14 @@ def _rfc(value: datetime) -> str:
     return value.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def test_add_creates_ssh_dir_and_file_owned_by_the_user(host: FakeHost, signer: Signer, applier: Applier) -> None:
+def test_add_creates_ssh_dir_and_file_owned_by_the_user(
+    host: FakeHost, signer: Signer, applier: Applier
+) -> None:
     (host.home("alice") / ".ssh").rmdir()
     new, new_fp = public_line("n")
-    _, result = applier.handle(signer.token("rotation", {"rotation_id": "rot_a", "user": "alice", "action": "add",
-                                                         "new_key": new}))
+    _, result = applier.handle(
+        signer.token("rotation", {"rotation_id": "rot_a", "user": "alice", "action": "add", "new_key": new})
+    )
     assert result["status"] == "applied"
     assert result["fingerprints_after"] == [new_fp]
     ssh, ak = host.home("alice") / ".ssh", host.ak("alice")
@@ -79,13 +82,21 @@ def test_existing_mode_and_owner_are_kept_when_strictmodes_accepts_them(
     write_ak(host, "alice", f"{old}\n".encode(), mode=0o640)
     os.chown(host.ak("alice"), 0, 0)
     new, _ = public_line("n")
-    body = {"rotation_id": "rot_c", "user": "alice", "action": "replace", "old_fingerprint": old_fp, "new_key": new}
+    body = {
+        "rotation_id": "rot_c",
+        "user": "alice",
+        "action": "replace",
+        "old_fingerprint": old_fp,
+        "new_key": new,
+    }
     assert applier.handle(signer.token("rotation", body))[1]["status"] == "applied"
     st = host.ak("alice").stat()
     assert (st.st_mode & 0o777, st.st_uid, st.st_gid) == (0o640, 0, 0)
 
 
-def test_group_writable_file_is_rewritten_user_owned_0600(host: FakeHost, signer: Signer, applier: Applier) -> None:
+def test_group_writable_file_is_rewritten_user_owned_0600(
+    host: FakeHost, signer: Signer, applier: Applier
+) -> None:
     old, old_fp = public_line("o")
     write_ak(host, "alice", f"{old}\n".encode(), mode=0o664)
     body = {"rotation_id": "rot_d", "user": "alice", "action": "remove", "old_fingerprint": old_fp}
@@ -111,8 +122,13 @@ def test_remove_acts_in_every_file(host: FakeHost, signer: Signer, applier: Appl
 def test_replace_of_an_absent_key_fails(host: FakeHost, signer: Signer, applier: Applier) -> None:
     _, missing_fp = public_line()
     new, _ = public_line()
-    body = {"rotation_id": "rot_f", "user": "alice", "action": "replace", "old_fingerprint": missing_fp,
-            "new_key": new}
+    body = {
+        "rotation_id": "rot_f",
+        "user": "alice",
+        "action": "replace",
+        "old_fingerprint": missing_fp,
+        "new_key": new,
+    }
     _, result = applier.handle(signer.token("rotation", body))
     assert (result["status"], result["error"]["code"]) == ("failed", "KEY_NOT_FOUND")
     assert host.events[-1]["type"] == "instruction_failed"
@@ -147,11 +163,21 @@ def test_ephemeral_already_expired_and_revoke(host: FakeHost, signer: Signer, ap
     key, _ = public_line()
     now = datetime.now(UTC)
     before = snapshot(host.root)
-    past = {"grant_id": "eph_2", "user": "bob", "public_key": key, "expires_at": _rfc(now - timedelta(seconds=2))}
+    past = {
+        "grant_id": "eph_2",
+        "user": "bob",
+        "public_key": key,
+        "expires_at": _rfc(now - timedelta(seconds=2)),
+    }
     _, result = applier.handle(signer.token("ephemeral", past))
     assert result["status"] == "expired"
     assert changed(before, snapshot(host.root)) == set()
-    live = {"grant_id": "eph_3", "user": "bob", "public_key": key, "expires_at": _rfc(now + timedelta(minutes=10))}
+    live = {
+        "grant_id": "eph_3",
+        "user": "bob",
+        "public_key": key,
+        "expires_at": _rfc(now + timedelta(minutes=10)),
+    }
     assert applier.handle(signer.token("ephemeral", live))[1]["status"] == "applied"
     assert "eph_3" in host.ak("bob").read_text()
     assert applier.handle(signer.token("revoke_ephemeral", {"grant_id": "eph_3"}))[1]["status"] == "applied"
@@ -169,7 +195,13 @@ def test_rollback_restores_only_an_unchanged_file(host: FakeHost, signer: Signer
     original = f"# mine\r\n{old}\r\n".encode()
     write_ak(host, "alice", original)
     new, _ = public_line("n")
-    body = {"rotation_id": "rot_r", "user": "alice", "action": "replace", "old_fingerprint": old_fp, "new_key": new}
+    body = {
+        "rotation_id": "rot_r",
+        "user": "alice",
+        "action": "replace",
+        "old_fingerprint": old_fp,
+        "new_key": new,
+    }
     assert applier.handle(signer.token("rotation", body))[1]["status"] == "applied"
     backups = sorted((host.state / "backups").iterdir())
     assert all(p.stat().st_mode & 0o777 == 0o600 and p.stat().st_uid == 0 for p in backups)
@@ -204,8 +236,8 @@ def test_reconcile_after_a_crash(host: FakeHost, signer: Signer) -> None:
 
     applier = make_applier(host, signer)
     # Simulate "the process died after the rename, before recording the jti": the store's
-    # record_jti raises the first time.
-    original = applier.store.record_jti
+    # completion step (jti + backups index + journal, one transaction) raises the first time.
+    original = applier.store.complete_apply
 
     def dying(*args: Any, **kw: Any) -> None:
         if not crashed:
@@ -213,9 +245,15 @@ def test_reconcile_after_a_crash(host: FakeHost, signer: Signer) -> None:
             raise Crash()
         original(*args, **kw)
 
-    applier.store.record_jti = dying  # type: ignore[method-assign]
+    applier.store.complete_apply = dying  # type: ignore[method-assign]
     new, new_fp = public_line("n")
-    body = {"rotation_id": "rot_x", "user": "alice", "action": "replace", "old_fingerprint": old_fp, "new_key": new}
+    body = {
+        "rotation_id": "rot_x",
+        "user": "alice",
+        "action": "replace",
+        "old_fingerprint": old_fp,
+        "new_key": new,
+    }
     token = signer.token("rotation", body)
     with pytest.raises(Crash):
         applier._handle(token)  # the public handle() would turn it into a result; a crash would not
@@ -229,5 +267,9 @@ def test_reconcile_after_a_crash(host: FakeHost, signer: Signer) -> None:
     # The server re-sends it: answered applied, file untouched.
     before = snapshot(host.root)
     again_jti, again = restarted.handle(token)
-    assert (again_jti, again["status"], again["fingerprints_after"]) == (jti, "applied", result["fingerprints_after"])
+    assert (again_jti, again["status"], again["fingerprints_after"]) == (
+        jti,
+        "applied",
+        result["fingerprints_after"],
+    )
     assert changed(before, snapshot(host.root)) == set()

@@ -12,7 +12,7 @@ import hmac
 import json
 import os
 import shutil
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -68,7 +68,13 @@ def keys(host: FakeHost) -> dict[str, str]:
 
 def _rotation(old_fp: str, user: str = "alice", **over: Any) -> dict[str, Any]:
     new, _ = public_line("new")
-    body = {"rotation_id": "rot_1", "user": user, "action": "replace", "old_fingerprint": old_fp, "new_key": new}
+    body = {
+        "rotation_id": "rot_1",
+        "user": user,
+        "action": "replace",
+        "old_fingerprint": old_fp,
+        "new_key": new,
+    }
     body.update(over)
     return body
 
@@ -91,7 +97,9 @@ def _claims(body: dict[str, Any], aud: str = HOST_ID) -> dict[str, Any]:
 
 def _hs256(claims: dict[str, Any], secret: bytes) -> str:
     """The classic algorithm-confusion forgery: HMAC keyed with the verifier's public key text."""
-    signing_input = f"{_b64(json.dumps({'alg': 'HS256', 'typ': 'JWT'}).encode())}.{_b64(json.dumps(claims).encode())}"
+    signing_input = (
+        f"{_b64(json.dumps({'alg': 'HS256', 'typ': 'JWT'}).encode())}.{_b64(json.dumps(claims).encode())}"
+    )
     return f"{signing_input}.{_b64(hmac.new(secret, signing_input.encode(), hashlib.sha256).digest())}"
 
 
@@ -118,8 +126,16 @@ def _forged_tokens(signer: Signer, body: dict[str, Any]) -> dict[str, str]:
 
 @pytest.mark.parametrize(
     "case",
-    ["other key", "tampered payload", "bad signature bytes", "alg none", "HS256 with the public key", "ES256",
-     "not a jws", "deeply nested header"],
+    [
+        "other key",
+        "tampered payload",
+        "bad signature bytes",
+        "alg none",
+        "HS256 with the public key",
+        "ES256",
+        "not a jws",
+        "deeply nested header",
+    ],
 )
 def test_forged_tokens_are_rejected_and_change_nothing(
     host: FakeHost, signer: Signer, applier: Applier, keys: dict[str, str], case: str
@@ -133,7 +149,9 @@ def test_forged_tokens_are_rejected_and_change_nothing(
     assert host.managed == []
 
 
-def test_wrong_audience_is_rejected(host: FakeHost, signer: Signer, applier: Applier, keys: dict[str, str]) -> None:
+def test_wrong_audience_is_rejected(
+    host: FakeHost, signer: Signer, applier: Applier, keys: dict[str, str]
+) -> None:
     before = snapshot(host.root)
     _, result = applier.handle(signer.token("rotation", _rotation(keys["old_fp"]), aud="hst_other"))
     assert result["status"] == "rejected"
@@ -190,7 +208,7 @@ def test_replayed_jti(host: FakeHost, signer: Signer, applier: Applier, keys: di
         pytest.param(lambda b, k: b.update(new_key=k + "\nssh-ed25519 AAAA x"), id="newline in key"),
         pytest.param(lambda b, k: b.update(new_key=k.replace(" ", "\x00", 1)), id="NUL in key"),
         pytest.param(lambda b, k: b.update(new_key=k + "\r"), id="CR in key"),
-        pytest.param(lambda b, k: b.update(options='no-pty\nssh-ed25519 AAAA'), id="newline in options"),
+        pytest.param(lambda b, k: b.update(options="no-pty\nssh-ed25519 AAAA"), id="newline in options"),
         pytest.param(lambda b, k: b.update(options=f"no-pty {k}"), id="options carry a second key"),
         pytest.param(lambda b, k: b.update(options='command="x" ' + k), id="command then key"),
         pytest.param(lambda b, k: b.update(new_key="no-pty " + k), id="options inside key text"),
@@ -366,19 +384,53 @@ def test_applied_rotation_changes_only_the_intended_file(
 
 _text = st.one_of(
     st.text(max_size=40),
-    st.sampled_from(["alice", "bob", "../root", "", "root", "replace", "add", "remove", "SHA256:x",
-                     "2030-01-01T00:00:00Z", "0001-01-01T00:00:00+01:00", "ssh-ed25519 AAAA"]),
+    st.sampled_from(
+        [
+            "alice",
+            "bob",
+            "../root",
+            "",
+            "root",
+            "replace",
+            "add",
+            "remove",
+            "SHA256:x",
+            "2030-01-01T00:00:00Z",
+            "0001-01-01T00:00:00+01:00",
+            "ssh-ed25519 AAAA",
+        ]
+    ),
 )
-_value = st.one_of(_text, st.integers(), st.none(), st.booleans(), st.lists(_text, max_size=2),
-                   st.dictionaries(_text, _text, max_size=2))
-_fields = ["rotation_id", "user", "action", "old_fingerprint", "new_key", "options", "grant_id",
-           "public_key", "expires_at", "scan_id"]
+_value = st.one_of(
+    _text,
+    st.integers(),
+    st.none(),
+    st.booleans(),
+    st.lists(_text, max_size=2),
+    st.dictionaries(_text, _text, max_size=2),
+)
+_fields = [
+    "rotation_id",
+    "user",
+    "action",
+    "old_fingerprint",
+    "new_key",
+    "options",
+    "grant_id",
+    "public_key",
+    "expires_at",
+    "scan_id",
+]
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(kind=st.sampled_from(["rotation", "ephemeral", "revoke_ephemeral", "scan", "other"]),
-       body=st.dictionaries(st.sampled_from(_fields), _value, max_size=8))
-def test_random_bodies_only_reject(tmp_path_factory: pytest.TempPathFactory, kind: str, body: dict[str, Any]) -> None:
+@given(
+    kind=st.sampled_from(["rotation", "ephemeral", "revoke_ephemeral", "scan", "other"]),
+    body=st.dictionaries(st.sampled_from(_fields), _value, max_size=8),
+)
+def test_random_bodies_only_reject(
+    tmp_path_factory: pytest.TempPathFactory, kind: str, body: dict[str, Any]
+) -> None:
     host = make_fake_host(tmp_path_factory.mktemp("prop"))
     signer = Signer()
     applier = make_applier(host, signer)

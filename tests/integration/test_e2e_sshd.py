@@ -48,10 +48,16 @@ def _free_port() -> int:
 
 
 def _keygen(path: Path, comment: str) -> tuple[Path, str]:
-    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", comment, "-f", str(path)], check=True)
+    subprocess.run(
+        ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", comment, "-f", str(path)], check=True
+    )
     pub = path.with_suffix(".pub").read_text().strip()
-    out = subprocess.run(["ssh-keygen", "-l", "-E", "sha256", "-f", str(path) + ".pub"], capture_output=True,
-                         text=True, check=True).stdout.split()
+    out = subprocess.run(
+        ["ssh-keygen", "-l", "-E", "sha256", "-f", str(path) + ".pub"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
     return path, f"{pub}\t{out[1]}"
 
 
@@ -72,10 +78,31 @@ class Env:
 
     def login(self, key: str) -> bool:
         proc = subprocess.run(
-            ["ssh", "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
-             "-o", "IdentitiesOnly=yes", "-o", "ConnectTimeout=10", "-o", "LogLevel=ERROR",
-             "-i", str(self.keys[key][0]), "-p", str(self.port), f"{self.user}@127.0.0.1", "true"],
-            capture_output=True, text=True, timeout=30, check=False,
+            [
+                "ssh",
+                "-o",
+                "BatchMode=yes",
+                "-o",
+                "StrictHostKeyChecking=no",
+                "-o",
+                "UserKnownHostsFile=/dev/null",
+                "-o",
+                "IdentitiesOnly=yes",
+                "-o",
+                "ConnectTimeout=10",
+                "-o",
+                "LogLevel=ERROR",
+                "-i",
+                str(self.keys[key][0]),
+                "-p",
+                str(self.port),
+                f"{self.user}@127.0.0.1",
+                "true",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
         )
         return proc.returncode == 0
 
@@ -111,7 +138,9 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
         os.chmod(ak, 0o600)
 
         port = _free_port()
-        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(tmp / "hostkey")], check=True)
+        subprocess.run(
+            ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(tmp / "hostkey")], check=True
+        )
         config = tmp / "sshd_config"
         config.write_text(
             f"Port {port}\nListenAddress 127.0.0.1\nHostKey {tmp / 'hostkey'}\nPidFile {tmp / 'sshd.pid'}\n"
@@ -131,17 +160,31 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
                 time.sleep(0.05)
 
         cp = ControlPlane.start()
-        answer = httpx.post(f"{cp.url}/v1/agents/enroll", headers={"Authorization": f"Bearer {cp.bootstrap_token}"},
-                            json={"machine_id": secrets.token_hex(16), "hostname": "e2e"}, timeout=10)
+        answer = httpx.post(
+            f"{cp.url}/v1/agents/enroll",
+            headers={"Authorization": f"Bearer {cp.bootstrap_token}"},
+            json={"machine_id": secrets.token_hex(16), "hostname": "e2e"},
+            timeout=10,
+        )
         host_id = answer.json()["host_id"]
         fs = HostFS("/")
         policy = Policy(1, 2048, frozenset({"ssh-ed25519"}), 365, False, 3600)
         applier = Applier(
-            fs, NssUserSource(), StateStore(open_database(tmp / "state")),
-            sshd_config_path=str(config), public_keys=[cp.signing_public_key_openssh], require_signature=True,
-            leeway_s=30, host_id=lambda: host_id, policy=lambda: policy, max_ttl_s=lambda: 3600,
-            backups_dir=str(tmp / "state" / "backups"), backups_per_file=5, clock=lambda: datetime.now(UTC),
-            on_event=lambda events: None, run_scan=None,
+            fs,
+            NssUserSource(),
+            StateStore(open_database(tmp / "state")),
+            sshd_config_path=str(config),
+            public_keys=[cp.signing_public_key_openssh],
+            require_signature=True,
+            leeway_s=30,
+            host_id=lambda: host_id,
+            policy=lambda: policy,
+            max_ttl_s=lambda: 3600,
+            backups_dir=str(tmp / "state" / "backups"),
+            backups_per_file=5,
+            clock=lambda: datetime.now(UTC),
+            on_event=lambda events: None,
+            run_scan=None,
         )
         yield Env(user, home, port, tmp, cp, host_id, applier, keys)
     finally:
@@ -163,8 +206,16 @@ def test_rotation_replace(env: Env) -> None:
     assert not env.login("new")
     facts = _file_facts(env.ak)
     before_lines = env.ak.read_bytes().split(b"\n")
-    result = env.apply("rotation", {"rotation_id": "rot_e2e1", "user": env.user, "action": "replace",
-                                    "old_fingerprint": env.keys["old"][2], "new_key": env.keys["new"][1]})
+    result = env.apply(
+        "rotation",
+        {
+            "rotation_id": "rot_e2e1",
+            "user": env.user,
+            "action": "replace",
+            "old_fingerprint": env.keys["old"][2],
+            "new_key": env.keys["new"][1],
+        },
+    )
     assert result["status"] == "applied", result
     assert env.keys["new"][2] in result["fingerprints_after"]
     assert env.keys["old"][2] not in result["fingerprints_after"]
@@ -181,12 +232,27 @@ def test_rotation_replace(env: Env) -> None:
 
 def test_add_and_remove(env: Env) -> None:
     assert not env.login("extra")
-    added = env.apply("rotation", {"rotation_id": "rot_e2e2", "user": env.user, "action": "add",
-                                   "new_key": env.keys["extra"][1], "options": "no-pty"})
+    added = env.apply(
+        "rotation",
+        {
+            "rotation_id": "rot_e2e2",
+            "user": env.user,
+            "action": "add",
+            "new_key": env.keys["extra"][1],
+            "options": "no-pty",
+        },
+    )
     assert added["status"] == "applied", added
     assert env.login("extra")
-    removed = env.apply("rotation", {"rotation_id": "rot_e2e3", "user": env.user, "action": "remove",
-                                     "old_fingerprint": env.keys["extra"][2]})
+    removed = env.apply(
+        "rotation",
+        {
+            "rotation_id": "rot_e2e3",
+            "user": env.user,
+            "action": "remove",
+            "old_fingerprint": env.keys["extra"][2],
+        },
+    )
     assert removed["status"] == "applied", removed
     assert not env.login("extra")
     assert env.login("bystander")
@@ -199,8 +265,16 @@ def test_ephemeral_grant_expires(env: Env) -> None:
     pub = path.with_suffix(".pub").read_text().strip()
     env.keys["eph"] = (path, pub, "")
     expires = (datetime.now(UTC) + timedelta(seconds=4)).replace(microsecond=0)
-    result = env.apply("ephemeral", {"grant_id": "eph_e2e1", "user": env.user, "public_key": pub,
-                                     "expires_at": expires.strftime("%Y-%m-%dT%H:%M:%SZ")}, exp_s=60)
+    result = env.apply(
+        "ephemeral",
+        {
+            "grant_id": "eph_e2e1",
+            "user": env.user,
+            "public_key": pub,
+            "expires_at": expires.strftime("%Y-%m-%dT%H:%M:%SZ"),
+        },
+        exp_s=60,
+    )
     assert result["status"] == "applied", result
     assert env.login("eph")
     assert env.applier.sweep_ephemeral() == 0  # not due yet

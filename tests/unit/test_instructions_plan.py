@@ -17,9 +17,14 @@ from agent.ssh.authorized_keys import parse_authorized_keys, split_lines
 
 
 def _key() -> tuple[str, str]:
-    pub = Ed25519PrivateKey.generate().public_key().public_bytes(
-        serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
-    fp = "SHA256:" + base64.b64encode(hashlib.sha256(base64.b64decode(pub.split()[1])).digest()).decode().rstrip("=")
+    pub = (
+        Ed25519PrivateKey.generate()
+        .public_key()
+        .public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
+    )
+    fp = "SHA256:" + base64.b64encode(
+        hashlib.sha256(base64.b64decode(pub.split()[1])).digest()
+    ).decode().rstrip("=")
     return pub.decode(), fp
 
 
@@ -32,9 +37,9 @@ def _fps(data: bytes) -> list[str]:
 
 
 def test_replace_keeps_position_options_and_crlf() -> None:
-    data = f"# top\r\n{A} a\r\n\r\nfrom=\"10.0.0.1\",no-pty {B} b\r\nbroken line\r\n{C} c".encode()
+    data = f'# top\r\n{A} a\r\n\r\nfrom="10.0.0.1",no-pty {B} b\r\nbroken line\r\n{C} c'.encode()
     plan = plan_replace(data, B_FP, NewLineBuilder(NEW + " new", None, keep_old_options=True), NEW_FP)
-    expected = f"# top\r\n{A} a\r\n\r\nfrom=\"10.0.0.1\",no-pty {NEW} new\r\nbroken line\r\n{C} c".encode()
+    expected = f'# top\r\n{A} a\r\n\r\nfrom="10.0.0.1",no-pty {NEW} new\r\nbroken line\r\n{C} c'.encode()
     assert plan.new_data == expected
     assert (plan.added, plan.removed) == (1, 1)
     assert set(plan.fingerprints_after) == {A_FP, NEW_FP, C_FP}
@@ -97,8 +102,19 @@ def test_remove_never_touches_lines_it_cannot_identify() -> None:
 # -- properties ----------------------------------------------------------------------------------
 
 _other_lines = st.sampled_from(
-    [b"# comment", b"", b"   ", b"garbage !!", b"ssh-ed25519 AAAA", b"\xff\xfe binary", b'from="x ' + A.encode(),
-     A.encode() + b" a", C.encode() + b" c", b'no-pty ' + C.encode(), b"\tindented " + A.encode()]
+    [
+        b"# comment",
+        b"",
+        b"   ",
+        b"garbage !!",
+        b"ssh-ed25519 AAAA",
+        b"\xff\xfe binary",
+        b'from="x ' + A.encode(),
+        A.encode() + b" a",
+        C.encode() + b" c",
+        b"no-pty " + C.encode(),
+        b"\tindented " + A.encode(),
+    ]
 )
 _line = st.one_of(_other_lines, st.just(B.encode() + b" old"), st.just(b'command="x" ' + B.encode()))
 _ending = st.sampled_from([b"\n", b"\r\n"])
@@ -114,7 +130,11 @@ def files(draw: st.DrawFn) -> bytes:
 
 
 def _non_b(data: bytes) -> list[bytes]:
-    return [ln.raw for ln in parse_authorized_keys(data) if not (ln.key is not None and ln.key.fingerprint == B_FP)]
+    return [
+        ln.raw
+        for ln in parse_authorized_keys(data)
+        if not (ln.key is not None and ln.key.fingerprint == B_FP)
+    ]
 
 
 @settings(max_examples=300, deadline=None)

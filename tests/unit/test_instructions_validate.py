@@ -31,9 +31,14 @@ POLICY = Policy(1, 3072, frozenset({"ssh-ed25519", "ssh-rsa"}), 365, False, 3600
 
 
 def _ed25519(comment: str = "c") -> tuple[str, str]:
-    pub = Ed25519PrivateKey.generate().public_key().public_bytes(
-        serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
-    fp = "SHA256:" + base64.b64encode(hashlib.sha256(base64.b64decode(pub.split()[1])).digest()).decode().rstrip("=")
+    pub = (
+        Ed25519PrivateKey.generate()
+        .public_key()
+        .public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
+    )
+    fp = "SHA256:" + base64.b64encode(
+        hashlib.sha256(base64.b64decode(pub.split()[1])).digest()
+    ).decode().rstrip("=")
     return f"{pub.decode()} {comment}".strip(), fp
 
 
@@ -46,12 +51,19 @@ def _ins(kind: str, body: dict[str, Any]) -> Instruction:
 
 
 def _validate(kind: str, body: dict[str, Any], users: tuple[str, ...] = ("deploy",)) -> Any:
-    return validate(_ins(kind, body), user_exists=lambda n: n in users, policy=POLICY, now=NOW, max_ttl_s=3600)
+    return validate(
+        _ins(kind, body), user_exists=lambda n: n in users, policy=POLICY, now=NOW, max_ttl_s=3600
+    )
 
 
 def _rot(**over: Any) -> dict[str, Any]:
-    body: dict[str, Any] = {"rotation_id": "rot_1", "user": "deploy", "action": "replace",
-                            "old_fingerprint": OLD_FP, "new_key": KEY}
+    body: dict[str, Any] = {
+        "rotation_id": "rot_1",
+        "user": "deploy",
+        "action": "replace",
+        "old_fingerprint": OLD_FP,
+        "new_key": KEY,
+    }
     body.update(over)
     return body
 
@@ -68,8 +80,9 @@ def test_replace() -> None:
 def test_add_and_remove() -> None:
     add = _validate("rotation", _rot(action="add", old_fingerprint=None))
     assert isinstance(add, Rotation) and add.new is not None and add.old_fingerprint is None
-    remove = _validate("rotation", {"rotation_id": "rot_2", "user": "deploy", "action": "remove",
-                                    "old_fingerprint": OLD_FP})
+    remove = _validate(
+        "rotation", {"rotation_id": "rot_2", "user": "deploy", "action": "remove", "old_fingerprint": OLD_FP}
+    )
     assert isinstance(remove, Rotation) and remove.new is None
 
 
@@ -115,20 +128,37 @@ def test_rotation_rejections(over: dict[str, Any], reason: str) -> None:
 
 
 def test_policy() -> None:
-    rsa = generate_private_key(public_exponent=65537, key_size=2048).public_key().public_bytes(
-        serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH).decode()
+    rsa = (
+        generate_private_key(public_exponent=65537, key_size=2048)
+        .public_key()
+        .public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
+        .decode()
+    )
     with pytest.raises(Rejected, match="min_rsa_bits"):
         _validate("rotation", _rot(new_key=rsa))
     no_rsa = Policy(1, 2048, frozenset({"ssh-ed25519"}), 365, False, 3600)
     with pytest.raises(Rejected, match="not allowed"):
-        validate(_ins("rotation", _rot(new_key=rsa)), user_exists=lambda n: True, policy=no_rsa, now=NOW,
-                 max_ttl_s=60)
+        validate(
+            _ins("rotation", _rot(new_key=rsa)),
+            user_exists=lambda n: True,
+            policy=no_rsa,
+            now=NOW,
+            max_ttl_s=60,
+        )
 
 
 def test_ephemeral() -> None:
     expires = NOW + timedelta(minutes=5)
-    eph = _validate("ephemeral", {"grant_id": "eph_1", "user": "deploy", "public_key": KEY,
-                                  "expires_at": "2030-01-01T00:05:00Z", "reason": None})
+    eph = _validate(
+        "ephemeral",
+        {
+            "grant_id": "eph_1",
+            "user": "deploy",
+            "public_key": KEY,
+            "expires_at": "2030-01-01T00:05:00Z",
+            "reason": None,
+        },
+    )
     assert isinstance(eph, Ephemeral)
     assert eph.expires_at == expires
     assert eph.new.line().startswith('expiry-time="20300101000500Z" ssh-ed25519 ')
@@ -137,12 +167,18 @@ def test_ephemeral() -> None:
 
 @pytest.mark.parametrize(
     ("expires_at", "reason"),
-    [("2030-01-01T02:00:01Z", "ephemeral_max_ttl_s"), ("tomorrow", "expires_at"), ("2030-01-01T00:05:00", "expires_at"),
-     ("0001-01-01T00:00:00+01:00", "expires_at")],
+    [
+        ("2030-01-01T02:00:01Z", "ephemeral_max_ttl_s"),
+        ("tomorrow", "expires_at"),
+        ("2030-01-01T00:05:00", "expires_at"),
+        ("0001-01-01T00:00:00+01:00", "expires_at"),
+    ],
 )
 def test_ephemeral_rejections(expires_at: str, reason: str) -> None:
     with pytest.raises(Rejected, match=reason):
-        _validate("ephemeral", {"grant_id": "eph_1", "user": "deploy", "public_key": KEY, "expires_at": expires_at})
+        _validate(
+            "ephemeral", {"grant_id": "eph_1", "user": "deploy", "public_key": KEY, "expires_at": expires_at}
+        )
 
 
 def test_revoke_and_scan() -> None:
@@ -157,15 +193,40 @@ _json = st.recursive(
     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3),
     max_leaves=8,
 )
-_fields = ["rotation_id", "user", "action", "old_fingerprint", "new_key", "options", "grant_id", "public_key",
-           "expires_at", "scan_id"]
-_interesting = st.sampled_from([KEY, OLD_FP, "deploy", "replace", "add", "remove", "2030-01-01T00:01:00Z",
-                                'from="1.2.3.4"', "rot_1", "eph_1", KEY + "\n" + KEY])
+_fields = [
+    "rotation_id",
+    "user",
+    "action",
+    "old_fingerprint",
+    "new_key",
+    "options",
+    "grant_id",
+    "public_key",
+    "expires_at",
+    "scan_id",
+]
+_interesting = st.sampled_from(
+    [
+        KEY,
+        OLD_FP,
+        "deploy",
+        "replace",
+        "add",
+        "remove",
+        "2030-01-01T00:01:00Z",
+        'from="1.2.3.4"',
+        "rot_1",
+        "eph_1",
+        KEY + "\n" + KEY,
+    ]
+)
 
 
 @settings(max_examples=400, deadline=None)
-@given(kind=st.sampled_from(["rotation", "ephemeral", "revoke_ephemeral", "scan", "other"]),
-       body=st.dictionaries(st.sampled_from(_fields), st.one_of(_json, _interesting), max_size=10))
+@given(
+    kind=st.sampled_from(["rotation", "ephemeral", "revoke_ephemeral", "scan", "other"]),
+    body=st.dictionaries(st.sampled_from(_fields), st.one_of(_json, _interesting), max_size=10),
+)
 def test_random_bodies_raise_only_rejected(kind: str, body: dict[str, Any]) -> None:
     try:
         result = _validate(kind, body)

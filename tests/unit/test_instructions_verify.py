@@ -12,7 +12,13 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ec import SECP256R1, generate_private_key
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from agent.instructions.verify import MAX_TOKEN_BYTES, Rejected, load_public_keys, peek_jti, verify_instruction
+from agent.instructions.verify import (
+    MAX_TOKEN_BYTES,
+    Rejected,
+    load_public_keys,
+    peek_jti,
+    verify_instruction,
+)
 
 NOW = 1_800_000_000
 HOST = "hst_abc"
@@ -23,8 +29,14 @@ def _b64(data: bytes) -> str:
 
 
 def _claims(**over: Any) -> dict[str, Any]:
-    claims: dict[str, Any] = {"jti": "ins_1", "aud": HOST, "iat": NOW - 10, "exp": NOW + 600,
-                              "kind": "scan", "body": {"scan_id": "scn_1"}}
+    claims: dict[str, Any] = {
+        "jti": "ins_1",
+        "aud": HOST,
+        "iat": NOW - 10,
+        "exp": NOW + 600,
+        "kind": "scan",
+        "body": {"scan_id": "scn_1"},
+    }
     claims.update(over)
     return {k: v for k, v in claims.items() if v is not None}
 
@@ -41,8 +53,14 @@ def _verify(token: str, key: Ed25519PrivateKey, **kw: Any) -> Any:
 def test_valid_token(key: Ed25519PrivateKey) -> None:
     token = jwt.encode(_claims(), key, algorithm="EdDSA", headers={"kid": "k1"})
     ins = _verify(token, key)
-    assert (ins.jti, ins.aud, ins.kind, ins.body, ins.kid, ins.signed) == ("ins_1", HOST, "scan", {"scan_id": "scn_1"},
-                                                                           "k1", True)
+    assert (ins.jti, ins.aud, ins.kind, ins.body, ins.kid, ins.signed) == (
+        "ins_1",
+        HOST,
+        "scan",
+        {"scan_id": "scn_1"},
+        "k1",
+        True,
+    )
 
 
 def test_second_pinned_key_verifies(key: Ed25519PrivateKey) -> None:
@@ -111,8 +129,16 @@ def test_no_keys_configured(key: Ed25519PrivateKey) -> None:
 
 @pytest.mark.parametrize(
     "token",
-    ["", "a.b", "a.b.c.d", "x" * (MAX_TOKEN_BYTES + 1), "!!!.###.$$$", _b64(b"[" * 5000) + ".e30.",
-     _b64(b'"str"') + ".e30.", _b64(b"\xff\xfe") + ".e30."],
+    [
+        "",
+        "a.b",
+        "a.b.c.d",
+        "x" * (MAX_TOKEN_BYTES + 1),
+        "!!!.###.$$$",
+        _b64(b"[" * 5000) + ".e30.",
+        _b64(b'"str"') + ".e30.",
+        _b64(b"\xff\xfe") + ".e30.",
+    ],
 )
 def test_malformed_tokens(key: Ed25519PrivateKey, token: str) -> None:
     with pytest.raises(Rejected):
@@ -137,12 +163,18 @@ def test_peek_jti(key: Ed25519PrivateKey) -> None:
 def test_load_public_keys(key: Ed25519PrivateKey) -> None:
     pub = key.public_key()
     openssh = pub.public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH).decode()
-    pem = pub.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo).decode()
+    pem = pub.public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    ).decode()
     loaded = load_public_keys([openssh + " comment", pem])
     assert len(loaded) == 2
     with pytest.raises(ValueError, match=r"public_keys\[0\]"):
         load_public_keys(["not a key"])
-    ec_pem = generate_private_key(SECP256R1()).public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo).decode()
+    ec_pem = (
+        generate_private_key(SECP256R1())
+        .public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        .decode()
+    )
     with pytest.raises(ValueError, match="not an Ed25519"):
         load_public_keys([ec_pem])

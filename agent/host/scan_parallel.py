@@ -1,0 +1,255 @@
+"""A full discovery on two cores, straight to JSON text (`sshklm-agent scan --format json|ndjson`).
+
+The accounts are split in two by name. A forked child scans the second half while this process
+scans the first; each reads, parses, evaluates and serialises its own records with the same
+functions as the one-process scan (`read_target`, `assemble`, `to_json`). The one fact that
+crosses halves, a key authorized for several accounts (the "shared_key" risk), is exchanged once
+in the middle. Records sort by (kind, user, path, line) and every account of the first half sorts
+before every account of the second (records without an account go to the first half), so each
+kind's first-half records followed by its second-half records is exactly the one-process order:
+the output is byte for byte what `json.dumps(inventory.to_json())` prints.
+
+CLI only: fork() in the threaded daemon could inherit locks held by its other threads. If the
+child fails in any way, the whole scan is redone in this process.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import marshal
+import os
+import struct
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, replace
+from typing import Any, BinaryIO
+
+from agent.host.safefs import DirReads, HostFS
+from agent.host.scan import (
+    FileResult,
+    Plan,
+    ScanContext,
+    ScanSettings,
+    Target,
+    assemble,
+    gc_paused,
+    plan_targets,
+    read_target,
+    scan_host,
+    target_key,
+    users_per_key,
+)
+from agent.host.users import UserSource
+
+_encode = json.JSONEncoder(separators=(",", ":")).encode
+_LENGTH = struct.Struct(">Q")
+
+
+def usable_cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def split_targets(plan: Plan) -> tuple[tuple[Target, ...], tuple[Target, ...]]:
+    """(first, second): accounts up to the middle name (and every target without an account),
+    then the rest. Every record of the first half sorts before the second's within a kind."""
+    names = sorted({t.user.name for t in plan.targets if t.user is not None})
+    if len(names) < 2:
+        return plan.targets, ()
+    pivot = names[len(names) // 2 - 1]
+    first = tuple(t for t in plan.targets if t.user is None or t.user.name <= pivot)
+    second = tuple(t for t in plan.targets if t.user is not None and t.user.name > pivot)
+    return first, second
+
+
+@dataclass(frozen=True)
+class EncodedPart:
+    """One half's output: its key records as JSON texts per kind (sorted), and its per-target
+    scan errors as JSON texts (targets without errors left out)."""
+
+    keys: dict[str, list[str]]
+    errors: dict[str, list[str]]
+
+
+def read_part(fs: HostFS, targets: tuple[Target, ...], plan: Plan, ctx: ScanContext) -> dict[str, FileResult]:
+    with DirReads(fs) as reads:
+        return {target_key(t): read_target(reads, t, plan, ctx) for t in targets}
+
+
+def encode_part(
+    plan: Plan,
+    results: Mapping[str, FileResult],
+    ctx: ScanContext,
+    key_users: Mapping[str, list[str]],
+) -> EncodedPart:
+    inventory = assemble(plan, results, ctx, (), key_users=key_users)
+    keys: dict[str, list[str]] = {}
+    for record in inventory.keys:
+        keys.setdefault(record.kind, []).append(_encode(record.to_json()))
+    errors = {k: [_encode(e.to_json()) for e in res.errors] for k, res in results.items() if res.errors}
+    return EncodedPart(keys, errors)
+
+
+def _as_lists(key_users: Mapping[str, set[str]]) -> dict[str, list[str]]:
+    return {fp: sorted(users) for fp, users in key_users.items()}
+
+
+# --- the child and its pipes -------------------------------------------------------------------
+
+
+class WorkerFailed(Exception):
+    """The child died or said something unreadable."""
+
+
+def _send(out: BinaryIO, payload: Any) -> None:
+    data = marshal.dumps(payload)
+    out.write(_LENGTH.pack(len(data)))
+    out.write(data)
+    out.flush()
+
+
+def _receive(inp: BinaryIO) -> object:
+    head = inp.read(_LENGTH.size)
+    if len(head) != _LENGTH.size:
+        raise WorkerFailed("worker ended early")
+    (size,) = _LENGTH.unpack(head)
+    data = inp.read(size)
+    if len(data) != size:
+        raise WorkerFailed("worker ended early")
+    try:
+        return marshal.loads(data)  # noqa: S302 - our own forked child, over a private pipe
+    except (EOFError, ValueError, TypeError) as exc:
+        raise WorkerFailed("unreadable worker message") from exc
+
+
+class _Child:
+    """A forked process running `work(from_parent, to_parent)`; it never returns into our code."""
+
+    def __init__(self, work: Callable[[BinaryIO, BinaryIO], None]) -> None:
+        down_r, down_w = os.pipe()
+        up_r, up_w = os.pipe()
+        self.pid = os.fork()
+        if self.pid == 0:  # the child
+            status = 1
+            try:
+                os.close(down_w)
+                os.close(up_r)
+                with os.fdopen(down_r, "rb") as inp, os.fdopen(up_w, "wb") as out:
+                    work(inp, out)
+                status = 0
+            except BaseException:  # the parent sees the failure and scans alone
+                status = 1
+            finally:
+                os._exit(status)
+        os.close(down_r)
+        os.close(up_w)
+        self.inp: BinaryIO = os.fdopen(up_r, "rb")
+        self.out: BinaryIO = os.fdopen(down_w, "wb")
+
+    def send(self, payload: Any) -> None:
+        try:
+            _send(self.out, payload)
+        except OSError as exc:  # EPIPE: the child is gone
+            raise WorkerFailed("worker gone") from exc
+
+    def receive(self) -> object:
+        return _receive(self.inp)
+
+    def finish(self) -> bool:
+        """Close the pipes, reap the child; True when it exited cleanly."""
+        for stream in (self.out, self.inp):
+            with contextlib.suppress(OSError):
+                stream.close()
+        _, status = os.waitpid(self.pid, 0)
+        return os.waitstatus_to_exitcode(status) == 0
+
+
+def _child_work(
+    fs: HostFS, targets: tuple[Target, ...], plan: Plan, ctx: ScanContext
+) -> Callable[[BinaryIO, BinaryIO], None]:
+    def work(inp: BinaryIO, out: BinaryIO) -> None:
+        results = read_part(fs, targets, plan, ctx)
+        _send(out, _as_lists(users_per_key(results.values())))
+        key_users = _receive(inp)
+        assert isinstance(key_users, dict)
+        part = encode_part(plan, results, ctx, key_users)
+        _send(out, (part.keys, part.errors))
+
+    return work
+
+
+# --- the scan ------------------------------------------------------------------------------------
+
+
+def scan_json_parts(
+    fs: HostFS, users: UserSource, settings: ScanSettings, ctx: ScanContext
+) -> tuple[Plan, list[EncodedPart]] | None:
+    """Both halves' encoded output, or None when two processes cannot be used (then scan alone)."""
+    with gc_paused():
+        plan = plan_targets(fs, users, settings, ctx.sshd_version)
+        first, second = split_targets(plan)
+        if not second:
+            return None
+        child = _Child(_child_work(fs, second, plan, ctx))
+        try:
+            results = read_part(fs, first, plan, ctx)
+            key_users = users_per_key(results.values())
+            theirs = child.receive()
+            if not isinstance(theirs, dict):
+                raise WorkerFailed("unexpected worker message")
+            for fingerprint, names in theirs.items():
+                key_users.setdefault(fingerprint, set()).update(names)
+            merged = _as_lists(key_users)
+            child.send({fp: merged[fp] for fp in theirs})
+            mine = encode_part(plan, results, ctx, merged)
+            answer = child.receive()
+            if not (isinstance(answer, tuple) and len(answer) == 2):
+                raise WorkerFailed("unexpected worker message")
+            part = EncodedPart(answer[0], answer[1])
+        except WorkerFailed:
+            child.finish()
+            return None
+        if not child.finish():
+            return None
+        return plan, [mine, part]
+
+
+def inventory_json_chunks(
+    fs: HostFS, users: UserSource, settings: ScanSettings, ctx: ScanContext, *, ndjson: bool = False
+) -> Iterator[str]:
+    """The scan's JSON document (or NDJSON lines), in chunks, computed on two processes when it can."""
+    parts = scan_json_parts(fs, users, settings, ctx)
+    if parts is None:
+        _, _, inventory = scan_host(fs, users, settings, ctx)
+        if ndjson:
+            yield "".join(_encode(record.to_json()) + "\n" for record in inventory.keys)
+        else:
+            yield json.dumps(inventory.to_json(), separators=(",", ":")) + "\n"
+        return
+    plan, halves = parts
+    kinds = sorted({kind for half in halves for kind in half.keys})
+    runs = [half.keys[kind] for kind in kinds for half in halves if half.keys.get(kind)]
+    if ndjson:
+        for run in runs:
+            yield "".join(text + "\n" for text in run)
+        return
+    error_texts = [_encode(e.to_json()) for e in plan.errors]
+    for target in plan.targets:
+        key = target_key(target)
+        for half in halves:
+            error_texts += half.errors.get(key, ())
+    yield _head(plan, ctx) + ',"keys":['
+    yield ",".join(",".join(run) for run in runs)
+    yield '],"errors":[' + ",".join(error_texts) + "]}\n"
+
+
+def _head(plan: Plan, ctx: ScanContext) -> str:
+    """The document's text up to its "keys" member (keys and errors are its last two members)."""
+    empty = assemble(replace(plan, errors=()), {}, ctx, ())
+    text = json.dumps(empty.to_json(), separators=(",", ":"))
+    tail = ',"keys":[],"errors":[]}'
+    if not text.endswith(tail):
+        raise AssertionError("Inventory.to_json must end with keys and errors")
+    return text[: -len(tail)]
