@@ -9,10 +9,9 @@ from agent.config import Config
 
 def cmd_enroll(config: Config, *, server: str, token_file: str) -> int:
     from agent.commands.scan import run_scan
-    from agent.control.client import ApiClient, Timeouts
     from agent.control.enroll import EnrollmentError, collect_host_facts, enroll_host, read_token
     from agent.control.errors import ApiError
-    from agent.daemon.server_link import plain_http_allowed
+    from agent.daemon.server_link import api_client, plain_http_allowed
 
     if not plain_http_allowed(server, config.server.allow_plain_http_loopback):
         print(
@@ -28,17 +27,7 @@ def cmd_enroll(config: Config, *, server: str, token_file: str) -> int:
             {"type": k.type, "fingerprint": k.fingerprint} for k in inventory.keys if k.kind == "host_key"
         ]
         facts = collect_host_facts("/", host_keys=host_keys)
-        s = config.server
-        client = ApiClient(
-            server,
-            timeouts=Timeouts(
-                connect=s.connect_timeout_s,
-                read=s.read_timeout_s,
-                write=s.read_timeout_s,
-                pool=s.connect_timeout_s,
-            ),
-            ca_file=s.ca_file or None,
-        )
+        client = api_client(config, server)
         enrollment = enroll_host(server, token, config.state.dir, facts, client=client)
     except (EnrollmentError, ApiError, OSError, ValueError) as exc:
         print(f"sshklm-agent: enrollment failed: {exc}", file=sys.stderr)

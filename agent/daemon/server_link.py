@@ -91,18 +91,7 @@ class ServerLink:
             self.problem = "not enrolled: run `sshklm-agent enroll --server URL --token-file FILE`"
             return False
         register_secret(api_key)
-        self.client = ApiClient(
-            cfg.url,
-            api_key=api_key,
-            timeouts=Timeouts(
-                connect=cfg.connect_timeout_s,
-                read=cfg.read_timeout_s,
-                write=cfg.read_timeout_s,
-                pool=cfg.connect_timeout_s,
-            ),
-            ca_file=cfg.ca_file or None,
-            max_connections=cfg.max_connections,
-        )
+        self.client = api_client(self.config, cfg.url, api_key)
         self.host_id = host_id
         self.problem = None
         return True
@@ -256,6 +245,23 @@ class ServerLink:
             "link_problem": self.problem,
             "policy_version": self._policy_version,
         }
+
+
+def api_client(config: Config, url: str, api_key: str | None = None) -> ApiClient:
+    """The one way the agent builds its HTTP client from configuration (daemon and `enroll`)."""
+    s = config.server
+    return ApiClient(
+        url,
+        api_key=api_key,
+        timeouts=Timeouts(
+            connect=s.connect_timeout_s,
+            read=s.read_timeout_s,
+            write=s.read_timeout_s,
+            pool=s.connect_timeout_s,
+        ),
+        ca_file=s.ca_file or None,
+        max_connections=s.max_connections,
+    )
 
 
 def policy_from_json(data: JSON, current: Policy) -> Policy:

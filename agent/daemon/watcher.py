@@ -80,6 +80,7 @@ from watchdog.observers.inotify_c import (
 )
 
 from agent.daemon.debounce import Debouncer
+from agent.host.mounts import Mount, fstype_of, is_network_fstype, parse_mountinfo
 
 logger = logging.getLogger(__name__)
 
@@ -103,68 +104,11 @@ WATCH_MASK = Mask(
 _STRUCTURAL = _C.IN_CREATE | _C.IN_DELETE | _C.IN_MOVED_FROM | _C.IN_MOVED_TO
 _SELF_GONE = _C.IN_DELETE_SELF | _C.IN_MOVE_SELF | _C.IN_UNMOUNT
 
-# Filesystems whose changes by other hosts (or by a user-space server) inotify does not see.
-NETWORK_FSTYPES = frozenset(
-    {
-        "nfs", "nfs4", "cifs", "smb3", "smbfs", "ncpfs", "afs", "9p", "ceph", "glusterfs", "lustre",
-        "gpfs", "davfs", "virtiofs", "gfs2", "ocfs2", "fuse", "fuseblk", "sshfs",
-    }
-)  # fmt: skip
-
 REASON_WATCH_LIMIT = "inotify watch limit reached (ENOSPC)"
 REASON_OVERFLOW = "inotify queue overflow"
 
 
-def is_network_fstype(fstype: str) -> bool:
-    return fstype in NETWORK_FSTYPES or fstype.startswith("fuse.")
-
-
 # --------------------------------------------------------------------------- pure helpers
-
-
-@dataclass(frozen=True)
-class Mount:
-    mount_point: str
-    fstype: str
-
-
-def _unescape_mountinfo(field_text: str) -> str:
-    # The kernel escapes space, tab, newline and backslash in mountinfo as \ooo octal.
-    out: list[str] = []
-    i = 0
-    while i < len(field_text):
-        chunk = field_text[i : i + 4]
-        if len(chunk) == 4 and chunk[0] == "\\" and all(c in "01234567" for c in chunk[1:]):
-            out.append(chr(int(chunk[1:], 8)))
-            i += 4
-        else:
-            out.append(field_text[i])
-            i += 1
-    return "".join(out)
-
-
-def parse_mountinfo(text: str) -> list[Mount]:
-    """Mount points and fs types from /proc/self/mountinfo text, in file order."""
-    mounts: list[Mount] = []
-    for line in text.splitlines():
-        fields = line.split(" ")
-        try:
-            sep = fields.index("-", 6)
-            mounts.append(Mount(_unescape_mountinfo(fields[4]), fields[sep + 1]))
-        except (ValueError, IndexError):
-            continue  # malformed line: skip rather than fail the watcher
-    return mounts
-
-
-def fstype_of(path: str, mounts: Iterable[Mount]) -> str | None:
-    """Fs type of the longest mount point containing ``path`` (later mounts shadow earlier ones)."""
-    best: Mount | None = None
-    for mount in mounts:
-        mp = mount.mount_point
-        inside = path == mp or mp == "/" or path.startswith(mp.rstrip("/") + "/")
-        if inside and (best is None or len(mp) >= len(best.mount_point)):
-            best = mount
-    return best.fstype if best is not None else None
 
 
 def normalize_host_path(path: str) -> str:

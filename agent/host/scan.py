@@ -34,6 +34,7 @@ from agent.inventory.model import (
     Inventory,
     KeyKind,
     KeyRecord,
+    Risk,
     ScanError,
     SshdSummary,
     new_key_record,
@@ -621,6 +622,9 @@ def assemble(
     final = []
     now = ctx.now
     policy = ctx.policy
+    # Keys differ in few ways that matter to risk: most records share their inputs with another
+    # (same file age, type and size), and so can share one Risk.
+    risks: dict[RiskInputs, Risk] = {}
     for r, orphaned in records:
         kind = r.kind
         first_seen, file_mtime = r.first_seen, r.file_mtime
@@ -638,7 +642,10 @@ def assemble(
             managed=r.managed_by is not None,
             has_from="from" in r.options,
         )
-        final.append(replace_key_record(r, risk=risk_of(inputs, policy)))
+        risk = risks.get(inputs)
+        if risk is None:
+            risk = risks[inputs] = risk_of(inputs, policy)
+        final.append(replace_key_record(r, risk=risk))
     final.sort(key=lambda r: (r.kind, r.user or "", r.path, r.line or 0))
     return Inventory(
         snapshot_id=ctx.snapshot_id,

@@ -115,10 +115,13 @@ def build_users(passwd: Iterable[PasswdEntry], groups: Iterable[GroupEntry]) -> 
 class RootUserSource:
     """Users of a root read through HostFS: <root>/etc/passwd and <root>/etc/group.
 
-    Each call reads the files afresh, so a long-running daemon sees added users."""
+    The files are parsed again whenever either changed (inode, size or mtime differ), so a
+    long-running daemon sees added users, and a lookup per instruction costs two stats, not a
+    parse of the whole user database."""
 
     def __init__(self, fs: HostFS) -> None:
         self._fs = fs
+        self._cache: tuple[tuple[object, ...], list[User], dict[str, User]] | None = None
 
     def _text(self, path: str) -> str:
         result = self._fs.read(path, max_bytes=ACCOUNT_DB_MAX_BYTES)
@@ -128,16 +131,32 @@ class RootUserSource:
             data = data[: data.rfind(b"\n") + 1]
         return data.decode("utf-8", errors="replace")
 
-    def all(self) -> list[User]:
+    def _identity(self) -> tuple[object, ...]:
+        out: list[object] = []
+        for path in (PASSWD_PATH, GROUP_PATH):
+            info = self._fs.stat(path)
+            out.append(None if info is None else (info.dev, info.ino, info.size, info.mtime))
+        return tuple(out)
+
+    def _load(self) -> tuple[list[User], dict[str, User]]:
+        identity = self._identity()
+        cached = self._cache
+        if cached is not None and cached[0] == identity and identity[0] is not None:
+            return cached[1], cached[2]
         passwd = parse_passwd(self._text(PASSWD_PATH))
         try:
             groups = parse_group(self._text(GROUP_PATH))
         except FileNotFoundError:
             groups = []
-        return build_users(passwd, groups)
+        users = build_users(passwd, groups)
+        self._cache = (identity, users, {u.name: u for u in users})
+        return users, self._cache[2]
+
+    def all(self) -> list[User]:
+        return list(self._load()[0])
 
     def get(self, name: str) -> User | None:
-        return next((u for u in self.all() if u.name == name), None)
+        return self._load()[1].get(name)
 
 
 class NssUserSource:

@@ -14,7 +14,7 @@ import stat
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta, tzinfo
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from agent.inventory.model import Risk
 
@@ -147,8 +147,10 @@ class Policy:
     ephemeral_max_ttl_s: int
 
 
-@dataclass(frozen=True)
-class RiskInputs:
+class RiskInputs(NamedTuple):
+    """What the risk of one key depends on. A NamedTuple, not a dataclass: discovery builds one
+    per key (100,000s) and memoises risk_of on it."""
+
     kind: str
     base_type: str
     bits: int

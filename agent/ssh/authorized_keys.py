@@ -304,18 +304,20 @@ def _parse_options_latin1(s: str) -> KeyOptions:
     tunnel: int | None = None
     expiry: tuple[datetime, str] | None = None
     n = len(s)
+    # Folding is per character, so slices of the folded string are folded slices: fold once.
+    low = _lower(s)
     i = 0
     while i < n and s[i] not in " \t":
         matched = False
         for flag, negatable in _FLAGS:
             j = i
             negate = False
-            if negatable and _lower(s[j : j + 3]) == "no-":
+            if negatable and low.startswith("no-", j):
                 j += 3
                 negate = True
-            if _lower(s[j : j + len(flag)]) == flag:
+            if low.startswith(flag, j):
                 end = j + len(flag)
-                items.append((_lower(s[i:end]), None))
+                items.append((low[i:end], None))
                 i = end
                 matched = True
                 _apply_flag(state, flag, not negate)
@@ -323,7 +325,7 @@ def _parse_options_latin1(s: str) -> KeyOptions:
         if not matched:
             for name in _VALUED:
                 end = i + len(name)
-                if _lower(s[i:end]) != name or s[end : end + 1] != "=":
+                if not low.startswith(name, i) or s[end : end + 1] != "=":
                     continue
                 if name in single:
                     raise OptionError(f'multiple "{name}" clauses')

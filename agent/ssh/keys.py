@@ -66,8 +66,8 @@ class PublicKey:
 
     @functools.cached_property
     def fingerprint_md5(self) -> str:
-        """ "MD5:aa:bb:..." (computed on first use: most callers only need SHA256)."""
-        return "MD5:" + hashlib.md5(self.plain_blob, usedforsecurity=False).digest().hex(":")
+        """ "MD5:aa:bb:..." of the canonical plain key."""
+        return _fingerprint_md5(self.plain_blob)
 
     def __repr__(self) -> str:  # keep blobs out of logs and tracebacks
         return f"PublicKey(type={self.type!r}, bits={self.bits}, fingerprint={self.fingerprint!r})"
@@ -395,6 +395,13 @@ def _fingerprint(plain: bytes) -> str:
 _sha256 = hashlib.sha256
 
 
+def _fingerprint_md5(plain: bytes) -> str:
+    return "MD5:" + _md5(plain, usedforsecurity=False).digest().hex(":")
+
+
+_md5 = hashlib.md5
+
+
 def _datetime(value: int) -> datetime:
     try:
         return datetime.fromtimestamp(value, UTC)
@@ -679,9 +686,11 @@ def _public_key(
             "blob": blob,
             "plain_blob": plain,
             "certificate": certificate,
-            # SHA256 is what every report needs: fill the cached_property's slot now, in the
-            # caller's GC-paused bulk parse, rather than later one by one.
+            # Every report carries both fingerprints: fill the cached_properties' slots now, in the
+            # caller's GC-paused bulk parse, rather than later one by one (cached_property takes a
+            # lock on first access in Python 3.11).
             "fingerprint": _fingerprint(plain),
+            "fingerprint_md5": _fingerprint_md5(plain),
         },
     )
     return key

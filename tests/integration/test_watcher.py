@@ -518,7 +518,7 @@ def test_parse_mountinfo_unescapes_and_finds_longest_mount() -> None:
         "garbage line\n"
     )
     mounts = parse_mountinfo(text)
-    assert mounts[1] == Mount("/mnt/with space", "cifs")
+    assert (mounts[1].mount_point, mounts[1].fstype) == ("/mnt/with space", "cifs")
     assert fstype_of("/home/alice/.ssh", mounts) == "nfs"
     assert fstype_of("/home/local/x", mounts) == "ext4"
     assert fstype_of("/homework", mounts) == "ext4"
