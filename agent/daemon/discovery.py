@@ -21,6 +21,7 @@ from agent.host.scan import (
     ScanSettings,
     Target,
     assemble,
+    plan_targets,
     read_target,
     scan_host,
     target_key,
@@ -73,11 +74,19 @@ class LiveDiscovery:
             self._install(plan, results, inventory)
             return diff_inventories(before, inventory)
 
+    def plan_watch_set(self) -> WatchSet:
+        """Plan without reading (sshd_config and the users only): what to watch *before* the
+        first scan reads it, so nothing that changes during that scan goes unseen."""
+        with self._lock:
+            ctx = self._make_context()
+            self._install_plan(plan_targets(self._fs, self._users, self._settings, ctx.sshd_version))
+        return self.watch_set()
+
     def changed_paths(self, paths: Iterable[str]) -> list[Change]:
         """Re-read only what `paths` (host paths from the watcher) can affect."""
         paths = set(paths)
         with self._lock:
-            if self._plan is None or self._needs_replan(paths):
+            if self._plan is None or self._inventory is None or self._needs_replan(paths):
                 return self.full_scan()
             targets = self._targets_for(paths)
             if not targets:
@@ -137,10 +146,13 @@ class LiveDiscovery:
         return ctx
 
     def _install(self, plan: Plan, results: dict[str, FileResult], inventory: Inventory) -> None:
-        self._plan = plan
+        self._install_plan(plan)
         self._results = results
+        self._inventory = inventory
+
+    def _install_plan(self, plan: Plan) -> None:
+        self._plan = plan
         by_path: dict[str, list[Target]] = {}
         for target in plan.targets:
             by_path.setdefault(target.path, []).append(target)
         self._by_path = by_path
-        self._inventory = inventory

@@ -200,7 +200,7 @@ class ServerLink:
                 raise
 
     def report_if_changed(self) -> None:
-        if self.daemon._changed_since_report:
+        if self.daemon.changed_since_report:
             self.report(force=True)
 
     def report(self, *, force: bool) -> None:
@@ -208,13 +208,13 @@ class ServerLink:
         inventory = self.daemon.discovery.inventory
         if inventory is None:
             return
-        self.daemon._changed_since_report = False
+        self.daemon.changed_since_report = False
         body = inventory.to_json()
         body["host_id"] = host_id
         try:
             client.put_inventory(host_id, body)
         except Exception:
-            self.daemon._changed_since_report = True
+            self.daemon.changed_since_report = True
             raise
         self.last_report_at = datetime.now(UTC)
 

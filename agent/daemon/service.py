@@ -12,6 +12,7 @@ standalone mode. Scheduled jobs are the safety nets and the server conversation.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import ctypes
 import gc
 import logging
@@ -73,6 +74,8 @@ class Daemon:
         self._reload = threading.Event()
         self._emit_lock = threading.Lock()
         self.last_error: str | None = None
+        # Anything changed since the last full inventory report (the first report always goes).
+        self.changed_since_report = True
         self.last_scan_at: datetime | None = None
         self.policy: Policy = policy_from(config)
         self._first_seen: dict[tuple[str, str | None, str], datetime] = {}
@@ -99,9 +102,6 @@ class Daemon:
         fs, users = open_host(cfg, self.root)
         self.fs, self.users = fs, users
         self.discovery = LiveDiscovery(fs, users, settings_from(cfg), self._context)
-        previous = self._load_previous()
-        self._emit(self.discovery.full_scan(previous))
-        self._after_scan(full=True)
         if cfg.server.url:
             self.link = ServerLink(self, cfg)
             destination: Any = self.link
@@ -120,8 +120,12 @@ class Daemon:
                 poll_interval_s=cfg.watch.poll_interval_s,
                 root=self.root or "/",
             )
-            self._update_watch_targets()
+            # Watch first, then read: a change during the first scan is seen either way.
+            ws = self.discovery.plan_watch_set()
+            self.watcher.set_targets(ws.files, ws.dirs)
             self.watcher.start()
+        self._emit(self.discovery.full_scan(self._load_previous()))
+        self._after_scan(full=True)
         self.scheduler = self._build_scheduler()
         self.scheduler.start()
         for ext in self.extensions:
@@ -268,7 +272,7 @@ class Daemon:
         """Changes -> events -> outbox (durable before anything is sent) -> wake the sender."""
         if not changes:
             return
-        self._changed_since_report = True
+        self.changed_since_report = True
         events = to_events(changes, at=datetime.now(UTC), new_id=lambda: str(uuid.uuid4()))
         with self._emit_lock:
             self.outbox.append([e.to_json() for e in events])
@@ -298,7 +302,6 @@ class Daemon:
     def _note_error(self, message: str) -> None:
         self.last_error = f"{rfc3339(datetime.now(UTC))} {message}"
 
-    _changed_since_report = True
 
     # -- scheduling ------------------------------------------------------------------------
 
@@ -425,10 +428,7 @@ class Daemon:
         inventory = self.discovery.inventory if hasattr(self, "discovery") else None
         watch: dict[str, Any] = {}
         if self.watcher is not None:
-            stats = self.watcher.stats()
-            watch = {k: v for k, v in vars(stats).items()} if hasattr(stats, "__dict__") else {}
-            if not watch and hasattr(stats, "_asdict"):
-                watch = stats._asdict()
+            watch = dataclasses.asdict(self.watcher.stats())
         next_jobs: dict[str, str | None] = {}
         if self.scheduler is not None and self.scheduler.running:
             for job in self.scheduler.get_jobs():
