@@ -400,9 +400,7 @@ class HostFS:
 
     # -- resolution --
 
-    def _resolve(
-        self, path: str, *, follow_final: bool, confine: str | None
-    ) -> tuple[_Walk, _Final | None]:
+    def _resolve(self, path: str, *, follow_final: bool, confine: str | None) -> tuple[_Walk, _Final | None]:
         """Walk ``path`` inside the root. Returns the walk at the parent and the final component,
         or the walk at the target itself (final None) when the target is a directory.
         The caller owns (and must close) the walk.
@@ -890,8 +888,8 @@ class DirReads:
             directory = self._open(parent, confine)
         except UnsafePath as exc:
             raise UnsafePath(exc.reason, path) from None
-        except OSError as exc:
-            raise type(exc)(exc.errno, exc.strerror, path) from None
+        except OSError as exc:  # OSError() picks the subclass (FileNotFoundError, ...) from errno
+            raise OSError(exc.errno, exc.strerror, path) from None
         return directory.read(name)
 
     def listdir(self, path: str, *, confine: str | None = None) -> list[str]:
@@ -899,13 +897,14 @@ class DirReads:
 
     def _open(self, path: str, confine: str | None) -> ReadDir:
         key = (path, confine)
-        held = self._key
-        # A confined walk that succeeded is also the unconfined walk (confine only adds checks).
-        if held is not None and (held == key or (confine is None and held[0] == path and self._dir)):
+        if self._key == key:
             if self._dir is not None:
                 return self._dir
             assert self._error is not None
             raise self._error
+        # A confined walk that succeeded is also the unconfined walk (confine only adds checks).
+        if confine is None and self._dir is not None and self._dir.path == path:
+            return self._dir
         self.close()
         self._key = key
         try:

@@ -614,7 +614,8 @@ def assemble(
 ) -> Inventory:
     """Cross-file facts (shared keys), risk and policy, then the Inventory. Pure.
 
-    `key_users` is `users_per_key` over the whole host when `results` holds only part of it."""
+    `key_users` is `users_per_key` over the whole host when `results` holds only part of it
+    (only "shared" matters: entries with a single account may be left out)."""
     records = [(r, res.orphaned) for res in results.values() for r in res.records]
     errors = list(plan.errors) + [e for res in results.values() for e in res.errors]
     if key_users is None:
@@ -670,11 +671,18 @@ def scan_host(
     """A full discovery. Returns the plan and per-file results so callers can re-read single files."""
     with gc_paused():
         plan = plan_targets(fs, users, settings, ctx.sshd_version)
-        # Targets come grouped by directory (a user's files, then their ~/.ssh): walk each once.
-        with DirReads(fs) as reads:
-            results = {target_key(t): read_target(reads, t, plan, ctx) for t in plan.targets}
+        results = read_targets(fs, plan.targets, plan, ctx)
         read = [t.path for t in plan.targets if results[target_key(t)].read]
         return plan, results, assemble(plan, results, ctx, read)
+
+
+def read_targets(
+    fs: HostFS, targets: Iterable[Target], plan: Plan, ctx: ScanContext
+) -> dict[str, FileResult]:
+    """`read_target` for many targets, keyed by `target_key`. Targets come grouped by directory
+    (a user's files, then their ~/.ssh), so each directory is walked once (DirReads)."""
+    with DirReads(fs) as reads:
+        return {target_key(t): read_target(reads, t, plan, ctx) for t in targets}
 
 
 @contextlib.contextmanager

@@ -19,12 +19,13 @@ import contextlib
 import json
 import marshal
 import os
+import signal
 import struct
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, replace
 from typing import Any, BinaryIO
 
-from agent.host.safefs import DirReads, HostFS
+from agent.host.safefs import HostFS
 from agent.host.scan import (
     FileResult,
     Plan,
@@ -34,7 +35,7 @@ from agent.host.scan import (
     assemble,
     gc_paused,
     plan_targets,
-    read_target,
+    read_targets,
     scan_host,
     target_key,
     users_per_key,
@@ -73,11 +74,6 @@ class EncodedPart:
     errors: dict[str, list[str]]
 
 
-def read_part(fs: HostFS, targets: tuple[Target, ...], plan: Plan, ctx: ScanContext) -> dict[str, FileResult]:
-    with DirReads(fs) as reads:
-        return {target_key(t): read_target(reads, t, plan, ctx) for t in targets}
-
-
 def encode_part(
     plan: Plan,
     results: Mapping[str, FileResult],
@@ -90,10 +86,6 @@ def encode_part(
         keys.setdefault(record.kind, []).append(_encode(record.to_json()))
     errors = {k: [_encode(e.to_json()) for e in res.errors] for k, res in results.items() if res.errors}
     return EncodedPart(keys, errors)
-
-
-def _as_lists(key_users: Mapping[str, set[str]]) -> dict[str, list[str]]:
-    return {fp: sorted(users) for fp, users in key_users.items()}
 
 
 # --- the child and its pipes -------------------------------------------------------------------
@@ -157,11 +149,20 @@ class _Child:
     def receive(self) -> object:
         return _receive(self.inp)
 
-    def finish(self) -> bool:
-        """Close the pipes, reap the child; True when it exited cleanly."""
+    def close_pipes(self) -> None:
         for stream in (self.out, self.inp):
             with contextlib.suppress(OSError):
                 stream.close()
+
+    def stop(self) -> None:
+        """End the child whatever it is doing, and reap it."""
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.pid, signal.SIGKILL)
+        self.finish()
+
+    def finish(self) -> bool:
+        """Close the pipes, reap the child; True when it exited cleanly."""
+        self.close_pipes()
         _, status = os.waitpid(self.pid, 0)
         return os.waitstatus_to_exitcode(status) == 0
 
@@ -170,8 +171,8 @@ def _child_work(
     fs: HostFS, targets: tuple[Target, ...], plan: Plan, ctx: ScanContext
 ) -> Callable[[BinaryIO, BinaryIO], None]:
     def work(inp: BinaryIO, out: BinaryIO) -> None:
-        results = read_part(fs, targets, plan, ctx)
-        _send(out, _as_lists(users_per_key(results.values())))
+        results = read_targets(fs, targets, plan, ctx)
+        _send(out, {fp: list(users) for fp, users in users_per_key(results.values()).items()})
         key_users = _receive(inp)
         assert isinstance(key_users, dict)
         part = encode_part(plan, results, ctx, key_users)
@@ -185,8 +186,9 @@ def _child_work(
 
 def scan_json_parts(
     fs: HostFS, users: UserSource, settings: ScanSettings, ctx: ScanContext
-) -> tuple[Plan, list[EncodedPart]] | None:
-    """Both halves' encoded output, or None when two processes cannot be used (then scan alone)."""
+) -> tuple[Plan, list[EncodedPart], _Child] | None:
+    """Both halves' encoded output and the child (for the caller to reap once the output is
+    written), or None when two processes cannot be used (then scan alone)."""
     with gc_paused():
         plan = plan_targets(fs, users, settings, ctx.sshd_version)
         first, second = split_targets(plan)
@@ -194,26 +196,33 @@ def scan_json_parts(
             return None
         child = _Child(_child_work(fs, second, plan, ctx))
         try:
-            results = read_part(fs, first, plan, ctx)
+            results = read_targets(fs, first, plan, ctx)
             key_users = users_per_key(results.values())
             theirs = child.receive()
             if not isinstance(theirs, dict):
                 raise WorkerFailed("unexpected worker message")
             for fingerprint, names in theirs.items():
                 key_users.setdefault(fingerprint, set()).update(names)
-            merged = _as_lists(key_users)
-            child.send({fp: merged[fp] for fp in theirs})
-            mine = encode_part(plan, results, ctx, merged)
+            shared = _shared(key_users)
+            child.send(shared)
+            mine = encode_part(plan, results, ctx, shared)
+            del results  # freed while the child finishes, not after
             answer = child.receive()
             if not (isinstance(answer, tuple) and len(answer) == 2):
                 raise WorkerFailed("unexpected worker message")
-            part = EncodedPart(answer[0], answer[1])
         except WorkerFailed:
-            child.finish()
+            child.stop()
             return None
-        if not child.finish():
-            return None
-        return plan, [mine, part]
+        except BaseException:
+            child.stop()
+            raise
+        child.close_pipes()
+        return plan, [mine, EncodedPart(answer[0], answer[1])], child
+
+
+def _shared(key_users: Mapping[str, set[str]]) -> dict[str, list[str]]:
+    """The keys authorized for several accounts: all `assemble` needs to know of the other half."""
+    return {fp: sorted(users) for fp, users in key_users.items() if len(users) > 1}
 
 
 def inventory_json_chunks(
@@ -228,7 +237,15 @@ def inventory_json_chunks(
         else:
             yield json.dumps(inventory.to_json(), separators=(",", ":")) + "\n"
         return
-    plan, halves = parts
+    plan, halves, child = parts
+    try:
+        yield from _stitch(plan, ctx, halves, ndjson=ndjson)
+    finally:
+        # The answer was complete, so how the child ends no longer matters; just reap it.
+        child.finish()
+
+
+def _stitch(plan: Plan, ctx: ScanContext, halves: list[EncodedPart], *, ndjson: bool) -> Iterator[str]:
     kinds = sorted({kind for half in halves for kind in half.keys})
     runs = [half.keys[kind] for kind in kinds for half in halves if half.keys.get(kind)]
     if ndjson:
@@ -241,7 +258,8 @@ def inventory_json_chunks(
         for half in halves:
             error_texts += half.errors.get(key, ())
     yield _head(plan, ctx) + ',"keys":['
-    yield ",".join(",".join(run) for run in runs)
+    for index, run in enumerate(runs):
+        yield ("," if index else "") + ",".join(run)
     yield '],"errors":[' + ",".join(error_texts) + "]}\n"
 
 

@@ -6,6 +6,7 @@ No I/O here; times are timezone-aware UTC datetimes and are rendered RFC 3339 wi
 
 from __future__ import annotations
 
+import functools
 from dataclasses import MISSING, dataclass, field, fields
 from datetime import UTC, datetime
 from typing import Any, Final, Literal
@@ -48,6 +49,10 @@ class Risk:
 
 
 NO_RISK = Risk(0, ())
+
+
+# The records of one file share its mtime, and are rendered one after another: format it once.
+_file_time: Final = functools.lru_cache(maxsize=64)(rfc3339)
 
 
 def _time(value: Any) -> datetime | None:
@@ -113,7 +118,7 @@ class KeyRecord:
             "certificate": self.certificate.to_json() if self.certificate else None,
             "effective": self.effective,
             "ineffective_reason": self.ineffective_reason,
-            "file_mtime": rfc3339(self.file_mtime),
+            "file_mtime": _file_time(self.file_mtime),
             "first_seen": rfc3339(self.first_seen),
             "last_used": rfc3339(self.last_used),
             "managed_by": self.managed_by,

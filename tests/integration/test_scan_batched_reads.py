@@ -14,7 +14,6 @@ from agent.host.scan import (
     ScanContext,
     ScanSettings,
     assemble,
-    plan_targets,
     read_target,
     scan_host,
     target_key,
