@@ -12,8 +12,8 @@ standalone mode. Scheduled jobs are the safety nets and the server conversation.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import ctypes
+import dataclasses
 import gc
 import logging
 import os
@@ -301,7 +301,6 @@ class Daemon:
 
     def _note_error(self, message: str) -> None:
         self.last_error = f"{rfc3339(datetime.now(UTC))} {message}"
-
 
     # -- scheduling ------------------------------------------------------------------------
 

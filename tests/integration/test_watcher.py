@@ -32,7 +32,6 @@ from agent.daemon.watcher import (
     REASON_WATCH_LIMIT,
     WATCH_MASK,
     InotifyBackend,
-    Mount,
     Watcher,
     fstype_of,
     is_network_fstype,
