@@ -82,9 +82,10 @@ def measure(users: int, idle: float, work: Path) -> None:
         cpu = (cpu_seconds(proc.pid) - cpu0) / (time.monotonic() - t0) * 100
         status = proc_status(proc.pid)
         rss = int(status["VmRSS"].split()[0]) / 1024
+        peak = int(status["VmHWM"].split()[0]) / 1024
         print(
             f"{users:>6} users | ready in {ready_s:5.1f} s | RSS {rss:6.1f} MB | threads {peak_threads:2d} "
-            f"| idle CPU {cpu:.2f}% over {idle:.0f} s"
+            f"| idle CPU {cpu:.2f}% over {idle:.0f} s | peak RSS {peak:.0f} MB"
         )
     finally:
         proc.terminate()

@@ -28,7 +28,7 @@ PasswdEntry = tuple[str, int, int, str, str]  # name, uid, gid, home, shell
 GroupEntry = tuple[str, int, tuple[str, ...]]  # name, gid, members
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # slots: one per planned file / account, 10,000s of them
 class User:
     name: str
     uid: int
