@@ -39,6 +39,8 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Final, Protocol
 
+from agent.host.mounts import Mount, parse_mountinfo
+
 MAX_SYMLINKS: Final = 40
 SELINUX_XATTR: Final = "security.selinux"
 
@@ -100,42 +102,6 @@ class CreateSpec:
 
 
 # -- mount table (filesystem type) -------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Mount:
-    mount_point: str
-    dev: int
-    fstype: str
-
-
-def _unescape_mountinfo(field_text: str) -> str:
-    # The kernel escapes space, tab, newline and backslash as \ooo octal.
-    out: list[str] = []
-    i = 0
-    while i < len(field_text):
-        chunk = field_text[i : i + 4]
-        if len(chunk) == 4 and chunk[0] == "\\" and all(c in "01234567" for c in chunk[1:]):
-            out.append(chr(int(chunk[1:], 8)))
-            i += 4
-        else:
-            out.append(field_text[i])
-            i += 1
-    return "".join(out)
-
-
-def parse_mountinfo(text: str) -> list[Mount]:
-    """Parse /proc/<pid>/mountinfo (pure). Malformed lines are skipped."""
-    mounts: list[Mount] = []
-    for line in text.splitlines():
-        fields = line.split(" ")
-        try:
-            sep = fields.index("-", 6)
-            major, minor = (int(x) for x in fields[2].split(":"))
-            mounts.append(Mount(_unescape_mountinfo(fields[4]), os.makedev(major, minor), fields[sep + 1]))
-        except (ValueError, IndexError):
-            continue
-    return mounts
 
 
 class _MountTable:

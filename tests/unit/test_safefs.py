@@ -139,9 +139,9 @@ def test_parse_mountinfo_unescapes_and_skips_garbage() -> None:
     )
     mounts = parse_mountinfo(text)
     assert mounts == [
-        Mount("/", os.makedev(254, 0), "ext4"),
-        Mount("/mnt/my share", os.makedev(0, 50), "cifs"),
-        Mount("/home", os.makedev(0, 51), "nfs4"),
+        Mount("/", "ext4", os.makedev(254, 0)),
+        Mount("/mnt/my share", "cifs", os.makedev(0, 50)),
+        Mount("/home", "nfs4", os.makedev(0, 51)),
     ]
     table = safefs._MountTable(mounts)
     assert table.fstype(os.makedev(0, 51), "/whatever") == "nfs4"  # by device first
