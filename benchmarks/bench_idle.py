@@ -5,7 +5,10 @@ to be ready, lets it settle, then samples /proc/PID for an idle period: RSS (VmR
 count, and CPU time used (utime+stime) as a share of one core. Targets: RSS <= 60 MB at 1,000
 users and <= 100 MB at 10,000; threads <= 10; CPU < 1%.
 
-Usage: python benchmarks/bench_idle.py [--sizes 1000 10000] [--idle 60]
+With --enrolled the agent is enrolled with the reference control plane on loopback (heartbeats,
+reports, token refresh: the production configuration); without, it runs standalone.
+
+Usage: python benchmarks/bench_idle.py [--sizes 1000 10000] [--idle 60] [--enrolled]
 """
 
 from __future__ import annotations
@@ -55,12 +58,31 @@ def build(root: Path, users: int) -> None:
     del fr
 
 
-def measure(users: int, idle: float, work: Path) -> None:
+def measure(users: int, idle: float, work: Path, server: str | None) -> None:
     root = work / f"root-{users}"
     build(root, users)
     state = work / f"state-{users}"
     config = work / f"agent-{users}.toml"
-    config.write_text(f'[state]\ndir = "{state}"\n[usage]\nenabled = false\n')
+    text = f'[state]\ndir = "{state}"\n[usage]\nenabled = false\n'
+    if server is not None:
+        from agent.control.enroll import enroll_host
+
+        cp_url, token = server.split(" ", 1)
+        facts = {
+            "machine_id": f"bench-{users}",
+            "hostname": f"bench-{users}",
+            "fqdn": "",
+            "os": {},
+            "kernel": "",
+            "agent_version": "0.1.0",
+            "sshd_version": None,
+            "host_keys": [],
+        }
+        enroll_host(cp_url, token, str(state), facts)
+        text += (
+            f'[server]\nurl = "{cp_url}"\nallow_plain_http_loopback = true\n[schedule]\nstartup_splay_s = 0\n'
+        )
+    config.write_text(text)
     log = work / f"agent-{users}.log"
     started = time.monotonic()
     proc = subprocess.Popen(
@@ -98,13 +120,25 @@ def main() -> None:
     )
     parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 10_000])
     parser.add_argument("--idle", type=float, default=60.0)
+    parser.add_argument("--enrolled", action="store_true", help="enrolled with the reference control plane")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench-idle-"))
+    cp = None
     try:
+        server = None
+        if args.enrolled:
+            from tests.controlplane import ControlPlane
+
+            cp = ControlPlane.start()
+            server = f"{cp.url} {cp.bootstrap_token}"
+        mode = "enrolled (reference control plane on loopback)" if args.enrolled else "standalone"
+        print(f"mode: {mode}")
         print("targets: RSS <= 60 MB (1,000 users), <= 100 MB (10,000 users); threads <= 10; CPU < 1%")
         for users in args.sizes:
-            measure(users, args.idle, work)
+            measure(users, args.idle, work, server)
     finally:
+        if cp is not None:
+            cp.stop()
         shutil.rmtree(work, ignore_errors=True)
 
 

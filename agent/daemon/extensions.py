@@ -138,5 +138,6 @@ def attach_extensions(daemon: Daemon) -> None:
     config = daemon.config
     if config.usage.enabled and config.usage.source != "none":
         daemon.extensions.append(UsageTracker(daemon))
-    if config.apply.enabled:
+    # Instructions only ever come from the control plane: a standalone agent has none to apply.
+    if config.apply.enabled and config.server.url:
         daemon.extensions.append(InstructionHandler(daemon))

@@ -23,7 +23,7 @@ import threading
 import uuid
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.schedulers.background import BackgroundScheduler
@@ -37,7 +37,6 @@ from agent.control.errors import ApiError
 from agent.daemon.discovery import LiveDiscovery
 from agent.daemon.notify import Notifier
 from agent.daemon.sender import LogDestination, Sender
-from agent.daemon.server_link import ServerLink
 from agent.daemon.watcher import Watcher
 from agent.host.scan import ScanContext
 from agent.inventory.diff import Change, to_events
@@ -46,6 +45,9 @@ from agent.inventory.model import Inventory, rfc3339
 from agent.store.db import Database, open_database
 from agent.store.outbox import Outbox
 from agent.store.state import StateStore
+
+if TYPE_CHECKING:
+    from agent.daemon.server_link import ServerLink
 
 log = logging.getLogger("sshklm.daemon")
 
@@ -103,6 +105,9 @@ class Daemon:
         self.fs, self.users = fs, users
         self.discovery = LiveDiscovery(fs, users, settings_from(cfg), self._context)
         if cfg.server.url:
+            # Imported only with a server: httpx costs ~10 MB that a standalone agent never uses.
+            from agent.daemon.server_link import ServerLink
+
             self.link = ServerLink(self, cfg)
             destination: Any = self.link
         else:
