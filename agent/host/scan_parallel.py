@@ -59,8 +59,9 @@ def usable_cpus() -> int:
 
 
 def split_targets(plan: Plan) -> tuple[tuple[Target, ...], tuple[Target, ...]]:
-    """(first, second): accounts up to the FIRST_SHARE quantile of names (and every target without an account),
-    then the rest. Every record of the first half sorts before the second's within a kind."""
+    """(first, second): accounts up to the FIRST_SHARE quantile of names (and every target
+    without an account), then the rest. Every record of the first part sorts before the
+    second's within a kind."""
     names = sorted({t.user.name for t in plan.targets if t.user is not None})
     if len(names) < 2:
         return plan.targets, ()
