@@ -43,9 +43,7 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--changes", type=int, default=200)
-    parser.add_argument(
-        "--interval", type=float, default=0.8, help="seconds between one change and the next"
-    )
+    parser.add_argument("--interval", type=float, default=0.8, help="seconds between one change and the next")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench-latency-"))
     cp = ControlPlane.start()
