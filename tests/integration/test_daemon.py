@@ -308,3 +308,59 @@ def test_queue_overflow_triggers_full_rescan(
         wait_for(lambda: scans, what="rescan after overflow")
     finally:
         daemon.stop()
+
+
+def test_key_usage_from_sshd_log_becomes_key_used_and_last_used(
+    fr: FakeRoot, tmp_path: Path, agents: list[Agent]
+) -> None:
+    line = ed25519_line("used-key")
+    fr.authorized_keys("alice", [line])
+    fp = fingerprint_of(line)
+    auth_log = tmp_path / "auth.log"
+    auth_log.write_text("")
+    with ControlPlane.start() as cp:
+        state = tmp_path / "state"
+        host_id = enroll(cp, state)
+        extra = f'[usage]\nsource = "file"\nlog_file = "{auth_log}"\n'
+        config = write_config(tmp_path / "agent.toml", state, cp.url)
+        # write_config disables usage; this test enables it on a log file of its own.
+        config.write_text(config.read_text().replace("[usage]\nenabled = false\n", "") + extra)
+        agent = Agent(config, fr.root).start()
+        agents.append(agent)
+        wait_for(lambda: cp.inventory(host_id) is not None, what="first inventory")
+        wait_for(lambda: "key usage: source file" in agent.text(), what="usage follower started")
+        with auth_log.open("a") as f:
+            f.write(
+                "2026-11-27T01:02:03.123456+00:00 host sshd[4242]: Accepted publickey for alice "
+                f"from 203.0.113.9 port 52144 ssh2: ED25519 {fp}\n"
+            )
+
+        def used() -> list[dict]:  # type: ignore[type-arg]
+            return [e for e in cp.events(host_id) if e["type"] == "key_used" and e["fingerprint"] == fp]
+
+        wait_for(used, timeout=20, what="key_used event")
+        event = used()[0]
+        assert event["user"] == "alice" and event["detail"]["from"] == "203.0.113.9"
+        assert event["detail"]["at"] == "2026-11-27T01:02:03Z"
+        # last_used is in every inventory from the next full scan on (SIGHUP re-reads and rescans).
+        agent.signal(signal.SIGHUP)
+        wait_for(lambda: "configuration reloaded" in agent.text(), what="reload and rescan")
+        assert agent.stop() == 0
+    out = subprocess.run(
+        [sys.executable, "-c", _LAST_USED_PROBE, str(state), fp], capture_output=True, text=True
+    )
+    assert out.stdout.split() == ["2026-11-27T01:02:03Z", "2026-11-27T01:02:03Z"], out.stderr[-400:]
+
+
+# Reads the daemon's store after it stopped: last_used is kept per fingerprint and user.
+_LAST_USED_PROBE = """
+import sys
+from agent.inventory.model import rfc3339
+from agent.store.db import open_database
+from agent.store.state import StateStore
+store = StateStore(open_database(sys.argv[1], check_integrity=False))
+fp = sys.argv[2]
+print(rfc3339(store.last_used_map()[(fp, "alice")]))
+keys = store.load_inventory()["keys"]
+print(*[k["last_used"] for k in keys if k["fingerprint"] == fp and k["user"] == "alice"])
+"""
