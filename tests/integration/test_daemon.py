@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -364,3 +365,25 @@ print(rfc3339(store.last_used_map()[(fp, "alice")]))
 keys = store.load_inventory()["keys"]
 print(*[k["last_used"] for k in keys if k["fingerprint"] == fp and k["user"] == "alice"])
 """
+
+
+def test_ssh_dir_removed_and_recreated_and_a_new_user(
+    fr: FakeRoot, tmp_path: Path, agents: list[Agent]
+) -> None:
+    agent = Agent(write_config(tmp_path / "agent.toml", tmp_path / "state"), fr.root).start()
+    agents.append(agent)
+    wait_for(lambda: "ready" in agent.text(), what="ready")
+    ssh = fr.path("/home/alice/.ssh")
+    shutil.rmtree(ssh)
+    wait_for(lambda: "key_removed user=alice" in agent.text(), what="removal seen")
+    ssh.mkdir(mode=0o700)
+    fr.authorized_keys("alice", [ed25519_line("back")])
+    wait_for(lambda: "key_added user=alice" in agent.text(), what="re-creation seen")
+    # A user added after start, home and keys created afterwards (useradd -m, then the keys).
+    fr.add_user("carol", 1002, make_home=False)
+    home = fr.path("/home/carol")
+    (home / ".ssh").mkdir(parents=True, mode=0o700)
+    os.chmod(home, 0o755)
+    fr.authorized_keys("carol", [ed25519_line("carol-key")])
+    wait_for(lambda: "key_added user=carol" in agent.text(), what="new user's key seen")
+    assert agent.stop() == 0
