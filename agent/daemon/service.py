@@ -154,9 +154,6 @@ class Daemon:
         self.stop()
         return 0
 
-    def request_stop(self) -> None:
-        self._stop.set()
-
     def stop(self) -> None:
         self.notifier.stopping()
         log.info("stopping")
@@ -176,7 +173,11 @@ class Daemon:
             self.db.close()
 
     def reload(self) -> None:
-        """SIGHUP: re-read the configuration; a bad one keeps the old and says why."""
+        """SIGHUP: re-read the configuration; a bad one keeps the old and says why.
+
+        Applied at once: discovery settings (with a full rescan), local policy, schedule
+        intervals, log level. Read only at start (restart to change): [server], [state],
+        [watch] and [apply], which own connections, files and threads."""
         self.notifier.reloading()
         try:
             new, _ = load_config(self.config_path)
@@ -188,10 +189,8 @@ class Daemon:
         self.config = new
         self.policy = policy_from(new)
         logging.getLogger().setLevel(new.logging.level.upper())
+        previous = self.discovery.inventory
         self.discovery = LiveDiscovery(self.fs, self.users, settings_from(new), self._context)
-        previous = None
-        with self._emit_lock:
-            previous = self._current_inventory
         self._emit(self.discovery.full_scan(previous))
         self._after_scan(full=True)
         if self.scheduler is not None:
@@ -200,10 +199,6 @@ class Daemon:
         self.notifier.ready(self.status_line())
 
     # -- discovery and events --------------------------------------------------------------
-
-    @property
-    def _current_inventory(self) -> Inventory | None:
-        return self.discovery.inventory
 
     def _context(self) -> ScanContext:
         return ScanContext(
