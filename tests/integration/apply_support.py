@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import jwt
+import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
@@ -215,3 +216,21 @@ def snapshot(root: Path) -> dict[str, tuple[Any, ...]]:
 
 def changed(before: dict[str, tuple[Any, ...]], after: dict[str, tuple[Any, ...]]) -> set[str]:
     return {k for k in before.keys() | after.keys() if before.get(k) != after.get(k)}
+
+
+# Fixtures shared by the applier's test files (registered in tests/conftest.py).
+
+
+@pytest.fixture
+def host(tmp_path: Path) -> FakeHost:
+    return make_fake_host(tmp_path)
+
+
+@pytest.fixture
+def signer() -> Signer:
+    return Signer()
+
+
+@pytest.fixture
+def applier(host: FakeHost, signer: Signer) -> Applier:
+    return make_applier(host, signer)

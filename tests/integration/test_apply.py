@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -16,28 +15,12 @@ from tests.integration.apply_support import (
     Signer,
     changed,
     make_applier,
-    make_fake_host,
     public_line,
     snapshot,
     write_ak,
 )
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="fake users with distinct uids need root (chown)")
-
-
-@pytest.fixture
-def host(tmp_path: Path) -> FakeHost:
-    return make_fake_host(tmp_path)
-
-
-@pytest.fixture
-def signer() -> Signer:
-    return Signer()
-
-
-@pytest.fixture
-def applier(host: FakeHost, signer: Signer) -> Applier:
-    return make_applier(host, signer)
 
 
 def _rfc(value: datetime) -> str:

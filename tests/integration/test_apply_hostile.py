@@ -40,21 +40,6 @@ pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="fake users with disti
 
 
 @pytest.fixture
-def host(tmp_path: Path) -> FakeHost:
-    return make_fake_host(tmp_path)
-
-
-@pytest.fixture
-def signer() -> Signer:
-    return Signer()
-
-
-@pytest.fixture
-def applier(host: FakeHost, signer: Signer) -> Applier:
-    return make_applier(host, signer)
-
-
-@pytest.fixture
 def keys(host: FakeHost) -> dict[str, str]:
     """alice has one key (old) between a comment and an invalid line; bob has his own key."""
     old, old_fp = public_line("old@laptop")

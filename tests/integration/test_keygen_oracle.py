@@ -23,26 +23,13 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
 from agent.ssh.authorized_keys import AuthorizedLine, parse_authorized_keys
 from agent.ssh.keys import parse_public_key_text
+from tests.sshwire import b64, mpint, s
 
 KEYGEN = "/usr/bin/ssh-keygen"
 pytestmark = pytest.mark.skipif(not os.access(KEYGEN, os.X_OK), reason="needs /usr/bin/ssh-keygen (OpenSSH)")
 
 
 # --- wire helpers -----------------------------------------------------------------------------------
-
-
-def s(data: bytes | str) -> bytes:
-    raw = data.encode() if isinstance(data, str) else data
-    return struct.pack(">I", len(raw)) + raw
-
-
-def mpint(value: int, pad: int = 0) -> bytes:
-    raw = value.to_bytes((value.bit_length() + 8) // 8, "big") if value else b""
-    return s(b"\0" * pad + raw)
-
-
-def b64(blob: bytes) -> str:
-    return base64.b64encode(blob).decode()
 
 
 def blob_of(line: str) -> bytes:

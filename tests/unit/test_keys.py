@@ -13,20 +13,7 @@ from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed25519, padding,
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 
 from agent.ssh.keys import KEY_LABELS, InvalidKey, key_text, parse_public_blob, parse_public_key_text
-
-
-def s(data: bytes | str) -> bytes:
-    raw = data.encode() if isinstance(data, str) else data
-    return struct.pack(">I", len(raw)) + raw
-
-
-def mpint(value: int, pad: int = 0) -> bytes:
-    raw = value.to_bytes((value.bit_length() + 8) // 8, "big") if value else b""
-    return s(b"\0" * pad + raw)
-
-
-def b64(blob: bytes) -> str:
-    return base64.b64encode(blob).decode()
+from tests.sshwire import b64, mpint, s
 
 
 def sha256_fp(blob: bytes) -> str:
