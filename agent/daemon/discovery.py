@@ -16,11 +16,13 @@ from dataclasses import dataclass
 
 from agent.host.safefs import HostFS
 from agent.host.scan import (
+    NOTHING_THERE,
     FileResult,
     Plan,
     ScanContext,
     ScanSettings,
     Target,
+    TargetKey,
     assemble,
     plan_targets,
     read_target,
@@ -56,9 +58,12 @@ class LiveDiscovery:
         self._make_context = make_context
         self._lock = threading.RLock()
         self._plan: Plan | None = None
-        self._results: dict[str, FileResult] = {}
+        # Only the files that exist: a missing target's result is NOTHING_THERE.
+        self._results: dict[TargetKey, FileResult] = {}
         self._inventory: Inventory | None = None
-        self._by_path: dict[str, tuple[Target, ...]] = {}
+        # A path's target, or its targets when one file serves several accounts (rare): a
+        # one-element tuple per path would cost 2 MB at 10,000 users.
+        self._by_path: dict[str, Target | tuple[Target, ...]] = {}
         self.generation = 0
 
     @property
@@ -97,7 +102,9 @@ class LiveDiscovery:
             for target in targets:
                 results[target_key(target)] = read_target(self._fs, target, self._plan, ctx)
             before = self._inventory
-            files_read = [t.path for t in self._plan.targets if results[target_key(t)].read]
+            files_read = [
+                t.path for t in self._plan.targets if results.get(target_key(t), NOTHING_THERE).read
+            ]
             self._install(self._plan, results, assemble(self._plan, results, ctx, files_read))
             assert before is not None and self._inventory is not None
             scope = {t.path for t in targets}
@@ -131,14 +138,18 @@ class LiveDiscovery:
         return any(posixpath.dirname(p) in include_dirs and p.endswith(".conf") for p in paths)
 
     def _targets_for(self, paths: set[str]) -> list[Target]:
-        out: dict[str, Target] = {}
+        out: dict[TargetKey, Target] = {}
         for path in paths:
-            for target in self._by_path.get(path, ()):
+            for target in self._targets_at(path):
                 out[target_key(target)] = target
-            for target in self._by_path.get(posixpath.dirname(path), ()):
+            for target in self._targets_at(posixpath.dirname(path)):
                 if target.kind == "identity_dir":
                     out[target_key(target)] = target
         return list(out.values())
+
+    def _targets_at(self, path: str) -> tuple[Target, ...]:
+        found = self._by_path.get(path, ())
+        return (found,) if isinstance(found, Target) else found
 
     def _next_context(self) -> ScanContext:
         self.generation += 1
@@ -146,26 +157,35 @@ class LiveDiscovery:
         ctx.generation = self.generation
         return ctx
 
-    def _install(self, plan: Plan, results: dict[str, FileResult], inventory: Inventory) -> None:
+    def _install(self, plan: Plan, results: dict[TargetKey, FileResult], inventory: Inventory) -> None:
         self._install_plan(plan)
         self._results = share_final_records(results, inventory)
         self._inventory = inventory
 
     def _install_plan(self, plan: Plan) -> None:
         self._plan = plan
-        by_path: dict[str, tuple[Target, ...]] = {}
+        by_path: dict[str, Target | tuple[Target, ...]] = {}
         for target in plan.targets:
-            by_path[target.path] = (*by_path.get(target.path, ()), target)
+            earlier = by_path.get(target.path)
+            if earlier is None:
+                by_path[target.path] = target
+            else:
+                by_path[target.path] = (*(earlier if isinstance(earlier, tuple) else (earlier,)), target)
         self._by_path = by_path
 
 
-def share_final_records(results: dict[str, FileResult], inventory: Inventory) -> dict[str, FileResult]:
+def share_final_records(
+    results: dict[TargetKey, FileResult], inventory: Inventory
+) -> dict[TargetKey, FileResult]:
     """Point the per-file results at the inventory's records (the same keys with their risk)
-    so each key is held once, not twice (about 8 MB at 10,000 keys). Re-assembling from these
-    results later computes the same inventory: risk is recomputed from the other fields."""
+    so each key is held once, not twice (about 2 MB at 10,000 keys), and leave out the files
+    that do not exist (NOTHING_THERE is implied). Re-assembling from these results later
+    computes the same inventory: risk is recomputed from the other fields."""
     final = {(r.kind, r.user, r.path, r.line): r for r in inventory.keys}
-    shared: dict[str, FileResult] = {}
+    shared: dict[TargetKey, FileResult] = {}
     for key, result in results.items():
+        if result is NOTHING_THERE:
+            continue
         if result.records:
             records = tuple(final.get((r.kind, r.user, r.path, r.line), r) for r in result.records)
             result = dataclasses.replace(result, records=records)

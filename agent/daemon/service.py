@@ -11,10 +11,7 @@ standalone mode. Scheduled jobs are the safety nets and the server conversation.
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
 import dataclasses
-import gc
 import logging
 import os
 import random
@@ -35,6 +32,7 @@ from agent.commands.scan import local_zone, open_host, policy_from, settings_fro
 from agent.config import Config, ConfigError, load_config
 from agent.control.errors import ApiError
 from agent.daemon.discovery import LiveDiscovery
+from agent.daemon.memory import release_free_memory
 from agent.daemon.notify import Notifier
 from agent.daemon.sender import LogDestination, Sender
 from agent.daemon.watcher import Watcher
@@ -465,16 +463,6 @@ class Daemon:
         if st.get("last_error"):
             parts.append(f"last error: {st['last_error']}")
         return "; ".join(parts)
-
-
-def release_free_memory() -> None:
-    """Hand the memory a full scan's peak left behind back to the OS.
-
-    CPython frees the objects but glibc keeps the arenas; an idle daemon should not sit on
-    the peak of its last rescan (tens of MB at 10,000 users)."""
-    gc.collect()
-    with contextlib.suppress(OSError, AttributeError):  # not glibc: nothing to trim
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
 def _jsonable(value: Any) -> Any:

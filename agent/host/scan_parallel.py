@@ -32,6 +32,7 @@ from agent.host.scan import (
     ScanContext,
     ScanSettings,
     Target,
+    TargetKey,
     assemble,
     gc_paused,
     plan_targets,
@@ -78,12 +79,12 @@ class EncodedPart:
     scan errors as JSON texts (targets without errors left out)."""
 
     keys: dict[str, list[str]]
-    errors: dict[str, list[str]]
+    errors: dict[TargetKey, list[str]]
 
 
 def encode_part(
     plan: Plan,
-    results: Mapping[str, FileResult],
+    results: Mapping[TargetKey, FileResult],
     ctx: ScanContext,
     key_users: Mapping[str, list[str]],
     *,

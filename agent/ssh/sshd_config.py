@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, field
 from enum import Enum
 
@@ -202,7 +202,7 @@ class MatchContext:
     """Who is connecting. `groups` must include the user's primary group (getgrouplist)."""
 
     user: str
-    groups: frozenset[str]
+    groups: Collection[str]
 
 
 @dataclass(frozen=True)

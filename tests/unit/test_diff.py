@@ -102,3 +102,18 @@ def test_inventory_json_round_trip() -> None:
     )
     again = Inventory.from_json(original.to_json())
     assert again.to_json() == original.to_json()
+
+
+def test_key_record_is_compact_and_copies_are_equal() -> None:
+    from agent.inventory.model import NO_OPTIONS, Risk, intern_risk
+
+    plain = rec("SHA256:a", 1)
+    assert plain.options is NO_OPTIONS and plain.to_json()["options"] == {}
+    risky = plain.with_risk(Risk(40, ("root_key",)))
+    assert risky == plain._replace(risk=Risk(40, ("root_key",)))
+    assert risky.risk.to_json() == {"score": 40, "factors": ["root_key"]} and plain.risk.score == 0
+    # Equal risks built apart are shared; the JSON round trip shares them too.
+    first, second = intern_risk(Risk(15, ("shared_key",))), intern_risk(Risk(15, ("shared_key",)))
+    assert first is second
+    again = KeyRecord.from_json(plain.with_risk(Risk(15, ("shared_key",))).to_json())
+    assert again.risk is first and again.options is NO_OPTIONS

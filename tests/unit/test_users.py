@@ -80,12 +80,10 @@ def test_parse_group() -> None:
 def test_build_users_groups_and_dedupe() -> None:
     users = {u.name: u for u in build_users(parse_passwd(PASSWD), parse_group(GROUP))}
     assert list(users) == ["root", "daemon", "alice", "svc", "bob"]
-    assert users["alice"] == User(
-        "alice", 1000, 1000, "/home/alice", "/bin/bash", frozenset({"alice", "sudo"})
-    )
-    assert users["bob"].groups == frozenset({"sudo", "docker"})  # primary gid 1002 has no group entry
-    assert users["root"].groups == frozenset({"root"})  # the duplicate "sudo" (28, root) is ignored
-    assert users["svc"].groups == frozenset()
+    assert users["alice"] == User("alice", 1000, 1000, "/home/alice", "/bin/bash", ("alice", "sudo"))
+    assert users["bob"].groups == ("docker", "sudo")  # primary gid 1002 has no group entry
+    assert users["root"].groups == ("root",)  # the duplicate "sudo" (28, root) is ignored
+    assert users["svc"].groups == ()
 
 
 @given(st.text())
@@ -131,7 +129,7 @@ def test_root_user_source(fake_root: Path) -> None:
         names = [u.name for u in source.all()]
         assert names == ["root", "daemon", "alice", "svc", "bob"]
         alice = source.get("alice")
-        assert alice is not None and alice.home == "/home/alice" and alice.groups == {"alice", "sudo"}
+        assert alice is not None and alice.home == "/home/alice" and alice.groups == ("alice", "sudo")
         assert source.get("nobody-here") is None
         # Each call re-reads: a user added later is seen.
         with (fake_root / "etc/passwd").open("a") as fh:
@@ -143,7 +141,7 @@ def test_root_user_source_without_group_file(fake_root: Path) -> None:
     (fake_root / "etc/group").unlink()
     with HostFS(str(fake_root)) as fs:
         users = RootUserSource(fs).all()
-    assert [u.groups for u in users] == [frozenset()] * 5
+    assert [u.groups for u in users] == [()] * 5
 
 
 def test_root_user_source_reads_through_safe_layer(fake_root: Path) -> None:
@@ -184,4 +182,4 @@ def test_nss_user_source_matches_the_c_library() -> None:
     me = pwd.getpwuid(os.getuid())
     mine = source.get(me.pw_name)
     assert mine is not None
-    assert {grp.getgrgid(g).gr_name for g in os.getgrouplist(me.pw_name, me.pw_gid)} == mine.groups
+    assert {grp.getgrgid(g).gr_name for g in os.getgrouplist(me.pw_name, me.pw_gid)} == set(mine.groups)
