@@ -170,6 +170,7 @@ def main() -> None:
         if r["polling_reasons"]:
             print(f"{'':>6} polled because: {r['polling_reasons']}")
     print(f"(idle period {args.idle:g} s; threads = whole process incl. main; targets = files + ~/.ssh dirs)")
+    print("(watches = the kernel's count: one per ~/.ssh, plus /home, /etc/ssh, /etc and / shared by all)")
 
 
 if __name__ == "__main__":

@@ -5,17 +5,33 @@ Design (copied into docs/architecture.md)
 *What is watched.* The daemon gives host paths of **target files** (authorized keys files wherever
 sshd_config puts them, host keys, sshd_config and its Included files, /etc/passwd, /etc/group) and
 **target directories** (``~/.ssh``: every entry in it is a target, for identity keys). The watcher
-watches **directories, never files, non-recursively**: for each directory D that holds targets it
-watches D (content events, and D's own attribute/delete/move events) and parent(D) (so that D being
-removed, replaced, renamed or re-created is seen as an event on a name, e.g. ``rm -rf ~/.ssh; mkdir
-~/.ssh``). A directory that does not exist yet is *anchored* at its nearest existing ancestor: a home
-created after ``set_targets`` shows up as IN_CREATE in ``/home`` and the chain is re-planned. Watches
-are deduplicated and reference-counted (all of a user's files cost two watches: home + ``~/.ssh``).
+watches **directories, never files, non-recursively**. For each *needed directory* D (one that holds
+target files, or a target directory) that exists it watches two points:
+
+- D itself: content events of the names in D, and D's own events (chmod/chown of ``~/.ssh``: IN_ATTRIB;
+  D removed or renamed: IN_DELETE_SELF / IN_MOVE_SELF / IN_IGNORED, re-planned at once);
+- grandparent(D) (``/home`` for ``~/.ssh``: one watch shared by every user): events on the *name of
+  parent(D)* there are chmod/chown of a home (sshd's StrictModes depends on it) and a home removed,
+  renamed or re-created. An event on name N in a watched directory P is mapped to the needed dirs at or
+  under P/N (a sorted list and bisect): their targets are reported, and re-planned on structural events.
+
+So a user's files cost **one watch (``~/.ssh``) plus the shared grandparent**. D's own events stand in
+for the events parent(D) would report on D's name. A needed dir that does not exist is *anchored* at its
+nearest existing ancestor (one watch): a home without ``~/.ssh`` costs one watch on the home, a home
+created after ``set_targets`` shows up as IN_CREATE in ``/home``, and the chain is re-planned step by step
+(``rm -rf ~/.ssh; mkdir ~/.ssh``: DELETE_SELF, anchored on the home, IN_CREATE, watched again). Every
+re-plan reports the dir's targets, so nothing written while a watch was missing is lost.
+
+*Symlinks.* Directory watches follow symlinks (as sshd does), so a symlinked ``~/.ssh`` is watched where
+it points. That is also why the grandparent alone is not enough when D or parent(D) is a symlink (lstat
+when planned): replacing the link (``ln -sfn``) is an event in parent(D), and chmod of a symlinked home's
+target is an event of that target, neither seen from the grandparent. Then parent(D) is watched too
+(three points). Watch points are deduplicated (D == "/", or grandparent == parent for top-level dirs)
+and reference-counted; one string object per path is kept (no per-user copies).
 Events on names are mapped back to target paths; events on other names (``.bash_history``) are dropped.
 Editors' atomic saves and ``sed -i`` arrive as IN_MOVED_TO on the target's name, vim's backup dance
 as moves/creates, append as IN_MODIFY/IN_CLOSE_WRITE, chmod/chown as IN_ATTRIB.
 The mask has no IN_OPEN/IN_ACCESS/IN_CLOSE_NOWRITE (reads of watched homes would flood the queue).
-Directory watches follow symlinks (as sshd does), so a symlinked ``~/.ssh`` is watched where it points.
 
 *New users.* /etc/passwd is itself a target: the daemon re-reads users on its change and calls
 ``set_targets`` again. If the new home does not exist yet at that moment, the anchor on ``/home``
@@ -32,7 +48,7 @@ events to targets, debounces per file, calls back) and one poller thread: 3 thre
 *Losing track.* IN_Q_OVERFLOW (watchdog's Observer only logs it) -> ``on_rescan("inotify queue
 overflow")`` and every watch is re-verified. A watch whose directory was removed is re-planned at
 once; every ``poll_interval_s`` the poller also re-stats each watched directory and re-plans the ones
-whose inode changed (e.g. a renamed ancestor, which inotify does not report to the child's watch).
+whose inode changed (e.g. a renamed ancestor above the grandparent, which no watch reports).
 
 *Polling fallback.* Directories on network or user-space filesystems (NFS, CIFS/SMB, FUSE, 9p, Ceph...,
 by the fs type of the longest matching mount in /proc/self/mountinfo: inotify does not see other
@@ -66,7 +82,7 @@ import time
 import traceback
 from bisect import bisect_left
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 from watchdog.observers.inotify_c import (
@@ -112,10 +128,20 @@ REASON_OVERFLOW = "inotify queue overflow"
 
 
 def normalize_host_path(path: str) -> str:
+    """``path`` without ``//``, ``.``, ``..`` and trailing ``/``: the same object when already normal
+    (the daemon passes ~20,000 paths; a copy of each would cost ~2 MB)."""
     if not path.startswith("/"):
         raise ValueError(f"target path must be absolute: {path!r}")
+    if _is_normal(path):
+        return path
     norm = posixpath.normpath(path)
     return "/" + norm.lstrip("/")
+
+
+def _is_normal(path: str) -> bool:
+    if path == "/":
+        return True
+    return not ("//" in path or "/./" in path or "/../" in path or path.endswith(("/", "/.", "/..")))
 
 
 def parent_of(path: str) -> str:
@@ -124,6 +150,29 @@ def parent_of(path: str) -> str:
 
 def _join(parent: str, name: str) -> str:
     return parent + name if parent == "/" else parent + "/" + name
+
+
+def _below(sorted_paths: list[str], path: str) -> Iterator[str]:
+    """The entries of ``sorted_paths`` strictly below ``path`` (a bisect, then a contiguous run)."""
+    prefix = "/" if path == "/" else path + "/"
+    i = bisect_left(sorted_paths, prefix)
+    while i < len(sorted_paths) and sorted_paths[i].startswith(prefix):
+        yield sorted_paths[i]
+        i += 1
+
+
+def _child_toward(ancestor: str, path: str) -> str:
+    """The entry of directory ``ancestor`` on the way down to ``path`` (a descendant of it)."""
+    start = 1 if ancestor == "/" else len(ancestor) + 1
+    end = path.find("/", start)
+    return path if end == -1 else path[:end]
+
+
+def _is_symlink(real_path: str) -> bool:
+    try:
+        return stat.S_ISLNK(os.lstat(real_path).st_mode)
+    except OSError:
+        return False
 
 
 Signature = tuple[int, ...]
@@ -236,8 +285,8 @@ class _Sink:
         self._queue.put(_Overflow())
 
 
-def _with(items: tuple[str, ...], *new: str) -> tuple[str, ...]:
-    return items + tuple(x for x in dict.fromkeys(new) if x not in items)
+def _with(items: tuple[str, ...], new: str) -> tuple[str, ...]:
+    return items if new in items else (*items, new)
 
 
 def _without(items: tuple[str, ...], gone: str) -> tuple[str, ...]:
@@ -249,22 +298,39 @@ def _without(items: tuple[str, ...], gone: str) -> tuple[str, ...]:
 
 @dataclass(slots=True)
 class _Point:
-    """One inotify watch on a directory (host path), shared by the dirs that need it."""
+    """One inotify watch on a directory (host path), shared by the dirs that need it.
+
+    A count, not the list of those dirs: ``/home`` is shared by every user, and they can be found
+    again from the sorted needed dirs below the point (``_dirs_using``)."""
 
     path: str
     wd: int | None
     id_: int
-    ident: tuple[int, int] | None  # (st_dev, st_ino) when added: the audit compares it
-    users: tuple[str, ...] = ()  # the needed dirs sharing this watch
+    ident: int | None  # _identity() when added: the audit compares it
+    refs: int = 0  # needed dirs whose plan holds this point
 
 
 @dataclass(slots=True)
-class _DirState:
-    mode: str  # "inotify" | "poll"
-    points: tuple[str, ...] = ()
-    anchored: bool = False  # the dir does not exist; points[0] is its nearest existing ancestor
-    reason: str | None = None
-    snapshot: dict[str, Signature | None] | None = None  # last poll (poll mode only)
+class _Polled:
+    """A needed dir covered by polling (network filesystem, watch limit)."""
+
+    reason: str
+    snapshot: dict[str, Signature | None]  # last poll
+
+
+# The coverage of a needed dir: inotify watch points (the keys of _points), or polling. Watch points
+# start with the dir itself unless it does not exist and is *anchored* at its nearest existing
+# ancestor. A bare tuple rather than an object per dir: 10,000 objects cost ~1 MB.
+_Watched = tuple[str, ...]
+_DirState = _Watched | _Polled
+
+
+def _points_of(state: _DirState) -> _Watched:
+    return () if isinstance(state, _Polled) else state
+
+
+def _is_anchored(d: str, state: _DirState) -> bool:
+    return not isinstance(state, _Polled) and state[0] != d
 
 
 @dataclass(frozen=True)
@@ -319,14 +385,16 @@ class Watcher:
         self._poll_thread = threading.Thread(target=self._poll_loop, name="sshklm-watch-poll", daemon=True)
         self._started = False
 
-        self._files: frozenset[str] = frozenset()
-        self._dir_targets: frozenset[str] = frozenset()
+        # Dicts used as sets (values None): a 10,000-path frozenset costs 512 KB, a dict 200 KB.
+        self._files: dict[str, None] = {}
+        self._dir_targets: dict[str, None] = {}
         self._sorted_targets: list[str] = []
-        self._dirs: dict[str, _DirState] = {}
+        self._dirs: dict[str, _DirState] = {}  # needed dirs
+        self._sorted_dirs: list[str] = []  # the keys of _dirs, sorted: events map to dirs below a name
         self._points: dict[str, _Point] = {}
-        # One inode may be watched under several paths. Tuples, not sets: 20,000 one-element
-        # sets cost ~4 MB at 10,000 users, and these change only in set_targets.
-        self._wd_points: dict[int, tuple[str, ...]] = {}
+        # wd -> the watched path, or paths when one inode is watched under several (rare: links).
+        # Not a set or tuple each: 10,000 one-element sets cost ~2 MB, tuples ~0.5 MB.
+        self._wd_points: dict[int, str | tuple[str, ...]] = {}
         self._next_id = 0
         self._overflows = 0
 
@@ -334,29 +402,42 @@ class Watcher:
 
     def set_targets(self, files: Iterable[str], dirs: Iterable[str] = ()) -> None:
         """Replace the set of targets (absolute host paths). Adds watches before removing old ones."""
-        new_files = frozenset(normalize_host_path(p) for p in files)
-        new_dirs = frozenset(normalize_host_path(p) for p in dirs)
-        needed: Counter[str] = Counter(parent_of(f) for f in new_files)
-        needed.update(new_dirs)
         mounts = self._load_mounts()
         with self._lock:
             if self._stopping.is_set():
                 raise RuntimeError("watcher is stopped")
+            new_files, new_dirs, needed = self._share_strings(files, dirs)
             self._mounts = mounts
             self._files = new_files
             self._dir_targets = new_dirs
-            self._sorted_targets = sorted(new_files | new_dirs)
+            self._sorted_targets = sorted([*new_files, *new_dirs])
+            self._sorted_dirs = sorted(needed)
             failures: list[str] = []
-            for d in sorted(needed):
+            for d in self._sorted_dirs:
                 if d not in self._dirs:
                     self._plan_dir(d, refresh=False, failures=failures)
-                elif self._dirs[d].mode == "poll":
+                elif isinstance(self._dirs[d], _Polled):
                     # Re-try inotify (limits may have been raised); the snapshot bridges the gap.
                     self._plan_dir(d, refresh=False, failures=failures)
             for d in [d for d in self._dirs if d not in needed]:
                 self._drop_dir(d)
         if failures:
             logger.warning("watcher: %d directories are polled: %s", len(failures), sorted(set(failures)))
+
+    def _share_strings(
+        self, files: Iterable[str], dirs: Iterable[str]
+    ) -> tuple[dict[str, None], dict[str, None], set[str]]:
+        """(target files, target dirs, needed dirs), normalized, with one string object per path:
+        a needed dir reuses the key already held in ``_dirs`` or the target dir's string (the
+        parents of 10,000 authorized_keys files would otherwise be 10,000 more copies)."""
+        held = {d: d for d in self._dirs}  # dicts do not hand out their keys: a transient map
+        new_files = dict.fromkeys(normalize_host_path(p) for p in files)
+        new_dirs = dict.fromkeys(held.setdefault(d, d) for d in map(normalize_host_path, dirs))
+        needed = set(new_dirs)
+        for f in new_files:
+            parent = parent_of(f)
+            needed.add(held.setdefault(parent, parent))
+        return new_files, new_dirs, needed
 
     def start(self) -> None:
         if self._started:
@@ -387,17 +468,17 @@ class Watcher:
     def stats(self) -> WatchStats:
         with self._lock:
             by_dir = Counter(parent_of(f) for f in self._files)
-            by_dir.update(self._dir_targets)
+            by_dir.update(self._dir_targets.keys())  # keys: a dict would be read as counts
             targets_inotify = targets_polled = dirs_inotify = dirs_polled = 0
             reasons: Counter[str] = Counter()
             for d, state in self._dirs.items():
-                if state.mode == "inotify":
-                    dirs_inotify += 1
-                    targets_inotify += by_dir[d]
-                else:
+                if isinstance(state, _Polled):
                     dirs_polled += 1
                     targets_polled += by_dir[d]
-                    reasons[state.reason or "unknown"] += by_dir[d]
+                    reasons[state.reason] += by_dir[d]
+                else:
+                    dirs_inotify += 1
+                    targets_inotify += by_dir[d]
             watches = sum(1 for p in self._points.values() if p.wd is not None)
             threads = sum(
                 1
@@ -443,15 +524,21 @@ class Watcher:
 
     def _targets_under(self, path: str) -> set[str]:
         """Targets at or below ``path`` (a target dir stands for all its entries)."""
-        out: set[str] = set()
+        out = set(_below(self._sorted_targets, path))
         if path in self._files or path in self._dir_targets:
             out.add(path)
-        prefix = "/" if path == "/" else path + "/"
-        i = bisect_left(self._sorted_targets, prefix)
-        while i < len(self._sorted_targets) and self._sorted_targets[i].startswith(prefix):
-            out.add(self._sorted_targets[i])
-            i += 1
         return out
+
+    def _dirs_at_or_under(self, path: str) -> list[str]:
+        """Needed dirs at or below ``path``."""
+        out = list(_below(self._sorted_dirs, path))
+        if path in self._dirs:
+            out.append(path)
+        return out
+
+    def _dirs_using(self, point: str) -> list[str]:
+        """Needed dirs whose plan holds watch point ``point`` (points are a dir or its ancestors)."""
+        return [d for d in self._dirs_at_or_under(point) if point in _points_of(self._dirs[d])]
 
     # ------------------------------------------------------------------ planning (lock held)
 
@@ -465,102 +552,126 @@ class Watcher:
             return (), False, f"network filesystem ({fstype})"
         if existing != d:
             return (existing,), True, None
-        return ((d,) if d == "/" else (d, parent_of(d))), False, None
+        parent = parent_of(d)
+        points = [d, parent_of(parent)]
+        if parent != "/" and (_is_symlink(self._real(d)) or _is_symlink(self._real(parent))):
+            # The link's replacement and its target's chmod are not events of the grandparent.
+            points.append(parent)
+        return tuple(dict.fromkeys(points)), False, None
 
     def _plan_dir(self, d: str, *, refresh: bool, failures: list[str]) -> None:
         """(Re)establish coverage of needed dir ``d``: inotify watch points, or polling."""
         old = self._dirs.get(d)
+        held = _points_of(old) if old is not None else ()
         reason: str | None = None
         for _attempt in range(3):
-            points, anchored, reason = self._plan_points(d)
+            planned, anchored, reason = self._plan_points(d)
             if reason is not None:
                 break
-            acquired: list[str] = []
-            retry = False
-            for p in points:
-                try:
-                    self._acquire(p, d, refresh=refresh)
-                    acquired.append(p)
-                except OSError as exc:
-                    if exc.errno in (errno.ENOENT, errno.ENOTDIR):
-                        retry = True  # vanished between the check and the watch: plan again
-                    elif exc.errno == errno.ENOSPC:
-                        reason = REASON_WATCH_LIMIT
-                    else:
-                        reason = f"inotify_add_watch failed ({os.strerror(exc.errno or 0)})"
-                    break
+            points, retry, reason = self._acquire_all(planned, held, refresh=refresh)
+            if not retry and reason is None and anchored:
+                # The next step down may have been created before the anchor's watch was in place:
+                # its IN_CREATE was then never queued.
+                retry = os.path.isdir(self._real(_child_toward(points[0], d)))
             if not retry and reason is None:
-                for p in old.points if old else ():
+                for p in held:
                     if p not in points:
-                        self._release(p, d)
-                if old is not None and old.mode == "poll":
+                        self._release(p)
+                if isinstance(old, _Polled):
                     # Hand over from polling to inotify: report what changed since the last poll.
                     self._queue.put(_Dirty(frozenset(self._poll_diff(d, old.snapshot))))
-                self._dirs[d] = _DirState(mode="inotify", points=points, anchored=anchored)
+                self._dirs[d] = points
                 return
-            for p in acquired:
-                if old is None or p not in old.points:
-                    self._release(p, d)
+            for p in points:
+                if p not in held:
+                    self._release(p)
             if reason is not None:
                 break
         if reason is None:
             reason = "directory kept changing while being watched"
         # Fall back to polling: release every watch this dir held, to spare the watch budget.
-        for p in old.points if old else ():
-            self._release(p, d)
-        snapshot = old.snapshot if old is not None and old.snapshot is not None else self._poll_snapshot(d)
-        self._dirs[d] = _DirState(mode="poll", reason=reason, snapshot=snapshot)
+        for p in held:
+            self._release(p)
+        snapshot = old.snapshot if isinstance(old, _Polled) else self._poll_snapshot(d)
+        self._dirs[d] = _Polled(reason, snapshot)
         failures.append(reason)
 
-    def _drop_dir(self, d: str) -> None:
-        state = self._dirs.pop(d)
-        for p in state.points:
-            self._release(p, d)
+    def _acquire_all(
+        self, planned: tuple[str, ...], held: tuple[str, ...], *, refresh: bool
+    ) -> tuple[tuple[str, ...], bool, str | None]:
+        """Acquire the planned points (a new reference for those not ``held`` already).
 
-    def _acquire(self, path: str, user: str, *, refresh: bool) -> None:
+        Returns (the points acquired, as the keys of ``_points``; retry; poll reason). On a failure
+        the points acquired so far are returned for the caller to release."""
+        acquired: list[str] = []
+        for p in planned:
+            try:
+                acquired.append(self._acquire(p, refresh=refresh, new_ref=p not in held))
+            except OSError as exc:
+                if exc.errno in (errno.ENOENT, errno.ENOTDIR):
+                    return tuple(acquired), True, None  # vanished between the check and the watch
+                if exc.errno == errno.ENOSPC:
+                    return tuple(acquired), False, REASON_WATCH_LIMIT
+                return tuple(acquired), False, f"inotify_add_watch failed ({os.strerror(exc.errno or 0)})"
+        return tuple(acquired), False, None
+
+    def _drop_dir(self, d: str) -> None:
+        for p in _points_of(self._dirs.pop(d)):
+            self._release(p)
+
+    def _acquire(self, path: str, *, refresh: bool, new_ref: bool) -> str:
+        """Make sure point ``path`` has a live watch; returns the point's key (one string per path)."""
         point = self._points.get(path)
-        if point is not None and not (refresh and self._point_stale(point)):
-            point.users = _with(point.users, user)
-            return
+        if point is None:
+            point = self._points[path] = _Point(path, None, 0, None)
+        elif not (refresh and self._point_stale(point)):
+            point.refs += new_ref
+            return point.path
         real = self._real(path)
         self._next_id += 1
-        # Add the new watch before removing the old one: no window without a watch. A fresh
-        # callback id each time, because the kernel returns the same wd for the same inode.
-        wd = self._inotify.add(os.fsencode(real), WATCH_MASK, self._sink, CallbackId(self._next_id))
-        ident = _identity(real)  # None: the audit will re-plan it
-        users: tuple[str, ...] = (user,)
-        if point is not None:
-            users = _with(point.users, *users)
-            self._forget_wd(point)
-        self._points[path] = _Point(path, wd, self._next_id, ident, users)
-        self._wd_points[wd] = _with(self._wd_points.get(wd, ()), path)
+        try:
+            # Add the new watch before removing the old one: no window without a watch. A fresh
+            # callback id each time, because the kernel returns the same wd for the same inode.
+            wd = self._inotify.add(os.fsencode(real), WATCH_MASK, self._sink, CallbackId(self._next_id))
+        except OSError:
+            if point.refs == 0:
+                del self._points[path]
+            raise
+        self._forget_wd(point)
+        point.wd, point.id_, point.ident = wd, self._next_id, _identity(real)  # ident None: audited
+        point.refs += new_ref
+        self._set_wd_paths(wd, _with(self._wd_paths(wd), point.path))
+        return point.path
 
     def _forget_wd(self, point: _Point) -> None:
         if point.wd is None:
             return
         self._inotify.remove(WatchDescriptor(point.wd), CallbackId(point.id_))
-        paths = _without(self._wd_points.get(point.wd, ()), point.path)
-        if paths:
-            self._wd_points[point.wd] = paths
-        else:
-            self._wd_points.pop(point.wd, None)
+        self._set_wd_paths(point.wd, _without(self._wd_paths(point.wd), point.path))
         point.wd = None
+
+    def _wd_paths(self, wd: int) -> tuple[str, ...]:
+        paths = self._wd_points.get(wd, ())
+        return (paths,) if isinstance(paths, str) else paths
+
+    def _set_wd_paths(self, wd: int, paths: tuple[str, ...]) -> None:
+        if not paths:
+            self._wd_points.pop(wd, None)
+        else:
+            self._wd_points[wd] = paths[0] if len(paths) == 1 else paths
 
     def _point_stale(self, point: _Point) -> bool:
         if point.wd is None:
             return True
-        try:
-            st = os.stat(self._real(point.path))
-        except OSError:
-            return True
-        return (st.st_dev, st.st_ino) != point.ident
+        ident = _identity(self._real(point.path))
+        return ident is None or ident != point.ident
 
-    def _release(self, path: str, user: str) -> None:
+    def _release(self, path: str) -> None:
         point = self._points.get(path)
         if point is None:
             return
-        point.users = _without(point.users, user)
-        if not point.users:
+        point.refs -= 1
+        if point.refs <= 0:
             del self._points[path]
             self._forget_wd(point)
 
@@ -571,13 +682,9 @@ class Watcher:
         paths = [(d, True)]
         if d != "/":
             paths.append((parent_of(d), True))
-        prefix = "/" if d == "/" else d + "/"
-        i = bisect_left(self._sorted_targets, prefix)
-        while i < len(self._sorted_targets) and self._sorted_targets[i].startswith(prefix):
-            t = self._sorted_targets[i]
-            if parent_of(t) == d and t in self._files:
-                paths.append((t, False))
-            i += 1
+        paths.extend(
+            (t, False) for t in _below(self._sorted_targets, d) if t in self._files and parent_of(t) == d
+        )
         return paths
 
     def _poll_snapshot(self, d: str) -> dict[str, Signature | None]:
@@ -647,12 +754,13 @@ class Watcher:
                     self._map_event(item, dirty, replan_dirs, stale_points)
                 elif isinstance(item, _Gone):
                     # The kernel dropped the watch (directory deleted or unmounted).
-                    for path in self._wd_points.pop(item.wd, ()):
+                    for path in self._wd_paths(item.wd):
                         point = self._points.get(path)
                         if point is not None and point.wd == item.wd:
                             point.wd = None
                             stale_points.add(path)
                             dirty |= self._targets_under(path)
+                    self._wd_points.pop(item.wd, None)
                 elif isinstance(item, _Overflow):
                     overflow = True
                 elif isinstance(item, _Dirty):
@@ -660,21 +768,19 @@ class Watcher:
                 elif isinstance(item, _Replan):
                     stale_points |= item.points
                     replan_dirs |= {d for d in item.dirs if d in self._dirs}
-                    for p in item.points:
-                        dirty |= self._targets_under(p)
+                    for p in item.points | item.dirs:
+                        dirty |= self._targets_under(p)  # written while no watch was there
             if overflow:
                 self._overflows += 1
                 rescan = REASON_OVERFLOW
                 stale_points |= set(self._points)
             for p in stale_points:
-                point = self._points.get(p)
-                if point is not None:
-                    replan_dirs.update(point.users)
+                replan_dirs.update(self._dirs_using(p))
             failures: list[str] = []
             if replan_dirs:
                 self._mounts = self._load_mounts()
             for d in sorted(replan_dirs):
-                if d in self._dirs and self._dirs[d].mode == "inotify":
+                if isinstance(self._dirs.get(d), tuple):  # watched (polled dirs have their poller)
                     self._plan_dir(d, refresh=True, failures=failures)
             now = self._clock()
             for path in dirty:
@@ -684,7 +790,7 @@ class Watcher:
         return rescan
 
     def _map_event(self, ev: _Event, dirty: set[str], replan: set[str], stale_points: set[str]) -> None:
-        for path in tuple(self._wd_points.get(ev.wd, ())):
+        for path in self._wd_paths(ev.wd):
             self._map_point_event(path, ev, dirty, replan, stale_points)
 
     def _map_point_event(
@@ -700,19 +806,19 @@ class Watcher:
         child = _join(path, os.fsdecode(ev.name))
         if child in self._files or (path in self._dir_targets and not ev.mask & _C.IN_ISDIR):
             dirty.add(child)
-        point = self._points.get(path)
-        if point is None or not ev.mask & (_STRUCTURAL | _C.IN_ATTRIB):
+        if not ev.mask & (_STRUCTURAL | _C.IN_ATTRIB):
             return
-        # A directory on the way to a needed dir changed (e.g. ~/.ssh removed, created, renamed,
-        # chmod-ed): its targets may have changed, and a structural change needs a new plan.
-        prefix = child + "/"
-        for d in point.users:
-            if d == child or d.startswith(prefix):
-                dirty |= self._targets_under(child)
-                if ev.mask & _STRUCTURAL:
-                    replan.add(d)
-                    if child in self._points:
-                        stale_points.add(child)
+        # A directory on the way to needed dirs changed (a home in /home chmod-ed, removed, renamed
+        # or re-created; ~/.ssh created in its anchor; a symlinked ~/.ssh replaced): their targets
+        # may have changed (StrictModes), and a structural change needs a new plan.
+        below = self._dirs_at_or_under(child)
+        if not below:
+            return
+        dirty |= self._targets_under(child)
+        if ev.mask & _STRUCTURAL:
+            replan.update(below)
+            if child in self._points:
+                stale_points.add(child)
 
     # ------------------------------------------------------------------ poller thread
 
@@ -726,10 +832,10 @@ class Watcher:
             polled = [
                 (d, state, self._poll_paths(d), d if d in self._dir_targets else None)
                 for d, state in self._dirs.items()
-                if state.mode == "poll"
+                if isinstance(state, _Polled)
             ]
             audit = [(p.path, p.ident) for p in self._points.values() if p.wd is not None]
-            anchored = [d for d, state in self._dirs.items() if state.mode == "inotify" and state.anchored]
+            anchored = [d for d, state in self._dirs.items() if _is_anchored(d, state)]
         # Stat outside the lock: a slow (network) filesystem must not stall event dispatch.
         fresh = [(d, state, take_snapshot(self._real, paths, list_dir=ld)) for d, state, paths, ld in polled]
         stale = frozenset(path for path, ident in audit if _identity(self._real(path)) != ident)
@@ -738,7 +844,7 @@ class Watcher:
         with self._lock:
             for d, state, snapshot in fresh:
                 if self._dirs.get(d) is state:
-                    dirty |= self._snapshot_changes(d, state.snapshot or {}, snapshot)
+                    dirty |= self._snapshot_changes(d, state.snapshot, snapshot)
                     state.snapshot = snapshot
         if dirty:
             self._queue.put(_Dirty(frozenset(dirty)))
@@ -746,12 +852,13 @@ class Watcher:
             self._queue.put(_Replan(points=stale, dirs=appeared))
 
 
-def _identity(real_path: str) -> tuple[int, int] | None:
+def _identity(real_path: str) -> int | None:
+    """st_dev and st_ino (following links) in one int: a tuple of two ints is three objects per watch."""
     try:
         st = os.stat(real_path)
     except OSError:
         return None
-    return (st.st_dev, st.st_ino)
+    return st.st_dev << 64 | st.st_ino
 
 
 def take_snapshot(

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import errno
 import os
+import posixpath
 import shutil
 import subprocess
 import threading
@@ -35,6 +36,7 @@ from agent.daemon.watcher import (
     Watcher,
     fstype_of,
     is_network_fstype,
+    normalize_host_path,
     parse_mountinfo,
 )
 
@@ -253,7 +255,7 @@ def test_rm_rf_ssh_dir_then_recreate_is_seen_and_watch_comes_back(
     with open(host(root, AK), "a") as f:
         f.write("ssh-ed25519 GGGG later\n")
     assert rec.wait_path(AK)
-    assert w.stats().watches == 5  # ~/.ssh, home; /etc/ssh, /etc; / (the parent of /etc)
+    assert w.stats().watches == 5  # ~/.ssh, /home; /etc/ssh, /etc; / (grandparent of both)
     assert w.is_alive()
 
 
@@ -301,25 +303,184 @@ def test_a_burst_on_one_file_yields_one_callback(
 def test_renamed_ancestor_is_found_by_the_audit(
     root: Path, rec: Recorder, make_watcher: WatcherFactory
 ) -> None:
-    w = make_watcher(dirs=())
-    # Renaming /home reaches neither the home's nor ~/.ssh's watch (they follow their inodes);
-    # the periodic audit notices that the watched paths now name other directories.
+    deep_ssh = "/srv/data/users/alice/.ssh"
+    deep_ak = deep_ssh + "/authorized_keys"
+    host(root, deep_ssh).mkdir(parents=True)
+    host(root, deep_ak).write_text("ssh-ed25519 JJJJ\n")
+    w = make_watcher(files=(deep_ak,), dirs=())
+    assert w.stats().watches == 2  # ~/.ssh and its grandparent /srv/data/users
+    # Renaming /srv/data reaches neither watch (they follow their inodes and their own names did
+    # not change); the periodic audit notices that the watched paths now name other directories.
+    os.rename(host(root, "/srv/data"), host(root, "/srv/data.old"))
+    host(root, deep_ssh).mkdir(parents=True)
+    host(root, deep_ak).write_text("ssh-ed25519 JJJJ\n")
+    settle()
+    assert deep_ak not in rec.seen()
+    w.poll_once()
+    assert rec.wait_path(deep_ak)
+    settle()
+    rec.clear()
+    with open(host(root, deep_ak), "a") as f:
+        f.write("ssh-ed25519 KKKK\n")
+    assert rec.wait_path(deep_ak)
+    with open(host(root, "/srv/data.old/users/alice/.ssh/authorized_keys"), "a") as f:
+        f.write("ssh-ed25519 LLLL\n")  # the old tree is no longer watched
+    time.sleep(0.2)
+    assert sum(1 for c in rec.changes if deep_ak in c) == 1
+
+
+def test_renamed_grandparent_is_seen_at_once(root: Path, rec: Recorder, make_watcher: WatcherFactory) -> None:
+    make_watcher(dirs=())
+    # /home is ~/.ssh's grandparent, so it is watched: its own IN_MOVE_SELF re-plans at once.
     os.rename(host(root, "/home"), host(root, "/home.old"))
+    assert rec.wait_path(AK)
+    rec.clear()
     host(root, SSH_DIR).mkdir(parents=True)
     host(root, AK).write_text("ssh-ed25519 JJJJ\n")
-    settle()
-    assert AK not in rec.seen()
-    w.poll_once()
+    assert rec.wait_path(AK)  # no poll_once(): the anchor reported the new tree
+
+
+# ------------------------------------------------------------------------------ watch levels
+
+BOB_SSH = "/home/bob/.ssh"
+BOB_AK = BOB_SSH + "/authorized_keys"
+
+
+def add_user(root: Path, name: str, *, ssh: bool = True) -> str:
+    """Creates /home/<name> (with ~/.ssh/authorized_keys when ``ssh``); returns the key file's path."""
+    ak = f"/home/{name}/.ssh/authorized_keys"
+    if ssh:
+        host(root, ak).parent.mkdir(parents=True)
+        host(root, ak).write_text(f"ssh-ed25519 AAAA {name}\n")
+    else:
+        host(root, f"/home/{name}").mkdir(parents=True)
+    return ak
+
+
+def wait_marker(root: Path, rec: Recorder) -> None:
+    """A change of sshd_config, waited for: events queued before it have been dispatched."""
+    os.chmod(host(root, SSHD_CONFIG), 0o600 if host(root, SSHD_CONFIG).stat().st_mode & 0o44 else 0o644)
+    assert rec.wait_path(SSHD_CONFIG)
+
+
+def test_chmod_of_a_home_reports_only_that_users_targets(
+    root: Path, rec: Recorder, make_watcher: WatcherFactory
+) -> None:
+    add_user(root, "bob")
+    make_watcher(files=(AK, BOB_AK, SSHD_CONFIG), dirs=(SSH_DIR, BOB_SSH))
+    os.chmod(host(root, "/home/alice"), 0o777)  # StrictModes: alice's keys may no longer be accepted
+    assert rec.wait_path(AK)
+    assert SSH_DIR in rec.seen()
+    wait_marker(root, rec)
+    assert not {BOB_AK, BOB_SSH} & rec.seen()
+
+
+def test_home_renamed_and_recreated_is_seen(root: Path, rec: Recorder, make_watcher: WatcherFactory) -> None:
+    w = make_watcher()
+    watches = w.stats().watches
+    os.rename(host(root, "/home/alice"), host(root, "/home/alice2"))  # mv /home/alice /home/alice2
+    assert rec.wait_path(AK)
+    rec.clear()
+    add_user(root, "alice")
     assert rec.wait_path(AK)
     settle()
     rec.clear()
     with open(host(root, AK), "a") as f:
-        f.write("ssh-ed25519 KKKK\n")
+        f.write("ssh-ed25519 PPPP later\n")
+    assert rec.wait_path(AK)  # the new ~/.ssh is watched
+    with open(host(root, "/home/alice2/.ssh/authorized_keys"), "a") as f:
+        f.write("ssh-ed25519 QQQQ old tree\n")
+    wait_marker(root, rec)
+    assert sum(1 for c in rec.changes if AK in c) == 1  # the old tree is no longer watched
+    assert w.stats().watches == watches
+
+
+def test_rm_rf_ssh_dir_then_immediate_recreate_and_write_is_seen(
+    root: Path, rec: Recorder, make_watcher: WatcherFactory
+) -> None:
+    w = make_watcher()
+    watches = w.stats().watches
+    # No pause: the dispatcher re-plans while ~/.ssh is missing, or after it is back, or in between.
+    shutil.rmtree(host(root, SSH_DIR))
+    host(root, SSH_DIR).mkdir()
+    host(root, AK).write_text("ssh-ed25519 RRRR recreated\n")
     assert rec.wait_path(AK)
-    with open(host(root, "/home.old/alice/.ssh/authorized_keys"), "a") as f:
-        f.write("ssh-ed25519 LLLL\n")  # the old tree is no longer watched
+    settle()
+    rec.clear()
+    with open(host(root, AK), "a") as f:
+        f.write("ssh-ed25519 SSSS later\n")
+    assert rec.wait_path(AK)
+    assert w.stats().watches == watches
+
+
+def test_symlinked_ssh_dir_swapped_with_ln_sfn_is_seen_at_once(
+    root: Path, rec: Recorder, make_watcher: WatcherFactory
+) -> None:
+    for keys in ("keys1", "keys2"):
+        host(root, f"/data/{keys}").mkdir(parents=True)
+        host(root, f"/data/{keys}/authorized_keys").write_text(f"ssh-ed25519 AAAA {keys}\n")
+    shutil.rmtree(host(root, SSH_DIR))
+    os.symlink("../../data/keys1", host(root, SSH_DIR))  # relative: resolves inside the fake root
+    w = make_watcher(files=(AK,), dirs=(SSH_DIR,))
+    assert w.stats().watches == 3  # ~/.ssh (where it points), the home (holds the link), /home
+    # ln -sfn ../../data/keys2 ~/.ssh: a new link renamed over the old one.
+    tmp = host(root, "/home/alice/.ssh.tmp")
+    os.symlink("../../data/keys2", tmp)
+    os.rename(tmp, host(root, SSH_DIR))
+    assert rec.wait_path(AK)  # poll_interval_s is an hour: this is inotify, not the audit
+    settle()
+    rec.clear()
+    with open(host(root, "/data/keys2/authorized_keys"), "a") as f:
+        f.write("ssh-ed25519 TTTT via new link\n")
+    assert rec.wait_path(AK)  # the watch follows the new link target
+    settle()
+    rec.clear()
+    with open(host(root, "/data/keys1/authorized_keys"), "a") as f:
+        f.write("ssh-ed25519 UUUU old target\n")
     time.sleep(0.2)
-    assert sum(1 for c in rec.changes if AK in c) == 1
+    assert AK not in rec.seen()
+
+
+def test_chmod_of_a_symlinked_homes_target_is_seen(
+    root: Path, rec: Recorder, make_watcher: WatcherFactory
+) -> None:
+    host(root, "/data").mkdir()
+    os.rename(host(root, "/home/alice"), host(root, "/data/alice"))
+    os.symlink("../data/alice", host(root, "/home/alice"))
+    make_watcher(files=(AK,), dirs=())
+    # /data/alice is not a name in /home: only a watch on the home itself (through the link) sees it.
+    os.chmod(host(root, "/data/alice"), 0o777)
+    assert rec.wait_path(AK)
+
+
+def test_plain_users_cost_one_watch_each_plus_shared_ones(
+    root: Path, rec: Recorder, make_watcher: WatcherFactory
+) -> None:
+    users = 50
+    files = [SSHD_CONFIG, PASSWD] + [add_user(root, f"user{i:03d}") for i in range(users)]
+    w = make_watcher(files=tuple(files), dirs=tuple(posixpath.dirname(f) for f in files[2:]))
+    # One ~/.ssh each; shared: /home, /etc/ssh, /etc and / (the grandparent of /etc/ssh and /etc).
+    assert w.stats().watches == users + 4
+    assert w.stats().targets_inotify == 2 * users + 2
+    os.chmod(host(root, "/home/user007"), 0o700)
+    assert rec.wait_path("/home/user007/.ssh/authorized_keys")
+
+
+def test_home_without_ssh_dir_costs_one_watch_and_its_creation_is_seen(
+    root: Path, rec: Recorder, make_watcher: WatcherFactory
+) -> None:
+    add_user(root, "bob", ssh=False)
+    w = make_watcher(files=(BOB_AK,), dirs=(BOB_SSH,))
+    assert w.stats().watches == 1  # the home: the anchor of the missing ~/.ssh
+    host(root, BOB_SSH).mkdir()
+    host(root, BOB_AK).write_text("ssh-ed25519 VVVV bob\n")
+    assert rec.wait_path(BOB_AK)
+    settle()
+    assert w.stats().watches == 2  # now ~/.ssh and /home
+    rec.clear()
+    with open(host(root, BOB_AK), "a") as f:
+        f.write("ssh-ed25519 WWWW bob later\n")
+    assert rec.wait_path(BOB_AK)
 
 
 # ------------------------------------------------------------------------------ set_targets
@@ -329,11 +490,11 @@ def test_set_targets_again_adds_and_removes_watches(
     root: Path, rec: Recorder, make_watcher: WatcherFactory
 ) -> None:
     w = make_watcher(files=(AK,), dirs=())
-    assert w.stats().watches == 2  # ~/.ssh and home
+    assert w.stats().watches == 2  # ~/.ssh and /home (its grandparent)
     carol_ak = "/srv/keys/carol"
     host(root, "/srv/keys").mkdir(parents=True)
     w.set_targets([carol_ak], [])
-    assert w.stats().watches == 2  # /srv/keys and /srv; alice's two are gone
+    assert w.stats().watches == 2  # /srv/keys and / (its grandparent); alice's two are gone
     host(root, carol_ak).write_text("ssh-ed25519 LLLL\n")
     with open(host(root, AK), "a") as f:
         f.write("ssh-ed25519 MMMM\n")
@@ -443,7 +604,7 @@ class LimitedBackend(InotifyBackend):
 
 
 def test_watch_limit_falls_back_to_polling(root: Path, rec: Recorder, make_watcher: WatcherFactory) -> None:
-    # Targets in /etc/ssh and /etc take 2 watches; alice's dir then hits the limit.
+    # Targets in /etc/ssh take 2 watches (/etc/ssh and /); alice's dir then hits the limit.
     w = make_watcher(
         files=(SSHD_CONFIG, AK), dirs=(), inotify_factory=lambda: LimitedBackend(limit=2), poll_interval_s=0.2
     )
@@ -486,7 +647,7 @@ def test_network_filesystem_targets_are_polled(
     stats = w.stats()
     assert stats.polling_reasons == {"network filesystem (nfs4)": 1}
     assert stats.targets_inotify == 1
-    assert stats.watches == 2  # /etc/ssh and /etc only
+    assert stats.watches == 2  # /etc/ssh and / only
     os.chmod(host(root, AK), 0o640)
     assert rec.wait_path(AK)
 
@@ -528,3 +689,19 @@ def test_parse_mountinfo_unescapes_and_finds_longest_mount() -> None:
 def test_watch_mask_has_no_read_events() -> None:
     for noisy in (InotifyConstants.IN_OPEN, InotifyConstants.IN_ACCESS, InotifyConstants.IN_CLOSE_NOWRITE):
         assert not WATCH_MASK & noisy
+
+
+def test_normalize_host_path_keeps_normal_strings_and_fixes_the_others() -> None:
+    normal = "".join(["/home/alice/", ".ssh"])  # a fresh object, not an interned constant
+    assert normalize_host_path(normal) is normal
+    for odd, fixed in [
+        ("//home//alice/", "/home/alice"),
+        ("/home/./alice/.", "/home/alice"),
+        ("/home/bob/../alice/..", "/home"),
+        ("/..", "/"),
+        ("/", "/"),
+        ("/home/.alice/..ssh", "/home/.alice/..ssh"),
+    ]:
+        assert normalize_host_path(odd) == fixed
+    with pytest.raises(ValueError, match="absolute"):
+        normalize_host_path("home/alice")
