@@ -801,7 +801,7 @@ class Watcher:
                 stale_points.add(path)
                 dirty |= self._targets_under(path)
             elif ev.mask & _C.IN_ATTRIB:
-                dirty |= self._targets_under(path)
+                dirty |= self._attribute_change_reaches(path)
             return
         child = _join(path, os.fsdecode(ev.name))
         if child in self._files or (path in self._dir_targets and not ev.mask & _C.IN_ISDIR):
@@ -814,11 +814,31 @@ class Watcher:
         below = self._dirs_at_or_under(child)
         if not below:
             return
+        if not ev.mask & _STRUCTURAL:
+            # chmod/chown only: see _attribute_change_reaches (StrictModes stops at the home).
+            for d in below:
+                if d == child or parent_of(d) == child:
+                    dirty |= self._targets_under(d)
+            return
         dirty |= self._targets_under(child)
-        if ev.mask & _STRUCTURAL:
-            replan.update(below)
-            if child in self._points:
-                stale_points.add(child)
+        replan.update(below)
+        if child in self._points:
+            stale_points.add(child)
+
+    def _attribute_change_reaches(self, point: str) -> set[str]:
+        """Targets whose verdict chmod/chown of watched directory ``point`` may change.
+
+        sshd's StrictModes checks a file's directories up to the home and stops there: the mode of
+        a shared grandparent such as ``/home`` matters to nobody, and reading every user's files
+        again on ``touch /home`` would cost a full rescan. So only the needed dir that is ``point``
+        itself, or whose parent it is (a home, watched as the parent of a symlinked ``~/.ssh``)."""
+        if point in self._dirs:
+            return self._targets_under(point)
+        out: set[str] = set()
+        for d in self._dirs_using(point):
+            if parent_of(d) == point:
+                out |= self._targets_under(d)
+        return out
 
     # ------------------------------------------------------------------ poller thread
 

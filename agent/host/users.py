@@ -113,8 +113,8 @@ def build_users(passwd: Iterable[PasswdEntry], groups: Iterable[GroupEntry]) -> 
             names.add(primary)
         # Share strings rather than keep a copy per account: the few distinct shells, and the
         # user's own name for the user's private group (Debian's USERGROUPS: most accounts).
-        groups = tuple(sorted(name if group == name else group for group in names))
-        users.append(User(name, uid, gid, home, sys.intern(shell), groups))
+        group_names = tuple(sorted(name if group == name else group for group in names))
+        users.append(User(name, uid, gid, home, sys.intern(shell), group_names))
     return users
 
 

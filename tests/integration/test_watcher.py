@@ -375,6 +375,19 @@ def test_chmod_of_a_home_reports_only_that_users_targets(
     assert not {BOB_AK, BOB_SSH} & rec.seen()
 
 
+def test_chmod_of_the_shared_grandparent_reports_nothing(
+    root: Path, rec: Recorder, make_watcher: WatcherFactory
+) -> None:
+    # sshd's StrictModes stops at the home: the mode of /home changes no verdict, and reporting every
+    # user's files would make `touch /home` cost a full rescan.
+    add_user(root, "bob")
+    make_watcher(files=(AK, BOB_AK, SSHD_CONFIG), dirs=(SSH_DIR, BOB_SSH))
+    os.chmod(host(root, "/home"), 0o775)
+    os.utime(host(root, "/home"))
+    wait_marker(root, rec)
+    assert rec.seen() == {SSHD_CONFIG}
+
+
 def test_home_renamed_and_recreated_is_seen(root: Path, rec: Recorder, make_watcher: WatcherFactory) -> None:
     w = make_watcher()
     watches = w.stats().watches
