@@ -1,7 +1,8 @@
 """Idle footprint of the whole daemon: RSS, threads and CPU with 1,000 and 10,000 users watched.
 
 Starts `sshklm-agent run` (standalone, default settings) on a fake root per size, waits for it
-to be ready, lets it settle, then samples /proc/PID for an idle period: RSS (VmRSS), thread
+to be ready, lets it settle, then samples /proc/PID for an idle period (twice: the first start,
+with an empty state directory, then a restart that finds the state the first run left): RSS (VmRSS), thread
 count, and CPU time used (utime+stime) as a share of one core. Targets: RSS <= 60 MB at 1,000
 users and <= 100 MB at 10,000; threads <= 10; CPU < 1%.
 
@@ -83,6 +84,13 @@ def measure(users: int, idle: float, work: Path, server: str | None) -> None:
             f'[server]\nurl = "{cp_url}"\nallow_plain_http_loopback = true\n[schedule]\nstartup_splay_s = 0\n'
         )
     config.write_text(text)
+    # The first start finds an empty state directory; a restart (an upgrade, a reboot) finds the
+    # last inventory and first_seen times of every key in it: production's usual start.
+    for start in ("first start", "restart"):
+        run_once(users, idle, work, root, config, start)
+
+
+def run_once(users: int, idle: float, work: Path, root: Path, config: Path, start: str) -> None:
     log = work / f"agent-{users}.log"
     started = time.monotonic()
     proc = subprocess.Popen(
@@ -106,8 +114,8 @@ def measure(users: int, idle: float, work: Path, server: str | None) -> None:
         rss = int(status["VmRSS"].split()[0]) / 1024
         peak = int(status["VmHWM"].split()[0]) / 1024
         print(
-            f"{users:>6} users | ready in {ready_s:5.1f} s | RSS {rss:6.1f} MB | threads {peak_threads:2d} "
-            f"| idle CPU {cpu:.2f}% over {idle:.0f} s | peak RSS {peak:.0f} MB"
+            f"{users:>6} users, {start:<11} | ready in {ready_s:5.1f} s | RSS {rss:6.1f} MB "
+            f"| threads {peak_threads:2d} | idle CPU {cpu:.2f}% over {idle:.0f} s | peak RSS {peak:.0f} MB"
         )
     finally:
         proc.terminate()

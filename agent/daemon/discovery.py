@@ -70,13 +70,23 @@ class LiveDiscovery:
     def inventory(self) -> Inventory | None:
         return self._inventory
 
-    def full_scan(self, previous: Inventory | None = None) -> list[Change]:
-        """Re-plan and re-read everything. `previous` (e.g. from the state store) is what the
-        changes are computed against when this is the first scan of the process."""
+    def full_scan(
+        self,
+        previous: Inventory | None = None,
+        *,
+        load_previous: Callable[[], Inventory | None] | None = None,
+    ) -> list[Change]:
+        """Re-plan and re-read everything. When this is the first scan of the process, changes
+        are computed against `previous`, or what `load_previous` returns (e.g. the state store's
+        last inventory). It is called after the scan: the scan's long-lived objects are then
+        allocated before the baseline's temporaries, which are freed whole afterwards rather
+        than leaving holes between them (~10 MB of RSS at 10,000 keys)."""
         with self._lock:
             ctx = self._next_context()
             plan, results, inventory = scan_host(self._fs, self._users, self._settings, ctx)
             before = self._inventory or previous
+            if before is None and load_previous is not None:
+                before = load_previous()
             self._install(plan, results, inventory)
             return diff_inventories(before, inventory)
 

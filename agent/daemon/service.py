@@ -18,7 +18,7 @@ import random
 import signal
 import threading
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -39,7 +39,7 @@ from agent.daemon.watcher import Watcher
 from agent.host.scan import ScanContext
 from agent.inventory.diff import Change, to_events
 from agent.inventory.evaluate import Policy
-from agent.inventory.model import Inventory, rfc3339
+from agent.inventory.model import Inventory, KeyRecord, rfc3339
 from agent.store.db import Database, open_database
 from agent.store.outbox import Outbox
 from agent.store.state import StateStore
@@ -73,13 +73,14 @@ class Daemon:
         self._stop = threading.Event()
         self._reload = threading.Event()
         self._emit_lock = threading.Lock()
+        self._last_used_lock = threading.Lock()  # the usage follower adds while a scan re-keys
         self.last_error: str | None = None
         # Anything changed since the last full inventory report (the first report always goes).
         self.changed_since_report = True
         self.last_scan_at: datetime | None = None
         self.policy: Policy = policy_from(config)
-        self._first_seen: dict[tuple[str, str | None, str], datetime] = {}
-        self._last_used: dict[tuple[str, str | None], datetime] = {}
+        self._first_seen: dict[FirstSeenKey, datetime] = {}
+        self._last_used: dict[LastUsedKey, datetime] = {}
         self._managed: dict[tuple[str, str | None, str], tuple[str, datetime | None]] = {}
         self._sshd_version: str | None = None
         self.db: Database | None = None
@@ -127,7 +128,7 @@ class Daemon:
             ws = self.discovery.plan_watch_set()
             self.watcher.set_targets(ws.files, ws.dirs)
             self.watcher.start()
-        self._emit(self.discovery.full_scan(self._load_previous()))
+        self._emit(self.discovery.full_scan(load_previous=self._load_previous))
         self._after_scan(full=True)
         self.scheduler = self._build_scheduler()
         self.scheduler.start()
@@ -244,17 +245,25 @@ class Daemon:
         inventory = self.discovery.inventory
         if inventory is None:
             return
-        fresh = [
-            (k.fingerprint, k.user, k.path)
-            for k in inventory.keys
-            if (k.fingerprint, k.user, k.path) not in self._first_seen
-        ]
-        if fresh:
-            now = datetime.now(UTC)
-            self.store.record_seen(fresh, now)
+        now = datetime.now(UTC)
+        if full:
+            # Only keys present are remembered, keyed by the records' own strings: maps loaded
+            # from the store hold a copy of every string (~4 MB at 10,000 keys).
+            self._first_seen, fresh = first_seen_of(inventory.keys, self._first_seen, now)
+            with self._last_used_lock:
+                self._last_used = last_used_of(inventory.keys, self._last_used)
+        else:
+            fresh = [
+                (k.fingerprint, k.user, k.path)
+                for k in inventory.keys
+                if (k.fingerprint, k.user, k.path) not in self._first_seen
+            ]
             for ident in fresh:
                 self._first_seen[ident] = now
+        if fresh:
+            self.store.record_seen(fresh, now)
         if full:
+            self.store.retain_seen(self._first_seen)  # a key removed and re-added is new again
             self.store.save_inventory(inventory.to_json())
             if self.watcher is not None:
                 self._update_watch_targets()
@@ -294,7 +303,8 @@ class Daemon:
         self._managed[(fingerprint, user, path)] = (managed_by, expires_at)
 
     def note_used(self, fingerprint: str, user: str | None, at: datetime) -> None:
-        self._last_used[(fingerprint, user)] = at
+        with self._last_used_lock:
+            self._last_used[(fingerprint, user)] = at
         self.store.record_used(fingerprint, user, at)
 
     def _note_error(self, message: str) -> None:
@@ -463,6 +473,41 @@ class Daemon:
         if st.get("last_error"):
             parts.append(f"last error: {st['last_error']}")
         return "; ".join(parts)
+
+
+FirstSeenKey = tuple[str, str | None, str]
+LastUsedKey = tuple[str, str | None]
+
+
+def first_seen_of(
+    keys: Iterable[KeyRecord], known: Mapping[FirstSeenKey, datetime], now: datetime
+) -> tuple[dict[FirstSeenKey, datetime], list[FirstSeenKey]]:
+    """(first_seen of every key in `keys`, the ones not in `known`, which get `now`). Pure."""
+    out: dict[FirstSeenKey, datetime] = {}
+    fresh: list[FirstSeenKey] = []
+    for k in keys:
+        ident = (k.fingerprint, k.user, k.path)
+        at = known.get(ident)
+        if at is None:
+            fresh.append(ident)
+            at = now
+        out[ident] = at
+    return out, fresh
+
+
+def last_used_of(
+    keys: Iterable[KeyRecord], known: Mapping[LastUsedKey, datetime]
+) -> dict[LastUsedKey, datetime]:
+    """`known` again, keyed by the records' strings where a record has that key (entries of keys
+    not present stay: such a key may come back, and its last use with it). Pure."""
+    out = dict(known)
+    if known:
+        for k in keys:
+            ident = (k.fingerprint, k.user)
+            at = out.pop(ident, None)
+            if at is not None:
+                out[ident] = at
+    return out
 
 
 def _jsonable(value: Any) -> Any:

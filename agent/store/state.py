@@ -187,7 +187,12 @@ class StateStore:
     def first_seen_map(self) -> dict[tuple[str, str | None, str], datetime]:
         with self._db.reading() as conn:
             rows = conn.execute("SELECT fingerprint, user, path, at FROM first_seen").fetchall()
-        return {(fp, _user_value(user), path): _dt(at) for fp, user, path, at in rows}
+        # Keys first seen by one scan share its time: one datetime per distinct time, not per key.
+        times: dict[float, datetime] = {}
+        return {
+            (fp, _user_value(user), path): times.get(at) or times.setdefault(at, _dt(at))
+            for fp, user, path, at in rows
+        }
 
     def record_used(self, fingerprint: str, user: str | None, at: datetime) -> None:
         """Note a login with that key; the latest time wins (log lines may arrive out of order)."""
