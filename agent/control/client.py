@@ -89,6 +89,13 @@ def tls_context(ca_file: str | None) -> ssl.SSLContext:
     return ssl.create_default_context(cafile=ca_file) if ca_file else ssl.create_default_context()
 
 
+def _json_body(document: Mapping[str, Any] | str) -> dict[str, Any]:
+    """The request arguments for a JSON body given as a document or as already encoded text."""
+    if isinstance(document, str):
+        return {"content": document.encode("utf-8")}
+    return {"json": document}
+
+
 def _seg(value: str) -> str:
     """One path segment: an id from the server must not be able to change the path."""
     return quote(value, safe="")
@@ -206,15 +213,16 @@ class ApiClient:
     def put_inventory(
         self,
         host_id: str,
-        inventory_json: Mapping[str, Any],
+        inventory_json: Mapping[str, Any] | str,
         *,
         idempotency_key: str | None = None,
         wait: bool = True,
     ) -> JSONDict:
+        """`inventory_json`: the document, or its JSON text (Inventory.to_json_text)."""
         return self._call_json(
             "PUT",
             f"/v1/hosts/{_seg(host_id)}/inventory",
-            json=inventory_json,
+            **_json_body(inventory_json),
             idempotency_key=idempotency_key,
             wait=wait,
         )
@@ -257,15 +265,16 @@ class ApiClient:
     def put_scan_result(
         self,
         scan_id: str,
-        inventory_json: Mapping[str, Any],
+        inventory_json: Mapping[str, Any] | str,
         *,
         idempotency_key: str | None = None,
         wait: bool = True,
     ) -> JSONDict:
+        """`inventory_json`: the document, or its JSON text (Inventory.to_json_text)."""
         return self._call_json(
             "PUT",
             f"/v1/scans/{_seg(scan_id)}/result",
-            json=inventory_json,
+            **_json_body(inventory_json),
             idempotency_key=idempotency_key,
             wait=wait,
         )
@@ -294,6 +303,7 @@ class ApiClient:
         path: str,
         *,
         json: Mapping[str, Any] | None = None,
+        content: bytes | None = None,
         headers: Mapping[str, str] | None = None,
         auth: bool = True,
         idempotency_key: str | None = None,
@@ -302,6 +312,8 @@ class ApiClient:
     ) -> httpx.Response:
         cls = classify(method, path)
         send_headers = dict(headers or {})
+        if content is not None:
+            send_headers["Content-Type"] = "application/json"
         if method.upper() in _WRITE_METHODS:
             send_headers["Idempotency-Key"] = idempotency_key or str(uuid.uuid4())
         retried_401 = False
@@ -312,7 +324,7 @@ class ApiClient:
             if token is not None:
                 send_headers["Authorization"] = f"Bearer {token}"
             try:
-                response = self._http.request(method, path, json=json, headers=send_headers)
+                response = self._http.request(method, path, json=json, content=content, headers=send_headers)
             except httpx.UnsupportedProtocol as exc:
                 raise ApiError(TRANSPORT_ERROR, f"unsupported URL: {exc}") from None
             except httpx.TransportError as exc:  # timeouts, connection and protocol errors

@@ -210,16 +210,15 @@ class ServerLink:
         if inventory is None:
             return
         self.daemon.changed_since_report = False
-        body = inventory.to_json()
-        body["host_id"] = host_id
+        text = inventory.to_json_text(host_id=host_id)
         try:
-            client.put_inventory(host_id, body)
+            client.put_inventory(host_id, text)
         except Exception:
             self.daemon.changed_since_report = True
             raise
         finally:
-            del body
-            release_free_memory()  # the document and its JSON text: ~30 MB at 10,000 keys
+            del text
+            release_free_memory()  # the JSON text and its request: ~15 MB at 10,000 keys
         self.last_report_at = datetime.now(UTC)
 
     def put_scan_result(self, scan_id: str) -> None:
@@ -227,9 +226,7 @@ class ServerLink:
         self.daemon.rescan()
         inventory = self.daemon.discovery.inventory
         if inventory is not None:
-            body = inventory.to_json()
-            body["host_id"] = host_id
-            client.put_scan_result(scan_id, body)
+            client.put_scan_result(scan_id, inventory.to_json_text(host_id=host_id))
 
     def refresh_token(self) -> None:
         """Keep the access token fresh ahead of expiry even when nothing else calls."""

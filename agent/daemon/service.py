@@ -32,7 +32,7 @@ from agent.commands.scan import local_zone, open_host, policy_from, settings_fro
 from agent.config import Config, ConfigError, load_config
 from agent.control.errors import ApiError
 from agent.daemon.discovery import LiveDiscovery
-from agent.daemon.memory import release_free_memory
+from agent.daemon.memory import release_free_memory, tune_allocator
 from agent.daemon.notify import Notifier
 from agent.daemon.sender import LogDestination, Sender
 from agent.daemon.watcher import Watcher
@@ -94,6 +94,7 @@ class Daemon:
 
     def start(self) -> None:
         cfg = self.config
+        tune_allocator()
         self.db = open_database(cfg.state.dir)
         self.store = StateStore(self.db)
         self.outbox = Outbox(self.db)
@@ -264,7 +265,7 @@ class Daemon:
             self.store.record_seen(fresh, now)
         if full:
             self.store.retain_seen(self._first_seen)  # a key removed and re-added is new again
-            self.store.save_inventory(inventory.to_json())
+            self.store.save_inventory(inventory.to_json_text())
             if self.watcher is not None:
                 self._update_watch_targets()
             release_free_memory()

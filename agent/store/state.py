@@ -129,11 +129,15 @@ class StateStore:
     # -- key/value --------------------------------------------------------------------
 
     def _put(self, key: str, value: object) -> None:
+        self._put_text(key, _dumps(value))
+
+    def _put_text(self, key: str, text: str) -> None:
+        """Store JSON text as is (the caller encoded it)."""
         with self._db.transaction() as conn:
             conn.execute(
                 "INSERT INTO kv (key, value) VALUES (?, ?) "
                 "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-                (key, _dumps(value)),
+                (key, text),
             )
 
     def _get(self, key: str) -> Any:
@@ -152,9 +156,12 @@ class StateStore:
         value = self._get(_STATUS_KEY)
         return value if isinstance(value, dict) else None
 
-    def save_inventory(self, inventory: JSON) -> None:
-        """Keep the last inventory snapshot (wire JSON) to diff against after a restart."""
-        self._put(_INVENTORY_KEY, inventory)
+    def save_inventory(self, inventory: JSON | str) -> None:
+        """Keep the last inventory snapshot (wire JSON, or its text) to diff against after a restart."""
+        if isinstance(inventory, str):
+            self._put_text(_INVENTORY_KEY, inventory)
+        else:
+            self._put(_INVENTORY_KEY, inventory)
 
     def load_inventory(self) -> JSON | None:
         value = self._get(_INVENTORY_KEY)

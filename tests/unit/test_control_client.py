@@ -74,6 +74,16 @@ def test_caller_supplied_idempotency_key_is_used(server: FakeServer) -> None:
     assert server.seen[-1].headers["Idempotency-Key"] == "kept-in-outbox"
 
 
+def test_inventory_sent_as_already_encoded_json_text(server: FakeServer) -> None:
+    text = '{"host_id":"hst_1","keys":[],"errors":[]}'
+    server.client().put_inventory("hst_1", text)
+    call = server.seen[-1]
+    assert call.body == {"host_id": "hst_1", "keys": [], "errors": []}
+    assert call.headers["Content-Type"] == "application/json" and "Idempotency-Key" in call.headers
+    server.client().put_scan_result("scn_1", text)
+    assert server.seen[-1].body["host_id"] == "hst_1"
+
+
 def test_token_reused_then_refreshed_a_minute_before_exp(server: FakeServer, clock: FakeClock) -> None:
     client = server.client()
     client.heartbeat("hst_1", {})

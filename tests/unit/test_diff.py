@@ -117,3 +117,17 @@ def test_key_record_is_compact_and_copies_are_equal() -> None:
     assert first is second
     again = KeyRecord.from_json(plain.with_risk(Risk(15, ("shared_key",))).to_json())
     assert again.risk is first and again.options is NO_OPTIONS
+
+
+def test_inventory_json_text_is_the_document_in_chunks() -> None:
+    import json
+
+    from agent.inventory import model
+
+    for count in (0, 1, model._RECORDS_PER_CHUNK, model._RECORDS_PER_CHUNK * 2 + 3):
+        keys = [rec(f"SHA256:{i}", i + 1, comment=f"c{i} \u00e9") for i in range(count)]
+        original = inv(keys, (ScanError("/x", None, "e", line=2),))
+        text = original.to_json_text(host_id="hst_1")
+        assert json.loads(text) == {**original.to_json(), "host_id": "hst_1"}
+        assert list(json.loads(text)) == list(original.to_json())  # same member order
+        assert json.loads(original.to_json_text()) == original.to_json()
