@@ -64,7 +64,14 @@ class LiveDiscovery:
         # A path's target, or its targets when one file serves several accounts (rare): a
         # one-element tuple per path would cost 2 MB at 10,000 users.
         self._by_path: dict[str, Target | tuple[Target, ...]] = {}
+        # Files reached through a symlink, by where they really are: a change there is a change
+        # of the target file too, so they are watched as well.
+        self._via_link: dict[str, tuple[Target, ...]] = {}
         self.generation = 0
+        # Bumped on each new plan, and when the files reached through symlinks change: callers
+        # compare them to know when the set of paths to watch may have changed.
+        self.plan_generation = 0
+        self.watch_version = 0
 
     @property
     def inventory(self) -> Inventory | None:
@@ -134,7 +141,7 @@ class LiveDiscovery:
             if self._plan is None:
                 return WatchSet(frozenset(), frozenset())
             files = {t.path for t in self._plan.targets if t.kind != "identity_dir"}
-            files |= set(self._plan.config_files) | set(USER_DATABASE)
+            files |= set(self._plan.config_files) | set(USER_DATABASE) | set(self._via_link)
             dirs = {t.path for t in self._plan.targets if t.kind == "identity_dir"}
             return WatchSet(frozenset(files), frozenset(dirs))
 
@@ -150,7 +157,7 @@ class LiveDiscovery:
     def _targets_for(self, paths: set[str]) -> list[Target]:
         out: dict[TargetKey, Target] = {}
         for path in paths:
-            for target in self._targets_at(path):
+            for target in (*self._targets_at(path), *self._via_link.get(path, ())):
                 out[target_key(target)] = target
             for target in self._targets_at(posixpath.dirname(path)):
                 if target.kind == "identity_dir":
@@ -171,8 +178,24 @@ class LiveDiscovery:
         self._install_plan(plan)
         self._results = share_final_records(results, inventory)
         self._inventory = inventory
+        via_link = self._links_of(self._results)
+        if via_link.keys() != self._via_link.keys():
+            self.watch_version += 1
+        self._via_link = via_link
+
+    def _links_of(self, results: dict[TargetKey, FileResult]) -> dict[str, tuple[Target, ...]]:
+        out: dict[str, tuple[Target, ...]] = {}
+        for (path, user, kind), result in results.items():
+            if result.realpath is None:
+                continue
+            for target in self._targets_at(path):
+                if (target.user.name if target.user else "") == user and target.kind == kind:
+                    out[result.realpath] = (*out.get(result.realpath, ()), target)
+        return out
 
     def _install_plan(self, plan: Plan) -> None:
+        if plan is not self._plan:
+            self.plan_generation += 1
         self._plan = plan
         by_path: dict[str, Target | tuple[Target, ...]] = {}
         for target in plan.targets:

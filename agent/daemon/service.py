@@ -227,9 +227,13 @@ class Daemon:
             return None
 
     def _on_changes(self, paths: set[str]) -> None:
+        generation, watch_version = self.discovery.plan_generation, self.discovery.watch_version
         changes = self.discovery.changed_paths(paths)
         self._emit(changes)
         self._after_scan(full=False)
+        if (generation, watch_version) != (self.discovery.plan_generation, self.discovery.watch_version):
+            # Re-planned (users, sshd_config) or a symlink re-pointed: watch what is read now.
+            self._update_watch_targets()
         if changes:
             self.publish_status()
 

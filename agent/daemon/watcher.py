@@ -64,7 +64,8 @@ as soon as any of the three threads has died.
 For a target directory, ``on_changes`` may contain the directory path itself: rescan all of it.
 
 *Limits.* A target that is a symlink is reported when the link or its directory changes, not when the
-file it points to changes in another directory (the daemon may add the resolved path as a target).
+file it points to changes in another directory: the daemon adds the file a link resolves to as a target
+of its own (``LiveDiscovery`` maps it back to the link's target, and re-targets when a link is re-pointed).
 A user can point ``~/.ssh`` at a busy directory; events there cost a dictionary lookup each.
 """
 

@@ -10,6 +10,7 @@ only the files that changed.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import gc
 import posixpath
 import uuid
@@ -110,6 +111,8 @@ class FileResult:
     read: bool = False
     # Owner account gone, or the file owned by another uid: every key in it is orphaned.
     orphaned: bool = False
+    # Where the file really is, when a symlink led elsewhere (the daemon watches that path too).
+    realpath: str | None = None
 
 
 # Most planned files do not exist (authorized_keys2, homes without keys): one shared result.
@@ -365,8 +368,12 @@ def read_target(fs: FileReads, target: Target, plan: Plan, ctx: ScanContext) -> 
         user = target.user.name if target.user else None
         return FileResult(errors=(ScanError(target.path, user, _reason(exc)),), read=True)
     if target.kind == "authorized_keys":
-        return _authorized_records(result, target, plan, ctx)
-    return _plain_key_records(result, target, ctx)
+        found = _authorized_records(result, target, plan, ctx)
+    else:
+        found = _plain_key_records(result, target, ctx)
+    if result.realpath != target.path:
+        found = dataclasses.replace(found, realpath=result.realpath)
+    return found
 
 
 def _truncation_error(result: ReadResult, target: Target) -> tuple[ScanError, ...]:

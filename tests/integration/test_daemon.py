@@ -387,3 +387,34 @@ def test_ssh_dir_removed_and_recreated_and_a_new_user(
     fr.authorized_keys("carol", [ed25519_line("carol-key")])
     wait_for(lambda: "key_added user=carol" in agent.text(), what="new user's key seen")
     assert agent.stop() == 0
+
+
+def test_symlinked_authorized_keys_target_changes_are_seen_at_once(
+    fr: FakeRoot, tmp_path: Path, agents: list[Agent]
+) -> None:
+    # ~/.ssh/authorized_keys -> ~/keys/ak (inside the home: sshd and the agent follow it). An edit of
+    # ~/keys/ak is an edit of alice's authorized keys; so is re-pointing the link.
+    keys = fr.path("/home/alice/keys")
+    keys.mkdir(mode=0o700)
+    (keys / "ak").write_text(ed25519_line("initial") + "\n")
+    (keys / "ak2").write_text(ed25519_line("other-file") + "\n")
+    link = fr.path("/home/alice/.ssh/authorized_keys")
+    link.unlink()
+    link.symlink_to("../keys/ak")
+    config = write_config(tmp_path / "agent.toml", tmp_path / "state")
+    # No safety-net rescan during the test: what is seen is seen through the watch.
+    config.write_text(config.read_text().replace("[schedule]\n", "[schedule]\nrescan_s = 3600\n"))
+    agent = Agent(config, fr.root).start()
+    agents.append(agent)
+    wait_for(lambda: "ready" in agent.text(), what="ready")
+    with (keys / "ak").open("a") as f:
+        f.write(ed25519_line("through-the-link") + "\n")
+    wait_for(lambda: agent.text().count("key_added user=alice") == 1, what="edit of the link's target")
+    os.symlink("../keys/ak2", fr.path("/home/alice/.ssh/.ak.tmp"))
+    os.rename(fr.path("/home/alice/.ssh/.ak.tmp"), link)  # ln -sfn: the link now points at ak2
+    wait_for(lambda: "key_removed user=alice" in agent.text(), what="link re-pointed")
+    added = agent.text().count("key_added user=alice")
+    with (keys / "ak2").open("a") as f:
+        f.write(ed25519_line("new-target") + "\n")
+    wait_for(lambda: agent.text().count("key_added user=alice") > added, what="edit of the new target")
+    assert agent.stop() == 0
