@@ -133,6 +133,12 @@ def host(root: Path, path: str) -> Path:
     return root / path.lstrip("/")
 
 
+def append(root: Path, path: str, line: str) -> None:
+    """Append one line to the host file ``path`` (an edit of an existing file: IN_MODIFY)."""
+    with open(host(root, path), "a") as f:
+        f.write(line + "\n")
+
+
 def settle() -> None:
     """Let in-flight events of the set-up reach the dispatcher, then forget them."""
     time.sleep(0.15)
@@ -184,8 +190,7 @@ def test_real_vim_write_with_backupcopy_no_is_seen(
 
 def test_append_is_seen(root: Path, rec: Recorder, make_watcher: WatcherFactory) -> None:
     make_watcher()
-    with open(host(root, AK), "a") as f:
-        f.write("ssh-ed25519 DDDD appended\n")
+    append(root, AK, "ssh-ed25519 DDDD appended")
     assert rec.wait_path(AK)
 
 
@@ -252,8 +257,7 @@ def test_rm_rf_ssh_dir_then_recreate_is_seen_and_watch_comes_back(
     settle()
     rec.clear()
     # The new ~/.ssh is watched again: a later edit is reported too.
-    with open(host(root, AK), "a") as f:
-        f.write("ssh-ed25519 GGGG later\n")
+    append(root, AK, "ssh-ed25519 GGGG later")
     assert rec.wait_path(AK)
     assert w.stats().watches == 5  # ~/.ssh, /home; /etc/ssh, /etc; / (grandparent of both)
     assert w.is_alive()
@@ -278,8 +282,7 @@ def test_unrelated_files_in_watched_dirs_are_not_reported(
 ) -> None:
     make_watcher()
     for i in range(50):
-        with open(host(root, "/home/alice/.bash_history"), "a") as f:
-            f.write(f"ls {i}\n")
+        append(root, "/home/alice/.bash_history", f"ls {i}")
     host(root, "/etc/hostname").write_text("box\n")
     # A marker change proves the events above were processed before we look.
     os.chmod(host(root, SSHD_CONFIG), 0o600)
@@ -292,8 +295,7 @@ def test_a_burst_on_one_file_yields_one_callback(
 ) -> None:
     make_watcher(debounce_s=0.3)
     for i in range(20):
-        with open(host(root, AK), "a") as f:
-            f.write(f"ssh-ed25519 AAAA{i} burst\n")
+        append(root, AK, f"ssh-ed25519 AAAA{i} burst")
         time.sleep(0.01)
     assert rec.wait_path(AK)
     time.sleep(0.5)
@@ -320,11 +322,10 @@ def test_renamed_ancestor_is_found_by_the_audit(
     assert rec.wait_path(deep_ak)
     settle()
     rec.clear()
-    with open(host(root, deep_ak), "a") as f:
-        f.write("ssh-ed25519 KKKK\n")
+    append(root, deep_ak, "ssh-ed25519 KKKK")
     assert rec.wait_path(deep_ak)
-    with open(host(root, "/srv/data.old/users/alice/.ssh/authorized_keys"), "a") as f:
-        f.write("ssh-ed25519 LLLL\n")  # the old tree is no longer watched
+    # The old tree is no longer watched:
+    append(root, "/srv/data.old/users/alice/.ssh/authorized_keys", "ssh-ed25519 LLLL")
     time.sleep(0.2)
     assert sum(1 for c in rec.changes if deep_ak in c) == 1
 
@@ -398,11 +399,9 @@ def test_home_renamed_and_recreated_is_seen(root: Path, rec: Recorder, make_watc
     assert rec.wait_path(AK)
     settle()
     rec.clear()
-    with open(host(root, AK), "a") as f:
-        f.write("ssh-ed25519 PPPP later\n")
+    append(root, AK, "ssh-ed25519 PPPP later")
     assert rec.wait_path(AK)  # the new ~/.ssh is watched
-    with open(host(root, "/home/alice2/.ssh/authorized_keys"), "a") as f:
-        f.write("ssh-ed25519 QQQQ old tree\n")
+    append(root, "/home/alice2/.ssh/authorized_keys", "ssh-ed25519 QQQQ old tree")
     wait_marker(root, rec)
     assert sum(1 for c in rec.changes if AK in c) == 1  # the old tree is no longer watched
     assert w.stats().watches == watches
@@ -420,8 +419,7 @@ def test_rm_rf_ssh_dir_then_immediate_recreate_and_write_is_seen(
     assert rec.wait_path(AK)
     settle()
     rec.clear()
-    with open(host(root, AK), "a") as f:
-        f.write("ssh-ed25519 SSSS later\n")
+    append(root, AK, "ssh-ed25519 SSSS later")
     assert rec.wait_path(AK)
     assert w.stats().watches == watches
 
@@ -443,13 +441,11 @@ def test_symlinked_ssh_dir_swapped_with_ln_sfn_is_seen_at_once(
     assert rec.wait_path(AK)  # poll_interval_s is an hour: this is inotify, not the audit
     settle()
     rec.clear()
-    with open(host(root, "/data/keys2/authorized_keys"), "a") as f:
-        f.write("ssh-ed25519 TTTT via new link\n")
+    append(root, "/data/keys2/authorized_keys", "ssh-ed25519 TTTT via new link")
     assert rec.wait_path(AK)  # the watch follows the new link target
     settle()
     rec.clear()
-    with open(host(root, "/data/keys1/authorized_keys"), "a") as f:
-        f.write("ssh-ed25519 UUUU old target\n")
+    append(root, "/data/keys1/authorized_keys", "ssh-ed25519 UUUU old target")
     time.sleep(0.2)
     assert AK not in rec.seen()
 
@@ -491,8 +487,7 @@ def test_home_without_ssh_dir_costs_one_watch_and_its_creation_is_seen(
     settle()
     assert w.stats().watches == 2  # now ~/.ssh and /home
     rec.clear()
-    with open(host(root, BOB_AK), "a") as f:
-        f.write("ssh-ed25519 WWWW bob later\n")
+    append(root, BOB_AK, "ssh-ed25519 WWWW bob later")
     assert rec.wait_path(BOB_AK)
 
 
@@ -509,8 +504,7 @@ def test_set_targets_again_adds_and_removes_watches(
     w.set_targets([carol_ak], [])
     assert w.stats().watches == 2  # /srv/keys and / (its grandparent); alice's two are gone
     host(root, carol_ak).write_text("ssh-ed25519 LLLL\n")
-    with open(host(root, AK), "a") as f:
-        f.write("ssh-ed25519 MMMM\n")
+    append(root, AK, "ssh-ed25519 MMMM")
     assert rec.wait_path(carol_ak)
     time.sleep(0.2)
     assert AK not in rec.seen()
@@ -626,8 +620,7 @@ def test_watch_limit_falls_back_to_polling(root: Path, rec: Recorder, make_watch
     assert stats.targets_inotify == 1
     assert stats.targets_polled == 1
     assert stats.polling_reasons == {REASON_WATCH_LIMIT: 1}
-    with open(host(root, AK), "a") as f:
-        f.write("ssh-ed25519 NNNN\n")
+    append(root, AK, "ssh-ed25519 NNNN")
     assert rec.wait_path(AK)  # seen by the poller thread
     os.chmod(host(root, SSHD_CONFIG), 0o600)
     assert rec.wait_path(SSHD_CONFIG)  # still seen by inotify
@@ -671,8 +664,7 @@ def test_set_targets_hands_over_from_polling_without_losing_a_change(
     backend = LimitedBackend(limit=0)
     w = make_watcher(files=(AK,), dirs=(), inotify_factory=lambda: backend)
     assert w.stats().targets_polled == 1
-    with open(host(root, AK), "a") as f:
-        f.write("ssh-ed25519 OOOO\n")  # between two polls
+    append(root, AK, "ssh-ed25519 OOOO")  # between two polls
     backend.limit = 100  # the administrator raised max_user_watches
     w.set_targets([AK])
     assert w.stats().targets_inotify == 1
