@@ -409,6 +409,17 @@ class Applier:
         if user is not None and user.uid == 0 and (new.options is None or new.options.from_ is None):
             raise Rejected("policy require_from_for_root: a key for root needs from=")
 
+    def _check_root_policy_kept(self, user: User, plan: EditPlan, fingerprint: str) -> None:
+        """require_from_for_root for a replacement that keeps the old line's options: only the
+        planned file shows whether those carry from= (checked before anything is written)."""
+        policy = self.policy()
+        if policy is None or not policy.require_from_for_root or user.uid != 0 or plan.new_data is None:
+            return
+        for ln in parse_authorized_keys(plan.new_data):
+            is_new = ln.kind == "key" and ln.key is not None and ln.key.fingerprint == fingerprint
+            if is_new and (ln.options is None or ln.options.from_ is None):
+                raise Rejected("policy require_from_for_root: the old line's kept options have no from=")
+
     def _require_user(self, name: str) -> User:
         user = self._user(name)
         if user is None:
@@ -498,9 +509,12 @@ class Applier:
 
         def edit(_path: str, data: bytes) -> EditPlan:
             try:
-                return plan_replace(data, old, builder, new.key.fingerprint)
+                plan = plan_replace(data, old, builder, new.key.fingerprint)
             except PlanError:  # the old key is not in this file: leave it alone
                 return EditPlan(None, ())
+            if not body.options_given:
+                self._check_root_policy_kept(user, plan, new.key.fingerprint)
+            return plan
 
         outcome = self._edit(
             ins,

@@ -163,6 +163,7 @@ def make_applier(
     require_signature: bool = True,
     run_scan: Callable[[str], None] | None = None,
     schedule_once: Any = None,
+    policy: Policy = POLICY,
 ) -> Applier:
     fs = HostFS(str(host.root), before_rename=before_rename)
     store = StateStore(open_database(host.state))
@@ -175,7 +176,7 @@ def make_applier(
         require_signature=require_signature,
         leeway_s=5,
         host_id=lambda: HOST_ID,
-        policy=lambda: POLICY,
+        policy=lambda: policy,
         max_ttl_s=lambda: 86400,
         backups_dir=str(host.state / "backups"),
         backups_per_file=3,

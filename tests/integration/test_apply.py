@@ -3,6 +3,7 @@ crash reconciliation, backups and rollback, events and managed_by attribution.""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -11,6 +12,7 @@ import pytest
 
 from agent.instructions.apply import Applier, RollbackRefused
 from tests.integration.apply_support import (
+    POLICY,
     FakeHost,
     Signer,
     changed,
@@ -100,6 +102,31 @@ def test_remove_acts_in_every_file(host: FakeHost, signer: Signer, applier: Appl
     assert result["status"] == "applied"
     assert result["fingerprints_after"] == [keep_fp]
     assert second.read_text() == "# two\n"
+
+
+def test_root_replacement_keeping_options_without_from_is_refused_by_policy(
+    host: FakeHost, signer: Signer
+) -> None:
+    # require_from_for_root: a replacement that keeps the old line's options needs from= among them.
+    applier = make_applier(host, signer, policy=dataclasses.replace(POLICY, require_from_for_root=True))
+    ssh = host.root / "root" / ".ssh"
+    ssh.mkdir(mode=0o700)
+    old, old_fp = public_line("o")
+    fenced, fenced_fp = public_line("f")
+    (ssh / "authorized_keys").write_text(f'{old}\nfrom="10.0.0.0/8" {fenced}\n')
+    os.chmod(ssh / "authorized_keys", 0o600)
+    new, new_fp = public_line("n")
+    body = {"rotation_id": "rot_r1", "user": "root", "action": "replace", "old_fingerprint": old_fp}
+    body["new_key"] = new
+    before = snapshot(host.root)
+    _, result = applier.handle(signer.token("rotation", body))
+    assert result["status"] == "rejected" and "from=" in result["error"]["message"]
+    assert changed(before, snapshot(host.root)) == set()
+    # The same replacement of the line that has from= keeps it, and is applied.
+    body = {**body, "rotation_id": "rot_r2", "old_fingerprint": fenced_fp}
+    _, result = applier.handle(signer.token("rotation", body))
+    assert result["status"] == "applied" and result["fingerprints_after"] == [old_fp, new_fp]
+    assert (ssh / "authorized_keys").read_text() == f'{old}\nfrom="10.0.0.0/8" {new}\n'
 
 
 def test_replace_of_an_absent_key_fails(host: FakeHost, signer: Signer, applier: Applier) -> None:
