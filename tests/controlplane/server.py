@@ -5,6 +5,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import socket
+import ssl
+import sys
 import threading
 import time
 from collections.abc import Mapping
@@ -49,6 +51,15 @@ class _Server(ThreadingHTTPServer):
     allow_reuse_address = True
     control_plane: ControlPlane
 
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # A client that refuses our certificate (or hangs up mid-handshake) is an expected event in
+        # TLS tests, not a server fault: one debug line instead of a traceback on stderr.
+        exc = sys.exc_info()[1]
+        if isinstance(exc, ssl.SSLError):
+            log.debug("TLS handshake with %s failed: %s", client_address[0], exc)
+            return
+        super().handle_error(request, client_address)
+
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive, as httpx expects
@@ -58,7 +69,13 @@ class _Handler(BaseHTTPRequestHandler):
     server: _Server
 
     def setup(self) -> None:
-        super().setup()
+        super().setup()  # sets the socket timeout, which then bounds the handshake too
+        if isinstance(self.connection, ssl.SSLSocket):
+            # The listening socket defers handshakes (do_handshake_on_connect=False) to here, this
+            # connection's own thread: done in accept() they would run on the serving thread, where
+            # one silent client would stall every other. A failure raises before the connection is
+            # tracked, so finish() has nothing to forget; the server's handle_error logs it.
+            self.connection.do_handshake()
         self.server.control_plane._connections.add(self.connection)
 
     def finish(self) -> None:
@@ -122,7 +139,7 @@ class _Handler(BaseHTTPRequestHandler):
 class ControlPlane:
     """A running reference control plane. Start with ControlPlane.start(); stop() or use `with`."""
 
-    def __init__(self, app: App, server: _Server, faults: Faults) -> None:
+    def __init__(self, app: App, server: _Server, faults: Faults, *, scheme: str = "http") -> None:
         self._app = app
         self._server = server
         self.faults = faults
@@ -132,7 +149,7 @@ class ControlPlane:
             target=server.serve_forever, kwargs={"poll_interval": 0.05}, name="controlplane", daemon=True
         )
         host, port = server.server_address[:2]
-        self.url = f"http://{host if isinstance(host, str) else host.decode()}:{port}"
+        self.url = f"{scheme}://{host if isinstance(host, str) else host.decode()}:{port}"
         self.bootstrap_token = app.bootstrap_token
         self.admin_api_key = app.admin_api_key
         self.signing_public_key_openssh = app.signer.public_key_openssh
@@ -154,7 +171,10 @@ class ControlPlane:
         *,
         signing_key: Ed25519PrivateKey | None = None,
         poll_interval: int = 60,
+        tls: ssl.SSLContext | None = None,
     ) -> ControlPlane:
+        """With ``tls`` (a PROTOCOL_TLS_SERVER context holding the certificate chain; see tests/tlsca.py)
+        the server speaks HTTPS and ``url`` starts with https://; without it, plain HTTP as always."""
         app = App(
             Store(db),
             TokenIssuer(hmac_secret(), access_ttl=access_ttl, refresh_ttl=refresh_ttl),
@@ -164,7 +184,9 @@ class ControlPlane:
             poll_interval=poll_interval,
         )
         server = _Server((host, port), _Handler)
-        cp = cls(app, server, Faults())
+        if tls is not None:
+            server.socket = tls.wrap_socket(server.socket, server_side=True, do_handshake_on_connect=False)
+        cp = cls(app, server, Faults(), scheme="http" if tls is None else "https")
         server.control_plane = cp
         cp._thread.start()
         return cp
