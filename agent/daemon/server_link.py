@@ -11,6 +11,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 import threading
+import time
 import uuid
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
@@ -19,9 +20,10 @@ from urllib.parse import urlsplit
 
 from agent import __version__
 from agent.config import Config
+from agent.control.backoff import BackoffPolicy
 from agent.control.client import ApiClient, Timeouts
 from agent.control.enroll import load_credentials, read_api_key
-from agent.control.errors import ApiError
+from agent.control.errors import TRANSPORT_ERROR, ApiError
 from agent.daemon.memory import release_free_memory
 from agent.inventory.evaluate import Policy
 from agent.inventory.model import rfc3339
@@ -63,6 +65,9 @@ class ServerLink:
         self._policy_version: int | None = None
         self._policy_etag: str | None = None
         self._lock = threading.Lock()
+        # Set when the agent stops: a call waiting to retry gives up at once instead of sleeping
+        # on (backoff waits reach minutes) and then using a closed client.
+        self._stopping = threading.Event()
         self.instruction_handler: Callable[[str], tuple[str | None, JSON]] | None = None
         if not plain_http_allowed(config.server.url, config.server.allow_plain_http_loopback):
             self.problem = (
@@ -92,7 +97,7 @@ class ServerLink:
             self.problem = "not enrolled: run `sshklm-agent enroll --server URL --token-file FILE`"
             return False
         register_secret(api_key)
-        self.client = api_client(self.config, cfg.url, api_key)
+        self.client = api_client(self.config, cfg.url, api_key, sleep=self._pause)
         self.host_id = host_id
         self.problem = None
         return True
@@ -104,7 +109,16 @@ class ServerLink:
                 return False
         return self.client is not None and self.client.auth_state != "auth_invalid"
 
+    def _pause(self, seconds: float) -> None:
+        if self._stopping.wait(seconds):
+            raise ApiError(TRANSPORT_ERROR, "agent stopping: call abandoned")
+
+    def begin_stop(self) -> None:
+        """Abandon retries in progress (the agent is stopping); close() follows."""
+        self._stopping.set()
+
     def close(self) -> None:
+        self._stopping.set()
         if self.client is not None:
             self.client.close()
 
@@ -248,12 +262,17 @@ class ServerLink:
         }
 
 
-def api_client(config: Config, url: str, api_key: str | None = None) -> ApiClient:
-    """The one way the agent builds its HTTP client from configuration (daemon and `enroll`)."""
+def api_client(
+    config: Config, url: str, api_key: str | None = None, *, sleep: Callable[[float], None] = time.sleep
+) -> ApiClient:
+    """The one way the agent builds its HTTP client from configuration (daemon and `enroll`).
+    `sleep` waits between retries (the daemon's can be interrupted when it stops)."""
     s = config.server
     return ApiClient(
         url,
         api_key=api_key,
+        backoff=BackoffPolicy(max_attempts=s.max_attempts),
+        sleep=sleep,
         timeouts=Timeouts(
             connect=s.connect_timeout_s,
             read=s.read_timeout_s,

@@ -77,6 +77,7 @@ class Daemon:
         self.last_error: str | None = None
         # Anything changed since the last full inventory report (the first report always goes).
         self.changed_since_report = True
+        self.stopping = False  # set by stop(): what fails after it is expected, not an error
         self.last_scan_at: datetime | None = None
         self.policy: Policy = policy_from(config)
         self._first_seen: dict[FirstSeenKey, datetime] = {}
@@ -157,6 +158,9 @@ class Daemon:
     def stop(self) -> None:
         self.notifier.stopping()
         log.info("stopping")
+        self.stopping = True
+        if self.link is not None:
+            self.link.begin_stop()
         # Each part gets a bounded wait so the whole stop stays well inside systemd's 10 s.
         if self.scheduler is not None and self.scheduler.running:
             self.scheduler.shutdown(wait=False)
@@ -313,6 +317,8 @@ class Daemon:
         self.store.record_used(fingerprint, user, at)
 
     def _note_error(self, message: str) -> None:
+        if self.stopping:
+            return  # calls abandoned by the stop are not the agent's last error
         self.last_error = f"{rfc3339(datetime.now(UTC))} {message}"
 
     # -- scheduling ------------------------------------------------------------------------
@@ -406,13 +412,17 @@ class Daemon:
         def run() -> None:
             try:
                 fn()
-            except ApiError as exc:
-                # Expected conversation failures (outage, auth, limits): one line, no traceback.
-                self._note_error(f"job {job_id}: {exc}")
-                log.warning("job %s: %s", job_id, exc)
             except Exception as exc:
-                self._note_error(f"job {job_id} failed: {type(exc).__name__}: {exc}")
-                log.exception("job %s failed", job_id)
+                if self.stopping:
+                    # The job outlived the stop (its client or database closed under it): expected.
+                    log.debug("job %s ended by the stop: %s", job_id, type(exc).__name__)
+                elif isinstance(exc, ApiError):
+                    # Expected conversation failures (outage, auth, limits): one line, no traceback.
+                    self._note_error(f"job {job_id}: {exc}")
+                    log.warning("job %s: %s", job_id, exc)
+                else:
+                    self._note_error(f"job {job_id} failed: {type(exc).__name__}: {exc}")
+                    log.exception("job %s failed", job_id)
 
         run.__name__ = job_id
         return run

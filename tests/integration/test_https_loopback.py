@@ -97,9 +97,10 @@ def enroll_over_tls(
     return host_id, (state / API_KEY_FILE).read_text().strip()
 
 
-def https_agent_config(path: Path, state: Path, url: str, ca_file: Path) -> Path:
+def https_agent_config(path: Path, state: Path, url: str, ca_file: Path, *, max_attempts: int = 5) -> Path:
     # Deliberately no allow_plain_http_loopback: only https may pass the agent's URL check.
-    return write_config(path, state, extra=f'[server]\nurl = "{url}"\nca_file = "{ca_file}"\n')
+    server = f'[server]\nurl = "{url}"\nca_file = "{ca_file}"\nmax_attempts = {max_attempts}\n'
+    return write_config(path, state, extra=server)
 
 
 def assert_no_secrets(text: str, *secrets: str) -> None:
@@ -210,10 +211,15 @@ def test_daemon_trusting_an_unrelated_ca_sends_nothing_and_says_why(
     host_id, api_key = enroll_over_tls(cp, tls, state)
     requests_after_enrolment = len(cp.requests)
     unrelated = write_unrelated_ca(tmp_path / "other")
-    config = https_agent_config(tmp_path / "agent.toml", state, cp.url, unrelated)
+    # One attempt per call: the refusal is the last error at once, not after the retries.
+    config = https_agent_config(tmp_path / "agent.toml", state, cp.url, unrelated, max_attempts=1)
     agent = Agent(config, fr.root).start()
     agents.append(agent)
     wait_for(lambda: CERT_REFUSED in agent.text(), what="a certificate verification error in the log")
+    wait_for(
+        lambda: CERT_REFUSED in (agent_status(config)[0].get("last_error") or ""),
+        what="the refusal as status's last error",
+    )
     time.sleep(HEARTBEAT_PERIODS_WAITED)
     assert agent.proc is not None and agent.proc.poll() is None, "the agent gave up instead of retrying"
     assert cp.inventory(host_id) is None
@@ -224,6 +230,8 @@ def test_daemon_trusting_an_unrelated_ca_sends_nothing_and_says_why(
     log = agent.text()
     control_lines = [line for line in log.splitlines() if "sshklm.control" in line]
     assert CERT_REFUSED in control_lines[-1], "the latest client error is not the certificate refusal"
+    assert "retry" not in log  # server.max_attempts = 1 is honoured
     assert_no_secrets(log, api_key, cp.bootstrap_token)
     assert_no_secrets(status_text, api_key, cp.bootstrap_token)
     assert agent.stop() == 0
+    assert "Traceback" not in agent.text()  # jobs cut short by the stop end quietly
