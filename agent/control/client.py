@@ -96,6 +96,18 @@ def _json_body(document: Mapping[str, Any] | str) -> dict[str, Any]:
     return {"json": document}
 
 
+def _untrusted_certificate(exc: BaseException) -> bool:
+    """True when the TLS handshake failed because the server's certificate was not verified."""
+    seen: BaseException | None = exc
+    for _ in range(8):  # httpx -> httpcore -> ssl: a short chain; bounded anyway
+        if seen is None:
+            return False
+        if isinstance(seen, ssl.SSLCertVerificationError):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
 def _seg(value: str) -> str:
     """One path segment: an id from the server must not be able to change the path."""
     return quote(value, safe="")
@@ -329,6 +341,10 @@ class ApiClient:
                 raise ApiError(TRANSPORT_ERROR, f"unsupported URL: {exc}") from None
             except httpx.TransportError as exc:  # timeouts, connection and protocol errors
                 err = ApiError(TRANSPORT_ERROR, f"{type(exc).__name__}: {exc}")
+                if _untrusted_certificate(exc):
+                    # A configuration problem (ca_file, the server's certificate), not a blip:
+                    # retrying within the call cannot help. The next scheduled call tries again.
+                    raise err from None
             else:
                 if response.status_code < 400:
                     return response

@@ -236,6 +236,22 @@ def test_transport_errors_are_retried_then_raised(
     assert clock.sleeps[0] <= 0.5 and clock.sleeps[1] <= 1.0
 
 
+def test_an_untrusted_certificate_is_not_retried(server: FakeServer, clock: FakeClock) -> None:
+    # What httpx raises when the handshake fails verification: ConnectError caused by the ssl error.
+    def untrusted(request: httpx.Request, _body: object) -> httpx.Response:
+        try:
+            raise ssl.SSLCertVerificationError(1, "[SSL: CERTIFICATE_VERIFY_FAILED] self-signed")
+        except ssl.SSLError as exc:
+            raise httpx.ConnectError("[SSL: CERTIFICATE_VERIFY_FAILED]") from exc
+
+    server.script[HB] = [untrusted] * 3
+    client = server.client(backoff=BackoffPolicy(base=0.5, cap=4, max_attempts=3))
+    with pytest.raises(ApiError) as err:
+        client.heartbeat("hst_1", {})
+    assert err.value.code == "TRANSPORT_ERROR" and "CERTIFICATE_VERIFY_FAILED" in str(err.value)
+    assert server.count(HB) == 1 and clock.sleeps == []
+
+
 @pytest.mark.parametrize(
     ("status", "code"),
     [(403, "AUTH_FORBIDDEN"), (422, "VALIDATION_ERROR"), (400, "VALIDATION_ERROR"), (404, "NOT_FOUND")],
