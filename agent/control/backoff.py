@@ -68,6 +68,25 @@ def parse_retry_after(value: str | None, now: datetime) -> float | None:
     return max(0.0, (when - now).total_seconds())
 
 
+# Reset values past this are not believed (a server sending epoch times, a typo): the 429 path
+# still protects us, with the server's own Retry-After.
+_MAX_RESET_S = 3600.0
+
+
+def exhausted_budget_wait(remaining: str | None, reset: str | None) -> float | None:
+    """Seconds to hold a request class when the server's X-RateLimit headers say its budget is
+    spent (Remaining 0; Reset = seconds until a call leaves the window), else None. Pure."""
+    if remaining is None or reset is None or remaining.strip() != "0":
+        return None
+    try:
+        seconds = float(reset.strip())
+    except ValueError:
+        return None
+    if not 0 < seconds <= _MAX_RESET_S:
+        return None
+    return seconds
+
+
 def retry_after_from_details(details: Mapping[str, Any]) -> float | None:
     value = details.get("retry_after")
     if isinstance(value, bool) or not isinstance(value, int | float):

@@ -30,6 +30,7 @@ from agent.control.backoff import (
     RateBudget,
     RequestClass,
     classify,
+    exhausted_budget_wait,
     parse_retry_after,
     retry_after_from_details,
 )
@@ -346,6 +347,7 @@ class ApiClient:
                     # retrying within the call cannot help. The next scheduled call tries again.
                     raise err from None
             else:
+                self._hold_if_exhausted(cls, response)
                 if response.status_code < 400:
                     return response
                 err = error_from_response(
@@ -383,6 +385,15 @@ class ApiClient:
                 delay,
             )
             self._sleep(delay)
+
+    def _hold_if_exhausted(self, cls: RequestClass, response: httpx.Response) -> None:
+        """The server says this class's budget is spent: wait for its reset rather than earn a 429."""
+        wait = exhausted_budget_wait(
+            response.headers.get("X-RateLimit-Remaining"), response.headers.get("X-RateLimit-Reset")
+        )
+        if wait is not None:
+            self.budget.block_until(cls, self._monotonic() + wait)
+            log.info("%s budget spent on the server; next %s call in %.0f s", cls, cls, wait)
 
     def _throttle(self, cls: RequestClass, err: ApiError, response: httpx.Response, failures: int) -> None:
         """A 429: block the whole class for at least Retry-After (header, else details, else exponential)."""

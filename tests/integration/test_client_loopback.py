@@ -174,6 +174,22 @@ def test_server_rate_limit_never_reached_by_client_budget(tmp_path: Path) -> Non
         client.close()
 
 
+def test_server_budget_headers_hold_the_class_before_a_429(tmp_path: Path) -> None:
+    # The server allows 5 reads a minute, the client believes 1000: only X-RateLimit-Remaining: 0
+    # (with X-RateLimit-Reset) on the fifth answer can keep the sixth call from earning a 429.
+    with ControlPlane.start(limits={"read": 5}) as cp:
+        client, host = enrolled(cp, tmp_path)
+        for _ in range(5):
+            client.get_instructions(host)
+        with pytest.raises(ApiError) as err:
+            client.get_instructions(host, wait=False)
+        assert err.value.code == "RATE_LIMITED" and err.value.details["local"] is True
+        assert 0 < err.value.details["retry_after"] <= 60
+        assert all(r.status != 429 for r in cp.requests)
+        client.heartbeat(host, {})  # writes have their own budget: not held
+        client.close()
+
+
 def test_5xx_bounded_exponential_retries(cp: ControlPlane, tmp_path: Path) -> None:
     client, host = enrolled(cp, tmp_path)
     client.heartbeat(host, {})

@@ -10,6 +10,7 @@ from agent.control.backoff import (
     BackoffPolicy,
     RateBudget,
     classify,
+    exhausted_budget_wait,
     parse_retry_after,
     retry_after_from_details,
 )
@@ -180,3 +181,21 @@ def test_rate_budget_block_until_only_extends() -> None:
     assert budget.acquire("write", 4.0) == pytest.approx(6.0)
     assert budget.acquire("read", 4.0) == 0.0
     assert budget.acquire("write", 10.0) == 0.0
+
+
+@pytest.mark.parametrize(
+    ("remaining", "reset", "wait"),
+    [
+        ("0", "12", 12.0),
+        (" 0 ", "1.5", 1.5),
+        ("3", "12", None),  # budget left
+        ("0", None, None),
+        (None, "12", None),
+        ("0", "soon", None),
+        ("0", "0", None),
+        ("0", "1767225600", None),  # an epoch time: not believed (the 429 path still protects)
+        ("0", "-5", None),
+    ],
+)
+def test_exhausted_budget_wait(remaining: str | None, reset: str | None, wait: float | None) -> None:
+    assert exhausted_budget_wait(remaining, reset) == wait
