@@ -131,6 +131,7 @@ class ApiClient:
         sleep: Callable[[float], None] = time.sleep,
         rng: random.Random | None = None,
         transport: httpx.BaseTransport | None = None,
+        on_auth_invalid: Callable[[float], None] | None = None,
     ) -> None:
         """``verify`` overrides the TLS context (tests with their own CA); ``transport`` replaces the
         network entirely (httpx.MockTransport in unit tests). ``clock`` is wall time (token expiry,
@@ -160,7 +161,7 @@ class ApiClient:
             headers={"User-Agent": USER_AGENT, "Accept": "application/json"},
             follow_redirects=False,
         )
-        self._tokens = TokenManager(api_key, self._token_post, clock=clock)
+        self._tokens = TokenManager(api_key, self._token_post, clock=clock, on_auth_invalid=on_auth_invalid)
 
     def __repr__(self) -> str:
         return f"ApiClient(base_url={self.base_url!r}, auth_state={self.auth_state!r})"
@@ -187,6 +188,10 @@ class ApiClient:
 
     def set_api_key(self, api_key: str) -> None:
         self._tokens.set_api_key(api_key)
+
+    def hold_authentication(self, until: float) -> None:
+        """Keep to a pause after the API key was refused, begun by an earlier process (wall time)."""
+        self._tokens.hold(until)
 
     def ensure_token(self) -> None:
         """Refresh (or re-authenticate) now if the access token is within a minute of expiry."""

@@ -91,8 +91,12 @@ class TokenManager:
         clock: Callable[[], float],
         refresh_margin: float = REFRESH_MARGIN_S,
         auth_invalid_retry: float = AUTH_INVALID_RETRY_S,
+        on_auth_invalid: Callable[[float], None] | None = None,
     ) -> None:
+        """``on_auth_invalid(until)`` hears of each refusal of the API key, with the wall time the
+        pause ends (the daemon keeps it across restarts; see ``hold``)."""
         self._api_key = api_key
+        self._on_auth_invalid = on_auth_invalid
         self._post = post
         self._clock = clock
         self._refresh_margin = refresh_margin
@@ -131,6 +135,15 @@ class TokenManager:
             self._tokens = None
             self._state = "unauthenticated"
             self._auth_invalid_until = 0.0
+
+    def hold(self, until: float) -> None:
+        """Resume a pause a previous process began: the key was refused and ``until`` (wall time)
+        has not come; no authentication before it (a restart must not retry the key at once)."""
+        with self._lock:
+            if until > self._clock():
+                self._tokens = None
+                self._state = "auth_invalid"
+                self._auth_invalid_until = until
 
     def access_token(self) -> str:
         """A valid access token, exchanging tokens with the server only when needed."""
@@ -196,6 +209,8 @@ class TokenManager:
                     err.code,
                     int(self._auth_invalid_retry),
                 )
+                if self._on_auth_invalid is not None:
+                    self._on_auth_invalid(self._auth_invalid_until)
             raise
 
     def _exchange(self, path: str, body: Mapping[str, Any], previous: TokenSet | None) -> TokenSet:

@@ -8,6 +8,7 @@ stored; without either the link waits (events stay in the outbox) and says so in
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import logging
 import threading
@@ -97,7 +98,19 @@ class ServerLink:
             self.problem = "not enrolled: run `sshklm-agent enroll --server URL --token-file FILE`"
             return False
         register_secret(api_key)
-        self.client = api_client(self.config, cfg.url, api_key, sleep=self._pause)
+        key_id = api_key_id(api_key)
+        store = self.daemon.store
+        self.client = api_client(
+            self.config,
+            cfg.url,
+            api_key,
+            sleep=self._pause,
+            on_auth_invalid=lambda until: store.save_auth_hold(key_id, until),
+        )
+        # A key refused before a restart stays paused: restarting must not retry it at once.
+        held = store.auth_hold(key_id)
+        if held is not None:
+            self.client.hold_authentication(held)
         self.host_id = host_id
         self.problem = None
         return True
@@ -262,17 +275,30 @@ class ServerLink:
         }
 
 
+def api_key_id(api_key: str) -> str:
+    """Names a key in the state store without storing it: a truncated SHA-256 (the key is a
+    high-entropy secret; 64 bits of its digest reveal nothing usable)."""
+    return hashlib.sha256(api_key.encode("utf-8")).hexdigest()[:16]
+
+
 def api_client(
-    config: Config, url: str, api_key: str | None = None, *, sleep: Callable[[float], None] = time.sleep
+    config: Config,
+    url: str,
+    api_key: str | None = None,
+    *,
+    sleep: Callable[[float], None] = time.sleep,
+    on_auth_invalid: Callable[[float], None] | None = None,
 ) -> ApiClient:
     """The one way the agent builds its HTTP client from configuration (daemon and `enroll`).
-    `sleep` waits between retries (the daemon's can be interrupted when it stops)."""
+    `sleep` waits between retries (the daemon's can be interrupted when it stops);
+    `on_auth_invalid(until)` hears when the server refuses the API key."""
     s = config.server
     return ApiClient(
         url,
         api_key=api_key,
         backoff=BackoffPolicy(max_attempts=s.max_attempts),
         sleep=sleep,
+        on_auth_invalid=on_auth_invalid,
         timeouts=Timeouts(
             connect=s.connect_timeout_s,
             read=s.read_timeout_s,

@@ -33,6 +33,7 @@ _GRANTS_DUE = _GRANT_COLUMNS + " WHERE expires_at <= ? ORDER BY expires_at, gran
 
 _STATUS_KEY = "status"
 _INVENTORY_KEY = "inventory"
+_AUTH_HOLD_KEY = "auth_hold"
 
 # Field names that would hold a secret. `*_expires_at` / `*_exp` style names are fine.
 _SECRET_FIELD_NAMES = frozenset(
@@ -155,6 +156,18 @@ class StateStore:
     def get_status(self) -> JSON | None:
         value = self._get(_STATUS_KEY)
         return value if isinstance(value, dict) else None
+
+    def save_auth_hold(self, key_id: str, until: float) -> None:
+        """The server refused the API key `key_id` (a digest, never the key): no retry before `until`."""
+        self._put(_AUTH_HOLD_KEY, {"key_id": key_id, "until": until})
+
+    def auth_hold(self, key_id: str) -> float | None:
+        """The pause saved for that key, or None (none saved, or saved for another key)."""
+        value = self._get(_AUTH_HOLD_KEY)
+        if not isinstance(value, dict) or value.get("key_id") != key_id:
+            return None
+        until = value.get("until")
+        return float(until) if isinstance(until, int | float) else None
 
     def save_inventory(self, inventory: JSON | str) -> None:
         """Keep the last inventory snapshot (wire JSON, or its text) to diff against after a restart."""

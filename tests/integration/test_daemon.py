@@ -418,3 +418,35 @@ def test_symlinked_authorized_keys_target_changes_are_seen_at_once(
         f.write(ed25519_line("new-target") + "\n")
     wait_for(lambda: agent.text().count("key_added user=alice") > added, what="edit of the new target")
     assert agent.stop() == 0
+
+
+def test_a_refused_api_key_stays_paused_across_a_restart(
+    fr: FakeRoot, tmp_path: Path, agents: list[Agent]
+) -> None:
+    with ControlPlane.start() as cp:
+        state = tmp_path / "state"
+        host_id = enroll(cp, state)
+        cp.revoke_api_key(host_id)
+        config = write_config(tmp_path / "agent.toml", state, cp.url)
+        first = Agent(config, fr.root).start()
+        agents.append(first)
+        wait_for(lambda: "refused this host's API key" in first.text(), what="the key refused")
+        assert first.stop() == 0
+
+        def token_calls() -> int:
+            return sum(1 for r in cp.requests if r.path == "/v1/auth/token")
+
+        refused = token_calls()
+        second = Agent(config, fr.root).start()
+        agents.append(second)
+        wait_for(lambda: second.text().count("ready") >= 2, what="second start ready")
+        time.sleep(3)  # three heartbeat periods: each would have tried the key without the saved pause
+        assert token_calls() == refused
+        out = subprocess.run(
+            [sys.executable, "-m", "agent", "status", "--json", "--config", str(config)],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        assert json.loads(out.stdout)["auth_state"] == "auth_invalid"
+        assert second.stop() == 0

@@ -142,6 +142,31 @@ def test_auth_invalid_pause_and_set_api_key_clears_it() -> None:
     assert state == "ok" and issuer.calls == ["/v1/auth/token", "/v1/auth/token"]
 
 
+def test_a_refusal_is_announced_and_a_held_pause_is_kept_by_a_new_manager() -> None:
+    clock = FakeClock()
+    issuer = FakeIssuer(clock)
+    issuer.refuse_key = True
+    announced: list[float] = []
+    first = TokenManager("sk_key", issuer.post, clock=clock.time, on_auth_invalid=announced.append)
+    with pytest.raises(ApiError):
+        first.access_token()
+    assert announced == [clock.time() + 15 * 60]
+    # The next process (a restart) is told of the pause: it does not ask the server before it ends.
+    issuer.refuse_key = False
+    second = TokenManager("sk_key", issuer.post, clock=clock.time)
+    second.hold(announced[0])
+    with pytest.raises(ApiError) as held:
+        second.access_token()
+    assert held.value.status is None and second.state == "auth_invalid"
+    assert issuer.calls == ["/v1/auth/token"]
+    clock.advance(15 * 60)
+    second.access_token()
+    assert second.state == "ok" and issuer.calls == ["/v1/auth/token", "/v1/auth/token"]
+    third = TokenManager("sk_key", issuer.post, clock=clock.time)
+    third.hold(announced[0])  # a pause already over is no pause
+    assert third.state == "unauthenticated"
+
+
 def test_no_api_key_is_a_local_auth_error() -> None:
     clock = FakeClock()
     issuer = FakeIssuer(clock)

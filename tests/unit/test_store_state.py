@@ -175,3 +175,10 @@ def test_state_is_usable_from_many_threads(store: StateStore) -> None:
     assert errors == []
     assert store.last_used_map() == {(f"SHA256:{n}", "u"): T0 + timedelta(seconds=39) for n in range(4)}
     assert all(store.jti_seen(f"ins_{n}_39") == "applied" for n in range(4))
+
+
+def test_auth_hold_is_kept_per_key(store: StateStore) -> None:
+    assert store.auth_hold("k1") is None
+    store.save_auth_hold("k1", 1_800_000_000.0)
+    assert store.auth_hold("k1") == 1_800_000_000.0
+    assert store.auth_hold("k2") is None  # a new key (re-enrollment) is not held
