@@ -9,9 +9,7 @@ import pytest
 
 from tests.controlplane import ControlPlane
 from tests.fakeroot import FakeRoot, ed25519_line
-from tests.integration.test_daemon import Agent, agents, enroll, fingerprint_of, wait_for, write_config
-
-__all__ = ["agents"]  # the fixture, re-used
+from tests.integration.daemon_support import Agent, enroll, fingerprint_of, wait_for, write_config
 
 pytestmark = pytest.mark.slow
 

@@ -24,11 +24,16 @@ from agent.control.client import ApiClient, Timeouts
 from agent.control.enroll import API_KEY_FILE, enroll_host
 from agent.control.errors import ApiError
 from tests.controlplane import ControlPlane
-from tests.fakeroot import FakeRoot, ed25519_line
-from tests.integration.test_daemon import Agent, appended_fingerprints, fingerprint_of, wait_for, write_config
+from tests.fakeroot import FakeRoot
+from tests.integration.daemon_support import (
+    Agent,
+    assert_reports_events_and_heartbeats,
+    wait_for,
+    write_config,
+)
 from tests.tlsca import LoopbackTls, write_loopback_tls, write_unrelated_ca
 
-# A refused certificate is a connection error to the client, retried like one: keep those retries short.
+# Short retries for the connection errors these tests provoke (a refused certificate is not retried).
 FAST = BackoffPolicy(base=0.05, cap=0.2, max_attempts=2)
 IMPATIENT = Timeouts(connect=1.0, read=1.0, write=1.0, pool=1.0)
 HEARTBEAT_PERIODS_WAITED = 3  # heartbeat_s = 1 in write_config
@@ -62,24 +67,6 @@ def cp(tls: LoopbackTls) -> Iterator[ControlPlane]:
         yield plane
     finally:
         plane.stop()
-
-
-@pytest.fixture
-def fr(tmp_path: Path) -> FakeRoot:
-    root = FakeRoot(tmp_path / "root")
-    root.add_user("alice", 1000)
-    root.authorized_keys("alice", [ed25519_line("initial")])
-    (root.root / "etc/machine-id").write_text("0123456789abcdef0123456789abcdef\n")
-    (root.root / "etc/hostname").write_text("tls-host\n")
-    return root
-
-
-@pytest.fixture
-def agents() -> Iterator[list[Agent]]:
-    started: list[Agent] = []
-    yield started
-    for agent in started:
-        agent.kill()
 
 
 def enroll_over_tls(
@@ -188,15 +175,7 @@ def test_daemon_reports_and_sends_events_over_https(
     config = https_agent_config(tmp_path / "agent.toml", state, cp.url, tls.ca_file)
     agent = Agent(config, fr.root).start()
     agents.append(agent)
-    wait_for(lambda: cp.inventory(host_id) is not None, what="first inventory over https")
-    inventory = cp.inventory(host_id)
-    assert inventory is not None and any(k["comment"] == "initial" for k in inventory["keys"])
-    new = ed25519_line("added-over-tls")
-    with fr.path("/home/alice/.ssh/authorized_keys").open("a") as f:
-        f.write(new + "\n")
-    fp = fingerprint_of(new)
-    wait_for(lambda: fp in appended_fingerprints(cp, host_id), what="key_added event over https")
-    wait_for(lambda: any(r.path.endswith("/heartbeat") for r in cp.requests), what="heartbeat over https")
+    assert_reports_events_and_heartbeats(cp, host_id, fr, "added-over-tls")
     assert agent.stop() == 0
     log = agent.text()
     assert CERT_REFUSED not in log
