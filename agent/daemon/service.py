@@ -78,6 +78,8 @@ class Daemon:
         # Anything changed since the last full inventory report (the first report always goes).
         self.changed_since_report = True
         self.stopping = False  # set by stop(): what fails after it is expected, not an error
+        # Changes emitted since the restart baseline (the last full scan's inventory) was saved.
+        self._baseline_stale = False
         self.last_scan_at: datetime | None = None
         self.policy: Policy = policy_from(config)
         self._first_seen: dict[FirstSeenKey, datetime] = {}
@@ -170,11 +172,24 @@ class Daemon:
             ext.stop()
         if self.sender is not None:
             self.sender.stop(3.0)
+        self._save_baseline_if_changed()
         self.publish_status(running=False)
         if self.link is not None:
             self.link.close()
         if self.db is not None:
             self.db.close()
+
+    def _save_baseline_if_changed(self) -> None:
+        """On a clean stop, keep what changed since the last full scan as the restart baseline, so
+        the next start does not report those changes again (only a crash leaves that window)."""
+        inventory = self.discovery.inventory
+        if not self._baseline_stale or inventory is None:
+            return
+        try:
+            self.store.save_inventory(inventory.to_json_text())
+            self._baseline_stale = False
+        except Exception as exc:  # the stop goes on; at worst the next start reports them again
+            log.warning("restart baseline not saved at stop: %s", type(exc).__name__)
 
     def reload(self) -> None:
         """SIGHUP: re-read the configuration; a bad one keeps the old and says why.
@@ -251,6 +266,9 @@ class Daemon:
 
     def _after_scan(self, *, full: bool) -> None:
         self.last_scan_at = datetime.now(UTC)
+        if full:
+            # Before taking the inventory: a change after this point marks the baseline stale again.
+            self._baseline_stale = False
         inventory = self.discovery.inventory
         if inventory is None:
             return
@@ -289,6 +307,7 @@ class Daemon:
         if not changes:
             return
         self.changed_since_report = True
+        self._baseline_stale = True
         events = to_events(changes, at=datetime.now(UTC), new_id=lambda: str(uuid.uuid4()))
         with self._emit_lock:
             self.outbox.append([e.to_json() for e in events])

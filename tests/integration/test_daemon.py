@@ -347,3 +347,28 @@ def test_a_refused_api_key_stays_paused_across_a_restart(
         )
         assert json.loads(out.stdout)["auth_state"] == "auth_invalid"
         assert second.stop() == 0
+
+
+def test_a_clean_restart_does_not_report_a_change_again(
+    fr: FakeRoot, tmp_path: Path, agents: list[Agent]
+) -> None:
+    # The restart baseline is the last full scan's inventory; a clean stop saves what changed since.
+    config = write_config(tmp_path / "agent.toml", tmp_path / "state")
+    first = Agent(config, fr.root).start()
+    agents.append(first)
+    wait_for(lambda: "ready" in first.text(), what="ready")
+    with fr.path("/home/alice/.ssh/authorized_keys").open("a") as f:
+        f.write(ed25519_line("between-scans") + "\n")
+    wait_for(lambda: "key_added user=alice" in first.text(), what="the change")
+    assert first.stop() == 0
+    changes = first.text().count("change #")
+    second = Agent(config, fr.root).start()
+    agents.append(second)
+    wait_for(lambda: second.text().count("ready") >= 2, what="second start ready")
+    time.sleep(1)
+    assert second.text().count("change #") == changes == 1, second.text()[-2000:]
+    # A change after the restart is still reported.
+    with fr.path("/home/alice/.ssh/authorized_keys").open("a") as f:
+        f.write(ed25519_line("after-restart") + "\n")
+    wait_for(lambda: second.text().count("key_added user=alice") == 2, what="a later change")
+    assert second.stop() == 0
