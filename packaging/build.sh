@@ -87,7 +87,7 @@ cmd_wheelhouse() {
 cmd_relock() {
 	pip=$(tools_venv)
 	tmp=$(mktemp -d)
-	for lock in "$here/requirements.lock" "$here/build-requirements.lock"; do
+	for lock in "$here/requirements.lock" "$here/build-requirements.lock" "$here/test-requirements.lock"; do
 		sed -n 's/^\([A-Za-z0-9_.-]*==[^ ]*\).*/\1/p' "$lock" >"$tmp/pins"
 		rm -rf "$tmp/dl"
 		"$pip" download -q --no-deps -d "$tmp/dl" -r "$tmp/pins"
