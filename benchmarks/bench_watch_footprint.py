@@ -25,8 +25,6 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from watchdog.observers.inotify_c import CallbackId, Mask, WatchCallback, WatchDescriptor
-
 from agent.daemon.watcher import InotifyBackend, Watcher
 
 
@@ -76,10 +74,10 @@ class LimitedBackend(InotifyBackend):
         self.limit = limit
         self.count = 0
 
-    def add(self, path: bytes, mask: Mask, callback: WatchCallback, id_: CallbackId) -> WatchDescriptor:
+    def add(self, path: bytes, mask: int) -> int:
         if self.count >= self.limit:
             raise OSError(errno.ENOSPC, "inotify watch limit reached")
-        wd = super().add(path, mask, callback, id_)
+        wd = super().add(path, mask)
         self.count += 1
         return wd
 

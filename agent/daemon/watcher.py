@@ -1,7 +1,14 @@
 """The change watcher: tells the daemon which discovery inputs may have changed.
 
-Design (copied into docs/architecture.md)
------------------------------------------
+Modules: ``inotify`` (the kernel adapter and its reader thread), ``watch_targets`` (pure: paths and
+the index of targets), ``watch_points`` (reference-counted watches), ``watch_poll`` (signatures and
+snapshot diffs). What stays here (under 600 lines besides this note) is one unit: planning a needed
+dir's coverage, mapping events to targets, the dispatch loop and the poller all read and re-plan the
+same coverage state under one lock, and each path into it ends in ``_plan_dir``; cut apart, every
+piece would need the others' internals.
+
+Design (summarized in docs/architecture.md)
+-------------------------------------------
 *What is watched.* The daemon gives host paths of **target files** (authorized keys files wherever
 sshd_config puts them, host keys, sshd_config and its Included files, /etc/passwd, /etc/group) and
 **target directories** (``~/.ssh``: every entry in it is a target, for identity keys). The watcher
@@ -38,17 +45,18 @@ The mask has no IN_OPEN/IN_ACCESS/IN_CLOSE_NOWRITE (reads of watched homes would
 (its nearest existing ancestor) reports it when it appears. ``set_targets`` never loses events:
 new watches are added before unneeded ones are removed. Call it *before* scanning what it targets.
 
-*Why watchdog's inotify layer and not its Observer.* watchdog's ``Observer`` starts one emitter thread
-per scheduled path: 10,000 users = 10,000 threads and ~230 MB, past systemd's default TasksMax.
-So the watcher uses watchdog's lower layer, ``watchdog.observers.inotify_c``: ONE ``InotifyFD``
-(one inotify descriptor, one reader thread, many watches with callbacks, IN_IGNORED book-keeping and
-an overflow callback) plus its ``InotifyConstants``. The watcher adds one dispatch thread (maps
+*Why one inotify descriptor of our own.* watchdog's ``Observer`` starts one emitter thread per
+scheduled path: 10,000 users = 10,000 threads and ~230 MB, past systemd's default TasksMax; and its
+private lower layer changed its callback protocol in a patch release (docs/choices.md). So the
+watcher owns the small part it needs: ``agent/daemon/inotify.py`` (three syscalls, the event struct,
+ONE descriptor and ONE reader thread, many watches). The watcher adds one dispatch thread (maps
 events to targets, debounces per file, calls back) and one poller thread: 3 threads at any scale.
 
-*Losing track.* IN_Q_OVERFLOW (watchdog's Observer only logs it) -> ``on_rescan("inotify queue
-overflow")`` and every watch is re-verified. A watch whose directory was removed is re-planned at
-once; every ``poll_interval_s`` the poller also re-stats each watched directory and re-plans the ones
-whose inode changed (e.g. a renamed ancestor above the grandparent, which no watch reports).
+*Losing track.* IN_Q_OVERFLOW (the kernel dropped events; also reported by the reader for a buffer
+it could not read or hand over) -> ``on_rescan("inotify queue overflow")`` and every watch is
+re-verified. A watch whose directory was removed is re-planned at once; every ``poll_interval_s``
+the poller also re-stats each watched directory and re-plans the ones whose inode changed (e.g. a
+renamed ancestor above the grandparent, which no watch reports).
 
 *Polling fallback.* Directories on network or user-space filesystems (NFS, CIFS/SMB, FUSE, 9p, Ceph...,
 by the fs type of the longest matching mount in /proc/self/mountinfo: inotify does not see other
@@ -75,98 +83,46 @@ import errno
 import functools
 import logging
 import os
-import posixpath
 import queue
 import stat
 import threading
 import time
-import traceback
-from bisect import bisect_left
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
+from contextlib import suppress
 from dataclasses import dataclass
+from typing import Protocol
 
-from watchdog.observers.inotify_c import (
-    CallbackId,
-    InotifyConstants,
-    InotifyEvent,
-    InotifyFD,
-    Mask,
-    WatchCallback,
-    WatchDescriptor,
-)
-
+from agent.daemon import inotify
 from agent.daemon.debounce import Debouncer
+from agent.daemon.inotify import Inotify, InotifyEvent, exception_site
+from agent.daemon.watch_points import WatchPoints, identity
+from agent.daemon.watch_poll import Snapshot, changed_targets, listed_dir, poll_paths, take_snapshot
+from agent.daemon.watch_targets import NO_TARGETS, Targets, build_targets, child_toward, join_path, parent_of
 from agent.host.mounts import Mount, fstype_of, is_network_fstype, parse_mountinfo
 
 logger = logging.getLogger(__name__)
 
-_C = InotifyConstants
-
 # Content, existence, mode and owner changes of names in a directory and of the directory itself.
 # Deliberately without IN_OPEN, IN_ACCESS and IN_CLOSE_NOWRITE.
-WATCH_MASK = Mask(
-    _C.IN_MODIFY
-    | _C.IN_ATTRIB
-    | _C.IN_CLOSE_WRITE
-    | _C.IN_MOVED_FROM
-    | _C.IN_MOVED_TO
-    | _C.IN_CREATE
-    | _C.IN_DELETE
-    | _C.IN_DELETE_SELF
-    | _C.IN_MOVE_SELF
-    | _C.IN_ONLYDIR
-    | _C.IN_EXCL_UNLINK
+WATCH_MASK = (
+    inotify.IN_MODIFY
+    | inotify.IN_ATTRIB
+    | inotify.IN_CLOSE_WRITE
+    | inotify.IN_MOVED_FROM
+    | inotify.IN_MOVED_TO
+    | inotify.IN_CREATE
+    | inotify.IN_DELETE
+    | inotify.IN_DELETE_SELF
+    | inotify.IN_MOVE_SELF
+    | inotify.IN_ONLYDIR
+    | inotify.IN_EXCL_UNLINK
 )
-_STRUCTURAL = _C.IN_CREATE | _C.IN_DELETE | _C.IN_MOVED_FROM | _C.IN_MOVED_TO
-_SELF_GONE = _C.IN_DELETE_SELF | _C.IN_MOVE_SELF | _C.IN_UNMOUNT
+_STRUCTURAL = inotify.IN_CREATE | inotify.IN_DELETE | inotify.IN_MOVED_FROM | inotify.IN_MOVED_TO
+_SELF_GONE = inotify.IN_DELETE_SELF | inotify.IN_MOVE_SELF | inotify.IN_UNMOUNT
 
 REASON_WATCH_LIMIT = "inotify watch limit reached (ENOSPC)"
 REASON_OVERFLOW = "inotify queue overflow"
-
-
-# --------------------------------------------------------------------------- pure helpers
-
-
-def normalize_host_path(path: str) -> str:
-    """``path`` without ``//``, ``.``, ``..`` and trailing ``/``: the same object when already normal
-    (the daemon passes ~20,000 paths; a copy of each would cost ~2 MB)."""
-    if not path.startswith("/"):
-        raise ValueError(f"target path must be absolute: {path!r}")
-    if _is_normal(path):
-        return path
-    norm = posixpath.normpath(path)
-    return "/" + norm.lstrip("/")
-
-
-def _is_normal(path: str) -> bool:
-    if path == "/":
-        return True
-    return not ("//" in path or "/./" in path or "/../" in path or path.endswith(("/", "/.", "/..")))
-
-
-def parent_of(path: str) -> str:
-    return posixpath.dirname(path) if path != "/" else "/"
-
-
-def _join(parent: str, name: str) -> str:
-    return parent + name if parent == "/" else parent + "/" + name
-
-
-def _below(sorted_paths: list[str], path: str) -> Iterator[str]:
-    """The entries of ``sorted_paths`` strictly below ``path`` (a bisect, then a contiguous run)."""
-    prefix = "/" if path == "/" else path + "/"
-    i = bisect_left(sorted_paths, prefix)
-    while i < len(sorted_paths) and sorted_paths[i].startswith(prefix):
-        yield sorted_paths[i]
-        i += 1
-
-
-def _child_toward(ancestor: str, path: str) -> str:
-    """The entry of directory ``ancestor`` on the way down to ``path`` (a descendant of it)."""
-    start = 1 if ancestor == "/" else len(ancestor) + 1
-    end = path.find("/", start)
-    return path if end == -1 else path[:end]
 
 
 def _is_symlink(real_path: str) -> bool:
@@ -176,70 +132,65 @@ def _is_symlink(real_path: str) -> bool:
         return False
 
 
-Signature = tuple[int, ...]
-
-
-def file_signature(st: os.stat_result) -> Signature:
-    return (
-        st.st_mode,
-        st.st_uid,
-        st.st_gid,
-        st.st_size,
-        st.st_mtime_ns,
-        st.st_ctime_ns,
-        st.st_ino,
-        st.st_dev,
-    )
-
-
-def dir_signature(st: os.stat_result) -> Signature:
-    # Without times: a directory's mtime moves with every file created in a home.
-    return (st.st_mode, st.st_uid, st.st_gid, st.st_ino, st.st_dev)
-
-
 # --------------------------------------------------------------------------- inotify backend
 
 
-class InotifyBackend:
-    """The one inotify descriptor and its reader thread: watchdog's ``InotifyFD``.
+class WatchCallback(Protocol):
+    """What the backend reports: an event on a watch, a watch the kernel dropped, lost events."""
 
-    A seam: tests subclass it to make ``add`` fail (ENOSPC) or to feed synthetic events.
+    def on_event(self, event: InotifyEvent) -> None: ...
+
+    def on_watch_deleted(self, wd: int) -> None: ...
+
+    def on_queue_overflow(self) -> None: ...
+
+
+class InotifyBackend:
+    """The watcher's one inotify descriptor (``agent/daemon/inotify.py``) and the routing of its events.
+
+    The reader thread hands each read's events to ``deliver``, which reports them as the callback's
+    three kinds: IN_Q_OVERFLOW, IN_IGNORED (the kernel dropped a watch: its directory was deleted or
+    unmounted, or we removed it), and every other event of a watch.
+    A seam: tests subclass it to fail ``add`` (ENOSPC), to hold ``deliver`` (then the kernel's queue
+    really overflows) or to call it with synthetic events.
     """
 
     def __init__(self) -> None:
-        self.fd = InotifyFD()
-        self.fd.name = "sshklm-watch-inotify"
+        self._inotify = Inotify(thread_name="sshklm-watch-inotify")
+        self._callback: WatchCallback | None = None
 
-    def add(self, path: bytes, mask: Mask, callback: WatchCallback, id_: CallbackId) -> WatchDescriptor:
-        wd = self.fd.add_callback(path, mask, callback, id_)
-        if wd == -1:  # watchdog swallows EACCES and returns wd -1
-            self.fd.remove_callbacks([(wd, id_)])
-            raise OSError(errno.EACCES, os.strerror(errno.EACCES))
-        return wd
+    def add(self, path: bytes, mask: int) -> int:
+        return self._inotify.add_watch(path, mask)
 
-    def remove(self, wd: WatchDescriptor, id_: CallbackId) -> None:
-        self.fd.remove_callbacks([(wd, id_)])
+    def remove(self, wd: int) -> None:
+        # EINVAL: the kernel dropped the watch already (its IN_IGNORED is on the way); EBADF: stopped.
+        with suppress(OSError):
+            self._inotify.rm_watch(wd)
 
-    def start(self) -> None:
-        self.fd.start()
+    def start(self, callback: WatchCallback) -> None:
+        self._callback = callback
+        self._inotify.start(self.deliver)
+
+    def deliver(self, events: list[InotifyEvent]) -> None:
+        callback = self._callback
+        if callback is None:
+            raise RuntimeError("inotify backend not started")
+        for event in events:
+            if event.mask & inotify.IN_Q_OVERFLOW:
+                callback.on_queue_overflow()
+            elif event.mask & inotify.IN_IGNORED:
+                callback.on_watch_deleted(event.wd)
+            elif event.wd != -1:
+                callback.on_event(event)
 
     def stop(self, timeout: float) -> None:
-        self.fd.stop()
-        if self.fd.ident is not None:
-            self.fd.join(timeout)
+        self._inotify.stop(timeout)
 
     def is_alive(self) -> bool:
-        return self.fd.is_alive()
+        return self._inotify.is_alive()
 
 
 # --------------------------------------------------------------------------- queue items
-
-
-@dataclass(frozen=True, slots=True)
-class _Event:
-    wd: int
-    mask: int
-    name: bytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -263,13 +214,11 @@ class _Replan:
     dirs: frozenset[str]  # anchored dirs that now exist
 
 
-_Item = _Event | _Gone | _Overflow | _Dirty | _Replan | None  # None: stop
+_Item = InotifyEvent | _Gone | _Overflow | _Dirty | _Replan | None  # None: stop
 
 
 class _Sink:
-    """The one watchdog callback object of the watcher: it only enqueues, so it never raises in
-    watchdog's reader thread. One object for all watches, because watchdog calls
-    ``on_queue_overflow`` once per distinct callback object."""
+    """The backend's callback: it only enqueues, so it never raises in the inotify reader thread."""
 
     __slots__ = ("_queue",)
 
@@ -277,38 +226,16 @@ class _Sink:
         self._queue = sink
 
     def on_event(self, event: InotifyEvent) -> None:
-        self._queue.put(_Event(event.wd, event.mask, event.name))
+        self._queue.put(event)
 
-    def on_watch_deleted(self, wd: WatchDescriptor) -> None:
+    def on_watch_deleted(self, wd: int) -> None:
         self._queue.put(_Gone(wd))
 
     def on_queue_overflow(self) -> None:
         self._queue.put(_Overflow())
 
 
-def _with(items: tuple[str, ...], new: str) -> tuple[str, ...]:
-    return items if new in items else (*items, new)
-
-
-def _without(items: tuple[str, ...], gone: str) -> tuple[str, ...]:
-    return tuple(x for x in items if x != gone)
-
-
 # --------------------------------------------------------------------------- state
-
-
-@dataclass(slots=True)
-class _Point:
-    """One inotify watch on a directory (host path), shared by the dirs that need it.
-
-    A count, not the list of those dirs: ``/home`` is shared by every user, and they can be found
-    again from the sorted needed dirs below the point (``_dirs_using``)."""
-
-    path: str
-    wd: int | None
-    id_: int
-    ident: int | None  # _identity() when added: the audit compares it
-    refs: int = 0  # needed dirs whose plan holds this point
 
 
 @dataclass(slots=True)
@@ -316,10 +243,10 @@ class _Polled:
     """A needed dir covered by polling (network filesystem, watch limit)."""
 
     reason: str
-    snapshot: dict[str, Signature | None]  # last poll
+    snapshot: Snapshot  # last poll
 
 
-# The coverage of a needed dir: inotify watch points (the keys of _points), or polling. Watch points
+# The coverage of a needed dir: inotify watch points (keys in WatchPoints), or polling. Watch points
 # start with the dir itself unless it does not exist and is *anchored* at its nearest existing
 # ancestor. A bare tuple rather than an object per dir: 10,000 objects cost ~1 MB.
 _Watched = tuple[str, ...]
@@ -386,17 +313,9 @@ class Watcher:
         self._poll_thread = threading.Thread(target=self._poll_loop, name="sshklm-watch-poll", daemon=True)
         self._started = False
 
-        # Dicts used as sets (values None): a 10,000-path frozenset costs 512 KB, a dict 200 KB.
-        self._files: dict[str, None] = {}
-        self._dir_targets: dict[str, None] = {}
-        self._sorted_targets: list[str] = []
-        self._dirs: dict[str, _DirState] = {}  # needed dirs
-        self._sorted_dirs: list[str] = []  # the keys of _dirs, sorted: events map to dirs below a name
-        self._points: dict[str, _Point] = {}
-        # wd -> the watched path, or paths when one inode is watched under several (rare: links).
-        # Not a set or tuple each: 10,000 one-element sets cost ~2 MB, tuples ~0.5 MB.
-        self._wd_points: dict[int, str | tuple[str, ...]] = {}
-        self._next_id = 0
+        self._targets: Targets = NO_TARGETS
+        self._dirs: dict[str, _DirState] = {}  # needed dirs -> coverage
+        self._points = WatchPoints(self._inotify, WATCH_MASK, self._real)
         self._overflows = 0
 
     # ------------------------------------------------------------------ public API
@@ -407,44 +326,25 @@ class Watcher:
         with self._lock:
             if self._stopping.is_set():
                 raise RuntimeError("watcher is stopped")
-            new_files, new_dirs, needed = self._share_strings(files, dirs)
+            self._targets = build_targets(files, dirs, self._dirs)
             self._mounts = mounts
-            self._files = new_files
-            self._dir_targets = new_dirs
-            self._sorted_targets = sorted([*new_files, *new_dirs])
-            self._sorted_dirs = sorted(needed)
             failures: list[str] = []
-            for d in self._sorted_dirs:
+            for d in self._targets.sorted_dirs:
                 if d not in self._dirs:
                     self._plan_dir(d, refresh=False, failures=failures)
                 elif isinstance(self._dirs[d], _Polled):
                     # Re-try inotify (limits may have been raised); the snapshot bridges the gap.
                     self._plan_dir(d, refresh=False, failures=failures)
-            for d in [d for d in self._dirs if d not in needed]:
+            for d in [d for d in self._dirs if not self._targets.is_needed(d)]:
                 self._drop_dir(d)
         if failures:
             logger.warning("watcher: %d directories are polled: %s", len(failures), sorted(set(failures)))
-
-    def _share_strings(
-        self, files: Iterable[str], dirs: Iterable[str]
-    ) -> tuple[dict[str, None], dict[str, None], set[str]]:
-        """(target files, target dirs, needed dirs), normalized, with one string object per path:
-        a needed dir reuses the key already held in ``_dirs`` or the target dir's string (the
-        parents of 10,000 authorized_keys files would otherwise be 10,000 more copies)."""
-        held = {d: d for d in self._dirs}  # dicts do not hand out their keys: a transient map
-        new_files = dict.fromkeys(normalize_host_path(p) for p in files)
-        new_dirs = dict.fromkeys(held.setdefault(d, d) for d in map(normalize_host_path, dirs))
-        needed = set(new_dirs)
-        for f in new_files:
-            parent = parent_of(f)
-            needed.add(held.setdefault(parent, parent))
-        return new_files, new_dirs, needed
 
     def start(self) -> None:
         if self._started:
             raise RuntimeError("watcher already started")
         self._started = True
-        self._inotify.start()
+        self._inotify.start(self._sink)
         self._dispatch_thread.start()
         self._poll_thread.start()
 
@@ -458,18 +358,15 @@ class Watcher:
 
     def is_alive(self) -> bool:
         """True while all three threads run (False before start, after stop, or if one died)."""
-        return (
-            self._started
-            and not self._stopping.is_set()
-            and self._inotify.is_alive()
-            and self._dispatch_thread.is_alive()
-            and self._poll_thread.is_alive()
-        )
+        return self._started and not self._stopping.is_set() and self._threads_alive() == 3
+
+    def _threads_alive(self) -> int:
+        alive = (self._inotify.is_alive(), self._dispatch_thread.is_alive(), self._poll_thread.is_alive())
+        return sum(alive)
 
     def stats(self) -> WatchStats:
         with self._lock:
-            by_dir = Counter(parent_of(f) for f in self._files)
-            by_dir.update(self._dir_targets.keys())  # keys: a dict would be read as counts
+            by_dir = self._targets.count_by_dir()
             targets_inotify = targets_polled = dirs_inotify = dirs_polled = 0
             reasons: Counter[str] = Counter()
             for d, state in self._dirs.items():
@@ -480,25 +377,15 @@ class Watcher:
                 else:
                     dirs_inotify += 1
                     targets_inotify += by_dir[d]
-            watches = sum(1 for p in self._points.values() if p.wd is not None)
-            threads = sum(
-                1
-                for alive in (
-                    self._inotify.is_alive(),
-                    self._dispatch_thread.is_alive(),
-                    self._poll_thread.is_alive(),
-                )
-                if alive
-            )
             return WatchStats(
                 targets_inotify=targets_inotify,
                 targets_polled=targets_polled,
                 dirs_inotify=dirs_inotify,
                 dirs_polled=dirs_polled,
-                watches=watches,
+                watches=self._points.live_count(),
                 overflows=self._overflows,
                 polling_reasons=dict(reasons),
-                threads=threads,
+                threads=self._threads_alive(),
             )
 
     # ------------------------------------------------------------------ paths
@@ -523,23 +410,9 @@ class Watcher:
         fstype = fstype_of(resolved, self._mounts)
         return fstype if fstype is not None and is_network_fstype(fstype) else None
 
-    def _targets_under(self, path: str) -> set[str]:
-        """Targets at or below ``path`` (a target dir stands for all its entries)."""
-        out = set(_below(self._sorted_targets, path))
-        if path in self._files or path in self._dir_targets:
-            out.add(path)
-        return out
-
-    def _dirs_at_or_under(self, path: str) -> list[str]:
-        """Needed dirs at or below ``path``."""
-        out = list(_below(self._sorted_dirs, path))
-        if path in self._dirs:
-            out.append(path)
-        return out
-
     def _dirs_using(self, point: str) -> list[str]:
         """Needed dirs whose plan holds watch point ``point`` (points are a dir or its ancestors)."""
-        return [d for d in self._dirs_at_or_under(point) if point in _points_of(self._dirs[d])]
+        return [d for d in self._targets.dirs_at_or_under(point) if point in _points_of(self._dirs[d])]
 
     # ------------------------------------------------------------------ planning (lock held)
 
@@ -573,11 +446,11 @@ class Watcher:
             if not retry and reason is None and anchored:
                 # The next step down may have been created before the anchor's watch was in place:
                 # its IN_CREATE was then never queued.
-                retry = os.path.isdir(self._real(_child_toward(points[0], d)))
+                retry = os.path.isdir(self._real(child_toward(points[0], d)))
             if not retry and reason is None:
                 for p in held:
                     if p not in points:
-                        self._release(p)
+                        self._points.release(p)
                 if isinstance(old, _Polled):
                     # Hand over from polling to inotify: report what changed since the last poll.
                     self._queue.put(_Dirty(frozenset(self._poll_diff(d, old.snapshot))))
@@ -585,14 +458,14 @@ class Watcher:
                 return
             for p in points:
                 if p not in held:
-                    self._release(p)
+                    self._points.release(p)
             if reason is not None:
                 break
         if reason is None:
             reason = "directory kept changing while being watched"
         # Fall back to polling: release every watch this dir held, to spare the watch budget.
         for p in held:
-            self._release(p)
+            self._points.release(p)
         snapshot = old.snapshot if isinstance(old, _Polled) else self._poll_snapshot(d)
         self._dirs[d] = _Polled(reason, snapshot)
         failures.append(reason)
@@ -602,12 +475,12 @@ class Watcher:
     ) -> tuple[tuple[str, ...], bool, str | None]:
         """Acquire the planned points (a new reference for those not ``held`` already).
 
-        Returns (the points acquired, as the keys of ``_points``; retry; poll reason). On a failure
-        the points acquired so far are returned for the caller to release."""
+        Returns (the points acquired, as WatchPoints' keys; retry; poll reason). On a failure the
+        points acquired so far are returned for the caller to release."""
         acquired: list[str] = []
         for p in planned:
             try:
-                acquired.append(self._acquire(p, refresh=refresh, new_ref=p not in held))
+                acquired.append(self._points.acquire(p, refresh=refresh, new_ref=p not in held))
             except OSError as exc:
                 if exc.errno in (errno.ENOENT, errno.ENOTDIR):
                     return tuple(acquired), True, None  # vanished between the check and the watch
@@ -618,92 +491,15 @@ class Watcher:
 
     def _drop_dir(self, d: str) -> None:
         for p in _points_of(self._dirs.pop(d)):
-            self._release(p)
-
-    def _acquire(self, path: str, *, refresh: bool, new_ref: bool) -> str:
-        """Make sure point ``path`` has a live watch; returns the point's key (one string per path)."""
-        point = self._points.get(path)
-        if point is None:
-            point = self._points[path] = _Point(path, None, 0, None)
-        elif not (refresh and self._point_stale(point)):
-            point.refs += new_ref
-            return point.path
-        real = self._real(path)
-        self._next_id += 1
-        try:
-            # Add the new watch before removing the old one: no window without a watch. A fresh
-            # callback id each time, because the kernel returns the same wd for the same inode.
-            wd = self._inotify.add(os.fsencode(real), WATCH_MASK, self._sink, CallbackId(self._next_id))
-        except OSError:
-            if point.refs == 0:
-                del self._points[path]
-            raise
-        self._forget_wd(point)
-        point.wd, point.id_, point.ident = wd, self._next_id, _identity(real)  # ident None: audited
-        point.refs += new_ref
-        self._set_wd_paths(wd, _with(self._wd_paths(wd), point.path))
-        return point.path
-
-    def _forget_wd(self, point: _Point) -> None:
-        if point.wd is None:
-            return
-        self._inotify.remove(WatchDescriptor(point.wd), CallbackId(point.id_))
-        self._set_wd_paths(point.wd, _without(self._wd_paths(point.wd), point.path))
-        point.wd = None
-
-    def _wd_paths(self, wd: int) -> tuple[str, ...]:
-        paths = self._wd_points.get(wd, ())
-        return (paths,) if isinstance(paths, str) else paths
-
-    def _set_wd_paths(self, wd: int, paths: tuple[str, ...]) -> None:
-        if not paths:
-            self._wd_points.pop(wd, None)
-        else:
-            self._wd_points[wd] = paths[0] if len(paths) == 1 else paths
-
-    def _point_stale(self, point: _Point) -> bool:
-        if point.wd is None:
-            return True
-        ident = _identity(self._real(point.path))
-        return ident is None or ident != point.ident
-
-    def _release(self, path: str) -> None:
-        point = self._points.get(path)
-        if point is None:
-            return
-        point.refs -= 1
-        if point.refs <= 0:
-            del self._points[path]
-            self._forget_wd(point)
+            self._points.release(p)
 
     # ------------------------------------------------------------------ polling snapshots
 
-    def _poll_paths(self, d: str) -> list[tuple[str, bool]]:
-        """(host path, is_dir) pairs whose signatures cover needed dir ``d``."""
-        paths = [(d, True)]
-        if d != "/":
-            paths.append((parent_of(d), True))
-        paths.extend(
-            (t, False) for t in _below(self._sorted_targets, d) if t in self._files and parent_of(t) == d
-        )
-        return paths
+    def _poll_snapshot(self, d: str) -> Snapshot:
+        return take_snapshot(self._real, poll_paths(self._targets, d), list_dir=listed_dir(self._targets, d))
 
-    def _poll_snapshot(self, d: str) -> dict[str, Signature | None]:
-        return take_snapshot(self._real, self._poll_paths(d), list_dir=d if d in self._dir_targets else None)
-
-    def _poll_diff(self, d: str, before: dict[str, Signature | None] | None) -> set[str]:
-        after = self._poll_snapshot(d)
-        return self._snapshot_changes(d, before or {}, after)
-
-    def _snapshot_changes(
-        self, d: str, before: dict[str, Signature | None], after: dict[str, Signature | None]
-    ) -> set[str]:
-        changed = {p for p in before.keys() | after.keys() if before.get(p) != after.get(p)}
-        if not changed:
-            return set()
-        if d in changed or parent_of(d) in changed:
-            return self._targets_under(d)
-        return changed
+    def _poll_diff(self, d: str, before: Snapshot | None) -> set[str]:
+        return changed_targets(self._targets, d, before or {}, self._poll_snapshot(d))
 
     # ------------------------------------------------------------------ dispatch thread
 
@@ -736,11 +532,7 @@ class Watcher:
             func()
         except Exception as exc:
             # Type and location only: the callback's message may carry file content.
-            where = traceback.extract_tb(exc.__traceback__)[-1] if exc.__traceback__ else None
-            location = f"{where.filename}:{where.lineno}" if where else "?"
-            logger.error(
-                "watcher: %s callback raised %s at %s; continuing", name, type(exc).__name__, location
-            )
+            logger.error("watcher: %s callback raised %s; continuing", name, exception_site(exc))
 
     def _process(self, items: list[_Item]) -> str | None:
         """Apply a batch of queue items; returns a rescan reason when track was lost."""
@@ -751,17 +543,14 @@ class Watcher:
         overflow = False
         with self._lock:
             for item in items:
-                if isinstance(item, _Event):
-                    self._map_event(item, dirty, replan_dirs, stale_points)
+                if isinstance(item, InotifyEvent):
+                    for path in self._points.paths_of(item.wd):
+                        self._map_point_event(path, item, dirty, replan_dirs, stale_points)
                 elif isinstance(item, _Gone):
                     # The kernel dropped the watch (directory deleted or unmounted).
-                    for path in self._wd_paths(item.wd):
-                        point = self._points.get(path)
-                        if point is not None and point.wd == item.wd:
-                            point.wd = None
-                            stale_points.add(path)
-                            dirty |= self._targets_under(path)
-                    self._wd_points.pop(item.wd, None)
+                    for path in self._points.watch_lost(item.wd):
+                        stale_points.add(path)
+                        dirty |= self._targets.targets_under(path)
                 elif isinstance(item, _Overflow):
                     overflow = True
                 elif isinstance(item, _Dirty):
@@ -770,11 +559,11 @@ class Watcher:
                     stale_points |= item.points
                     replan_dirs |= {d for d in item.dirs if d in self._dirs}
                     for p in item.points | item.dirs:
-                        dirty |= self._targets_under(p)  # written while no watch was there
+                        dirty |= self._targets.targets_under(p)  # written while no watch was there
             if overflow:
                 self._overflows += 1
                 rescan = REASON_OVERFLOW
-                stale_points |= set(self._points)
+                stale_points.update(self._points.paths())
             for p in stale_points:
                 replan_dirs.update(self._dirs_using(p))
             failures: list[str] = []
@@ -790,38 +579,35 @@ class Watcher:
             rescan = f"{len(failures)} watches could not be re-established ({failures[0]}); polling them"
         return rescan
 
-    def _map_event(self, ev: _Event, dirty: set[str], replan: set[str], stale_points: set[str]) -> None:
-        for path in self._wd_paths(ev.wd):
-            self._map_point_event(path, ev, dirty, replan, stale_points)
-
     def _map_point_event(
-        self, path: str, ev: _Event, dirty: set[str], replan: set[str], stale_points: set[str]
+        self, path: str, ev: InotifyEvent, dirty: set[str], replan: set[str], stale_points: set[str]
     ) -> None:
+        targets = self._targets
         if not ev.name:  # an event on the watched directory itself
             if ev.mask & _SELF_GONE:
                 stale_points.add(path)
-                dirty |= self._targets_under(path)
-            elif ev.mask & _C.IN_ATTRIB:
+                dirty |= targets.targets_under(path)
+            elif ev.mask & inotify.IN_ATTRIB:
                 dirty |= self._attribute_change_reaches(path)
             return
-        child = _join(path, os.fsdecode(ev.name))
-        if child in self._files or (path in self._dir_targets and not ev.mask & _C.IN_ISDIR):
+        child = join_path(path, os.fsdecode(ev.name))
+        if child in targets.files or (path in targets.dir_targets and not ev.mask & inotify.IN_ISDIR):
             dirty.add(child)
-        if not ev.mask & (_STRUCTURAL | _C.IN_ATTRIB):
+        if not ev.mask & (_STRUCTURAL | inotify.IN_ATTRIB):
             return
         # A directory on the way to needed dirs changed (a home in /home chmod-ed, removed, renamed
         # or re-created; ~/.ssh created in its anchor; a symlinked ~/.ssh replaced): their targets
         # may have changed (StrictModes), and a structural change needs a new plan.
-        below = self._dirs_at_or_under(child)
+        below = targets.dirs_at_or_under(child)
         if not below:
             return
         if not ev.mask & _STRUCTURAL:
             # chmod/chown only: see _attribute_change_reaches (StrictModes stops at the home).
             for d in below:
                 if d == child or parent_of(d) == child:
-                    dirty |= self._targets_under(d)
+                    dirty |= targets.targets_under(d)
             return
-        dirty |= self._targets_under(child)
+        dirty |= targets.targets_under(child)
         replan.update(below)
         if child in self._points:
             stale_points.add(child)
@@ -834,11 +620,11 @@ class Watcher:
         again on ``touch /home`` would cost a full rescan. So only the needed dir that is ``point``
         itself, or whose parent it is (a home, watched as the parent of a symlinked ``~/.ssh``)."""
         if point in self._dirs:
-            return self._targets_under(point)
+            return self._targets.targets_under(point)
         out: set[str] = set()
         for d in self._dirs_using(point):
             if parent_of(d) == point:
-                out |= self._targets_under(d)
+                out |= self._targets.targets_under(d)
         return out
 
     # ------------------------------------------------------------------ poller thread
@@ -850,69 +636,28 @@ class Watcher:
     def poll_once(self) -> None:
         """One polling round (the poller thread calls it every ``poll_interval_s``)."""
         with self._lock:
+            targets = self._targets
             polled = [
-                (d, state, self._poll_paths(d), d if d in self._dir_targets else None)
+                (d, state, poll_paths(targets, d), listed_dir(targets, d))
                 for d, state in self._dirs.items()
                 if isinstance(state, _Polled)
             ]
-            audit = [(p.path, p.ident) for p in self._points.values() if p.wd is not None]
+            audit = self._points.live_identities()
             anchored = [d for d, state in self._dirs.items() if _is_anchored(d, state)]
         # Stat outside the lock: a slow (network) filesystem must not stall event dispatch.
         fresh = [(d, state, take_snapshot(self._real, paths, list_dir=ld)) for d, state, paths, ld in polled]
-        stale = frozenset(path for path, ident in audit if _identity(self._real(path)) != ident)
+        stale = frozenset(path for path, ident in audit if identity(self._real(path)) != ident)
         appeared = frozenset(d for d in anchored if os.path.isdir(self._real(d)))
         dirty: set[str] = set()
         with self._lock:
             for d, state, snapshot in fresh:
                 if self._dirs.get(d) is state:
-                    dirty |= self._snapshot_changes(d, state.snapshot, snapshot)
+                    dirty |= changed_targets(self._targets, d, state.snapshot, snapshot)
                     state.snapshot = snapshot
         if dirty:
             self._queue.put(_Dirty(frozenset(dirty)))
         if stale or appeared:
             self._queue.put(_Replan(points=stale, dirs=appeared))
-
-
-def _identity(real_path: str) -> int | None:
-    """st_dev and st_ino (following links) in one int: a tuple of two ints is three objects per watch."""
-    try:
-        st = os.stat(real_path)
-    except OSError:
-        return None
-    return st.st_dev << 64 | st.st_ino
-
-
-def take_snapshot(
-    to_real: Callable[[str], str], paths: Iterable[tuple[str, bool]], *, list_dir: str | None
-) -> dict[str, Signature | None]:
-    """lstat signatures of host paths (None when missing); with ``list_dir``, of its entries too."""
-    out: dict[str, Signature | None] = {}
-    for path, is_dir in paths:
-        out[path] = _signature(to_real(path), is_dir)
-    if list_dir is not None:
-        try:
-            names = os.listdir(to_real(list_dir))
-        except OSError:
-            names = []
-        for name in names:
-            path = _join(list_dir, name)
-            out[path] = _signature(to_real(path), False)
-    return out
-
-
-def _signature(real_path: str, is_dir: bool) -> Signature | None:
-    try:
-        st = os.stat(real_path, follow_symlinks=False)
-        if stat.S_ISLNK(st.st_mode):
-            # sshd follows links: include the target's signature too.
-            try:
-                target = os.stat(real_path)
-                return file_signature(st) + file_signature(target)
-            except OSError:
-                return file_signature(st)
-    except OSError:
-        return None
-    return dir_signature(st) if is_dir else file_signature(st)
 
 
 def _read_proc_mountinfo() -> str:

@@ -19,15 +19,10 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from watchdog.observers.inotify_c import (
-    CallbackId,
-    InotifyConstants,
-    InotifyEvent,
-    Mask,
-    WatchCallback,
-    WatchDescriptor,
-)
 
+from agent.daemon import inotify
+from agent.daemon.inotify import InotifyEvent
+from agent.daemon.watch_targets import normalize_host_path
 from agent.daemon.watcher import (
     REASON_OVERFLOW,
     REASON_WATCH_LIMIT,
@@ -36,7 +31,6 @@ from agent.daemon.watcher import (
     Watcher,
     fstype_of,
     is_network_fstype,
-    normalize_host_path,
     parse_mountinfo,
 )
 
@@ -581,13 +575,70 @@ def test_queue_overflow_triggers_rescan_and_watching_continues(
         return holder[0]
 
     w = make_watcher(inotify_factory=factory)
-    # The kernel's overflow event (wd -1), fed through watchdog's own dispatch.
-    holder[0].fd.handle_event(InotifyEvent(WatchDescriptor(-1), InotifyConstants.IN_Q_OVERFLOW, 0, b""))
+    # The kernel's overflow event (wd -1), fed through the backend's own dispatch.
+    holder[0].deliver([InotifyEvent(-1, inotify.IN_Q_OVERFLOW, 0, b"")])
     assert rec.wait_for(lambda: rec.rescans == [REASON_OVERFLOW])
     assert w.stats().overflows == 1
     os.chmod(host(root, AK), 0o644)
     assert rec.wait_path(AK)
     assert rec.rescans == [REASON_OVERFLOW]
+
+
+def max_queued_events() -> int:
+    """fs.inotify.max_queued_events: read, never changed (other tests share the host)."""
+    return int(Path("/proc/sys/fs/inotify/max_queued_events").read_text())
+
+
+def flood(directory: Path, events: int) -> None:
+    """``events`` IN_ATTRIB events on names in ``directory``: two files touched in turn (the kernel
+    merges an event into an identical one queued just before it)."""
+    names = [directory / "flood-a", directory / "flood-b"]
+    for name in names:
+        name.touch()
+    for i in range(events):
+        os.utime(names[i % 2])
+
+
+class HeldBackend(InotifyBackend):
+    """The real backend whose reader thread can be held in ``deliver``: nothing reads the inotify
+    descriptor then, so the kernel's queue fills up and overflows for real."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.released = threading.Event()
+        self.released.set()
+        self.holding = threading.Event()
+
+    def deliver(self, events: list[InotifyEvent]) -> None:
+        if not self.released.is_set():
+            self.holding.set()
+            self.released.wait()
+        super().deliver(events)
+
+
+def test_real_queue_overflow_triggers_rescan_and_watching_continues(
+    root: Path, rec: Recorder, make_watcher: WatcherFactory
+) -> None:
+    backend = HeldBackend()
+    w = make_watcher(inotify_factory=lambda: backend)
+    settle()
+    backend.released.clear()
+    try:
+        # /etc is watched (it holds /etc/passwd). Held, the reader reads one buffer at most; the
+        # queue holds max_queued_events: twice that plus a buffer's worth overflows it for sure.
+        flood(host(root, "/etc"), 2 * max_queued_events() + inotify.READ_SIZE // inotify.EVENT_HEADER.size)
+        assert backend.holding.wait(TIMEOUT)
+        append(root, AK, "ssh-ed25519 XXXX during the overflow")  # the kernel drops this event
+    finally:
+        backend.released.set()
+    assert rec.wait_for(lambda: rec.rescans == [REASON_OVERFLOW])  # the daemon rescans on this
+    assert w.stats().overflows == 1
+    wait_marker(root, rec)
+    assert AK not in rec.seen()  # the event itself was lost: only the rescan finds the change
+    append(root, AK, "ssh-ed25519 YYYY after the overflow")
+    assert rec.wait_path(AK)
+    assert rec.rescans == [REASON_OVERFLOW]
+    assert w.is_alive() and w.stats().threads == 3
 
 
 class LimitedBackend(InotifyBackend):
@@ -596,18 +647,18 @@ class LimitedBackend(InotifyBackend):
     def __init__(self, limit: int) -> None:
         super().__init__()
         self.limit = limit
-        self.live: set[tuple[int, int]] = set()
+        self.live: set[int] = set()
 
-    def add(self, path: bytes, mask: Mask, callback: WatchCallback, id_: CallbackId) -> WatchDescriptor:
-        if len({wd for wd, _ in self.live}) >= self.limit:
+    def add(self, path: bytes, mask: int) -> int:
+        if len(self.live) >= self.limit:
             raise OSError(errno.ENOSPC, "inotify watch limit reached")
-        wd = super().add(path, mask, callback, id_)
-        self.live.add((wd, id_))
+        wd = super().add(path, mask)
+        self.live.add(wd)
         return wd
 
-    def remove(self, wd: WatchDescriptor, id_: CallbackId) -> None:
-        self.live.discard((wd, id_))
-        super().remove(wd, id_)
+    def remove(self, wd: int) -> None:
+        self.live.discard(wd)
+        super().remove(wd)
 
 
 def test_watch_limit_falls_back_to_polling(root: Path, rec: Recorder, make_watcher: WatcherFactory) -> None:
@@ -692,7 +743,7 @@ def test_parse_mountinfo_unescapes_and_finds_longest_mount() -> None:
 
 
 def test_watch_mask_has_no_read_events() -> None:
-    for noisy in (InotifyConstants.IN_OPEN, InotifyConstants.IN_ACCESS, InotifyConstants.IN_CLOSE_NOWRITE):
+    for noisy in (inotify.IN_OPEN, inotify.IN_ACCESS, inotify.IN_CLOSE_NOWRITE):
         assert not WATCH_MASK & noisy
 
 
