@@ -16,7 +16,7 @@ from agent.control.backoff import (
     parse_retry_after,
     retry_after_from_details,
 )
-from agent.control.errors import ApiError, QcError, error_from_response, scrub
+from agent.control.errors import ApiError, error_from_response, scrub
 
 NOW = datetime(2026, 11, 26, 12, 0, 0, tzinfo=UTC)
 
@@ -35,7 +35,7 @@ def test_error_from_contract_body() -> None:
         {"retry_after": 12},
         429,
     )
-    assert isinstance(err, QcError)
+    assert isinstance(err, ApiError)
 
 
 @pytest.mark.parametrize(
