@@ -4,12 +4,14 @@ against the reference control plane; the Core's readings are plain values the te
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
+import httpx
 import pytest
 
 from agent.commands.scan import run_scan
@@ -117,15 +119,27 @@ def _inventory_puts(cp: ControlPlane) -> int:
     )
 
 
+@contextlib.contextmanager
+def _enrolled(
+    cp: ControlPlane, fr: FakeRoot, tmp_path: Path, *, scanned: bool, extra: str = ""
+) -> Iterator[tuple[ServerLink, FakeDaemon]]:
+    """A link of a host enrolled with `cp`, prepared with a FakeDaemon (holding fr's inventory when
+    `scanned`)."""
+    state = tmp_path / "state"
+    enroll_host(cp.url, cp.bootstrap_token, str(state), FACTS)
+    config = _config(state, cp.url, extra)
+    daemon = FakeDaemon(inventory=run_scan(config, str(fr.root)) if scanned else None)
+    link, _ = _prepared(config, daemon, fr)
+    try:
+        yield link, daemon
+    finally:
+        link.close()
+
+
 def test_reports_the_inventory_only_when_something_changed_since(
     cp: ControlPlane, fr: FakeRoot, tmp_path: Path
 ) -> None:
-    state = tmp_path / "state"
-    enroll_host(cp.url, cp.bootstrap_token, str(state), FACTS)
-    config = _config(state, cp.url)
-    daemon = FakeDaemon(inventory=run_scan(config, str(fr.root)))
-    link, _ = _prepared(config, daemon, fr)
-    try:
+    with _enrolled(cp, fr, tmp_path, scanned=True) as (link, daemon):
         link.report_if_changed()  # the first report always goes
         assert _inventory_puts(cp) == 1
         assert link.status()["last_report_at"] is not None
@@ -142,19 +156,12 @@ def test_reports_the_inventory_only_when_something_changed_since(
         assert _inventory_puts(cp) == 2
         stored = cp.inventory(str(link.host_id))
         assert stored is not None and [k["comment"] for k in stored["keys"]] == ["initial"]
-    finally:
-        link.close()
 
 
 def test_a_policy_and_a_poll_interval_from_the_server_flow_back_through_the_core(
     cp: ControlPlane, fr: FakeRoot, tmp_path: Path
 ) -> None:
-    state = tmp_path / "state"
-    enroll_host(cp.url, cp.bootstrap_token, str(state), FACTS)
-    config = _config(state, cp.url, "[schedule]\nheartbeat_s = 30\n")
-    daemon = FakeDaemon(inventory=None)
-    link, _ = _prepared(config, daemon, fr)
-    try:
+    with _enrolled(cp, fr, tmp_path, scanned=False, extra="[schedule]\nheartbeat_s = 30\n") as (link, daemon):
         cp.poll_interval = 120
         link.heartbeat()
         assert [p.version for p in daemon.adopted] == [1]  # the reference plane's default policy
@@ -164,22 +171,17 @@ def test_a_policy_and_a_poll_interval_from_the_server_flow_back_through_the_core
         link.heartbeat()  # same policy version, same interval: nothing new flows back
         assert len(daemon.adopted) == 1 and len(daemon.rescheduled) == 1
         assert link.status()["last_heartbeat_at"] is not None
-    finally:
-        link.close()
 
 
-def test_a_scan_request_answers_with_a_fresh_scan(cp: ControlPlane, fr: FakeRoot, tmp_path: Path) -> None:
-    state = tmp_path / "state"
-    enroll_host(cp.url, cp.bootstrap_token, str(state), FACTS)
-    config = _config(state, cp.url)
-    daemon = FakeDaemon(inventory=run_scan(config, str(fr.root)))
-    link, _ = _prepared(config, daemon, fr)
-    try:
-        with pytest.raises(ApiError):  # an unknown scan: the server says so, after the rescan
-            link.put_scan_result("scan-unknown")
+def test_a_scan_request_is_answered_with_a_fresh_scan(cp: ControlPlane, fr: FakeRoot, tmp_path: Path) -> None:
+    with _enrolled(cp, fr, tmp_path, scanned=True) as (link, daemon):
+        admin = {"Authorization": f"Bearer {cp.admin_token()}"}
+        started = httpx.post(f"{cp.url}/v1/scans", json={"hosts": [link.host_id]}, headers=admin)
+        scan_id = started.json()["scans"][0]["scan_id"]
+        link.put_scan_result(scan_id)
         assert daemon.rescans == 1
-    finally:
-        link.close()
+        scan = httpx.get(f"{cp.url}/v1/scans/{scan_id}", headers=admin).json()
+        assert (scan["status"], scan["keys"]) == ("completed", 1)
 
 
 def test_jobs_follow_the_schedule_they_are_given(tmp_path: Path) -> None:
