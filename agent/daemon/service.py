@@ -85,7 +85,9 @@ class Daemon:
         # Changes emitted since the restart baseline (the last full scan's inventory) was saved.
         self._baseline_stale = False
         self.last_scan_at: datetime | None = None
-        self.policy: Policy = policy_from(config)
+        # The local policy is in force until (and unless) the control plane sends one.
+        self._local_policy: Policy = policy_from(config)
+        self._server_policy: Policy | None = None
         self._sshd_version: str | None = None
         self.db: Database | None = None
         self.watcher: Watcher | None = None
@@ -212,9 +214,10 @@ class Daemon:
     def reload(self) -> None:
         """SIGHUP: re-read the configuration; a bad one keeps the old and says why.
 
-        Applied at once: discovery settings (with a full rescan), local policy, schedule
-        intervals, log level. Read only at start (restart to change): [server], [state],
-        [watch], [usage], [apply] and [instructions], which own connections, files and threads."""
+        Applied at once: discovery settings (with a full rescan), the local policy (in force
+        unless the control plane sent one), schedule intervals, log level. Read only at start
+        (restart to change): [server], [state], [watch], [usage], [apply] and [instructions],
+        which own connections, files and threads."""
         self.notifier.reloading()
         try:
             new, _ = load_config(self.config_path)
@@ -224,7 +227,7 @@ class Daemon:
             self.notifier.ready(self.status_line())
             return
         self.config = new
-        self.policy = policy_from(new)
+        self._local_policy = policy_from(new)
         logging.getLogger().setLevel(new.logging.level.upper())
         previous = self.discovery.inventory
         self.discovery = LiveDiscovery(self.fs, self.users, settings_from(new), self._context)
@@ -253,9 +256,13 @@ class Daemon:
     def host_id(self) -> str | None:
         return self.link.host_id if self.link is not None else None
 
+    @property
+    def policy(self) -> Policy:
+        return self._server_policy or self._local_policy
+
     def _adopt_policy(self, policy: Policy) -> None:
-        """The control plane's policy, in force from the next scan on (a reload restores the local one)."""
-        self.policy = policy
+        """The control plane's policy, in force from the next scan on (a reload keeps it)."""
+        self._server_policy = policy
 
     def _load_previous(self) -> Inventory | None:
         data = self.store.load_inventory()

@@ -410,3 +410,49 @@ def test_a_standalone_agent_loads_neither_httpx_nor_the_instruction_applier(
     assert parts == "UsageTracker"
     assert loaded == ""
     assert started == "True"
+
+
+def test_a_reload_keeps_the_policy_the_control_plane_sent(fr: FakeRoot, tmp_path: Path) -> None:
+    # The local policy is in force until (and unless) the control plane sends one; a SIGHUP
+    # re-reads the local one but must not drop the server's (the link fetches a policy only
+    # when the server's version changes, so a dropped one would not come back).
+    import dataclasses
+
+    from agent.config import parse_config_text
+    from agent.daemon.parts import Core, Job
+    from agent.daemon.service import Daemon
+
+    class Recorder:
+        core: Core | None = None
+
+        def prepare(self, core: Core) -> None:
+            self.core = core
+
+        def jobs(self, schedule: object, first_contact: object) -> list[Job]:
+            return []
+
+        def start(self) -> None: ...
+
+        def stop(self) -> None: ...
+
+    path = write_config(tmp_path / "agent.toml", tmp_path / "state")
+    part = Recorder()
+    daemon = Daemon(
+        parse_config_text(path.read_text()),
+        root=str(fr.root),
+        config_path=str(path),
+        parts=[part],
+        install_signals=False,
+    )
+    daemon.start()
+    try:
+        assert part.core is not None
+        local = part.core.policy()
+        assert local.version == 0
+        part.core.adopt_policy(dataclasses.replace(local, version=7, min_rsa_bits=4096))
+        path.write_text(path.read_text() + "[policy]\nmax_key_age_days = 30\n")
+        daemon.reload()
+        assert "reload refused" not in (daemon.last_error or "")
+        assert (part.core.policy().version, part.core.policy().min_rsa_bits) == (7, 4096)
+    finally:
+        daemon.stop()
