@@ -9,9 +9,10 @@ from agent.config import Config
 
 def cmd_enroll(config: Config, *, server: str, token_file: str) -> int:
     from agent.commands.scan import run_scan
+    from agent.control.connect import api_client, plain_http_allowed
     from agent.control.enroll import EnrollmentError, collect_host_facts, enroll_host, read_token
     from agent.control.errors import ApiError
-    from agent.daemon.server_link import api_client, plain_http_allowed
+    from agent.host.setup import sshd_version
 
     if not plain_http_allowed(server, config.server.allow_plain_http_loopback):
         print(
@@ -26,7 +27,8 @@ def cmd_enroll(config: Config, *, server: str, token_file: str) -> int:
         host_keys = [
             {"type": k.type, "fingerprint": k.fingerprint} for k in inventory.keys if k.kind == "host_key"
         ]
-        facts = collect_host_facts("/", host_keys=host_keys)
+        version = sshd_version(config.discovery.sshd_binary)
+        facts = collect_host_facts("/", host_keys=host_keys, sshd_version_text=version)
         client = api_client(config, server)
         enrollment = enroll_host(server, token, config.state.dir, facts, client=client)
     except (EnrollmentError, ApiError, OSError, ValueError) as exc:

@@ -1,18 +1,54 @@
-"""`sshklm-agent run`: the daemon systemd starts."""
+"""`sshklm-agent run`: the daemon systemd starts, and the composition root that builds it.
+
+`build_daemon` is the one place where the daemon's parts are chosen, built and wired to each
+other: the server link (only with `server.url`: httpx costs ~10 MB that a standalone agent never
+uses), the usage tracker, and the instruction handler (only with a server: instructions only ever
+come from the control plane). The daemon knows its parts only through agent/daemon/parts.py.
+"""
 
 from __future__ import annotations
 
 import logging
+from typing import TYPE_CHECKING
 
 from agent.config import Config
 from agent.log import setup_logging
 
+if TYPE_CHECKING:
+    from agent.daemon.parts import Part
+    from agent.daemon.service import Daemon
+
 log = logging.getLogger("sshklm.run")
+
+
+def build_daemon(
+    config: Config, *, root: str | None, config_path: str | None, install_signals: bool = True
+) -> Daemon:
+    from agent.daemon.service import Daemon
+
+    parts: list[Part] = []
+    link = None
+    if config.server.url:
+        from agent.daemon.server_link import ServerLink
+
+        link = ServerLink(config)
+    if config.usage.enabled and config.usage.source != "none":
+        from agent.daemon.extensions import UsageTracker
+
+        parts.append(UsageTracker(config.usage))
+    if config.apply.enabled and link is not None:
+        from agent.daemon.extensions import InstructionHandler
+
+        handler = InstructionHandler(config, link)
+        link.handle_instructions_with(handler.handle)
+        parts.append(handler)
+    return Daemon(
+        config, root=root, config_path=config_path, link=link, parts=parts, install_signals=install_signals
+    )
 
 
 def cmd_run(config: Config, *, root: str | None, log_format: str | None, config_path: str | None) -> int:
     setup_logging(config.logging.level, log_format or config.logging.format)  # type: ignore[arg-type]
-    from agent.daemon.service import Daemon
     from agent.store.db import StoreError
 
     if not config.instructions.require_signature:
@@ -20,11 +56,8 @@ def cmd_run(config: Config, *, root: str | None, log_format: str | None, config_
             "!!! instructions.require_signature = false: UNSIGNED instructions will be applied. "
             "Anyone who can answer as the control plane can change authorized keys on this host. !!!"
         )
-    daemon = Daemon(config, root=root, config_path=config_path)
+    daemon = build_daemon(config, root=root, config_path=config_path)
     try:
-        from agent.daemon.extensions import attach_extensions
-
-        attach_extensions(daemon)
         return daemon.run()
     except StoreError as exc:
         log.error("state directory %s unusable: %s", config.state.dir, exc)

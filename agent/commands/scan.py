@@ -5,80 +5,35 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
 import sys
-from datetime import UTC, datetime, tzinfo
+from datetime import UTC, datetime
 from typing import TextIO
 
 from agent.config import Config
-from agent.host.safefs import HostFS
-from agent.host.scan import ScanContext, ScanSettings, scan_host
+from agent.host.scan import ScanContext, scan_host
 from agent.host.scan_parallel import inventory_json_chunks, usable_cpus
-from agent.host.users import NssUserSource, RootUserSource, UserSource
-from agent.inventory.evaluate import Policy
+from agent.host.setup import local_zone, open_host, policy_from, settings_from, sshd_version
 from agent.inventory.model import Inventory
 from agent.inventory.render import render_table
 
-
-def settings_from(config: Config) -> ScanSettings:
-    d = config.discovery
-    return ScanSettings(
-        sshd_config=d.sshd_config,
-        host_keys=d.host_keys,
-        identity_keys=d.identity_keys,
-        orphan_homes=d.orphan_homes,
-        skip_users=frozenset(d.skip_users),
-    )
+# Re-exported only for commands/rollback.py (another branch rewrites it): new code imports
+# agent.host.setup.policy_from.
+__all__ = ["cmd_scan", "policy_from", "run_scan", "scan_context", "write_inventory"]
 
 
-def policy_from(config: Config, version: int = 0) -> Policy:
-    p = config.policy
-    return Policy(
-        version=version,
-        min_rsa_bits=p.min_rsa_bits,
-        allowed_types=frozenset(p.allowed_types),
-        max_key_age_days=p.max_key_age_days,
-        require_from_for_root=p.require_from_for_root,
-        ephemeral_max_ttl_s=p.ephemeral_max_ttl_s,
-    )
-
-
-def open_host(config: Config, root: str | None) -> tuple[HostFS, UserSource]:
-    """The host as discovery sees it: a fake root (tests, images) or this machine via NSS."""
-    fs = HostFS(root or "/", max_bytes=config.discovery.max_file_bytes)
-    users: UserSource = RootUserSource(fs) if root else NssUserSource()
-    return fs, users
-
-
-def sshd_version(binary: str) -> str | None:
-    """`OpenSSH_9.2` as sshd itself reports it (best effort; never a reason to fail a scan)."""
-    try:
-        out = subprocess.run([binary, "-V"], capture_output=True, text=True, timeout=5, check=False)
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    text = (out.stderr or out.stdout).strip()
-    first = text.split(",", 1)[0].split()[0] if text else ""
-    return first if first.startswith("OpenSSH") else None
-
-
-def local_zone() -> tzinfo:
-    zone = datetime.now().astimezone().tzinfo
-    return zone or UTC
-
-
-def scan_context(config: Config, root: str | None, *, host_id: str | None = None) -> ScanContext:
+def scan_context(config: Config, root: str | None) -> ScanContext:
     return ScanContext(
         now=datetime.now(UTC),
         local_tz=local_zone(),
-        host_id=host_id,
+        host_id=None,
         sshd_version=None if root else sshd_version(config.discovery.sshd_binary),
         policy=policy_from(config),
     )
 
 
-def run_scan(config: Config, root: str | None, *, host_id: str | None = None) -> Inventory:
+def run_scan(config: Config, root: str | None) -> Inventory:
     fs, users = open_host(config, root)
-    _, _, inventory = scan_host(fs, users, settings_from(config), scan_context(config, root, host_id=host_id))
+    _, _, inventory = scan_host(fs, users, settings_from(config), scan_context(config, root))
     return inventory
 
 

@@ -1,7 +1,10 @@
 """Retry/backoff policy and the client-side rate budget (pure: time and randomness are passed in).
 
-- ``BackoffPolicy.transient_delay``: exponential backoff with full jitter for 5xx/timeouts/
-  connection errors (base 1 s, cap 300 s by default).
+- ``backoff_delay`` / ``backoff_ceiling``: THE exponential backoff of the agent (full jitter, capped),
+  used by the HTTP client, the outbox sender and the usage follower's journalctl restarts. The
+  exponent is capped, so no number of consecutive failures can overflow it.
+- ``BackoffPolicy.transient_delay``: that backoff for 5xx/timeouts/connection errors within one
+  call (base 1 s, cap 300 s by default), with the number of attempts per call.
 - ``BackoffPolicy.rate_limited_delay``: for a 429, at least the server's Retry-After plus a
   little jitter (so a fleet told "2 s" does not come back in lockstep); without one, exponential.
 - ``parse_retry_after``: the header in either form the HTTP spec allows (delta-seconds or HTTP-date).
@@ -22,7 +25,6 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 
 RequestClass = Literal["read", "write", "scan", "ephemeral"]
-REQUEST_CLASSES: tuple[RequestClass, ...] = ("read", "write", "scan", "ephemeral")
 
 # The published per-minute limits of an API key.
 DEFAULT_LIMITS: Mapping[RequestClass, int] = {"read": 1000, "write": 100, "scan": 10, "ephemeral": 50}
@@ -94,6 +96,21 @@ def retry_after_from_details(details: Mapping[str, Any]) -> float | None:
     return max(0.0, float(value))
 
 
+# 2**64 times any base is past any cap worth having; stopping the exponent there keeps the float
+# arithmetic finite after any number of failures (2.0 ** 1024 raises OverflowError).
+MAX_EXPONENT = 64
+
+
+def backoff_ceiling(attempt: int, *, base: float, cap: float) -> float:
+    """The exponential envelope of the ``attempt``-th retry (0-based): min(cap, base * 2**attempt)."""
+    return min(cap, base * 2.0 ** min(max(attempt, 0), MAX_EXPONENT))
+
+
+def backoff_delay(attempt: int, rng: random.Random, *, base: float, cap: float) -> float:
+    """Full jitter: uniform in [0, backoff_ceiling(attempt)], so a fleet does not retry in lockstep."""
+    return rng.uniform(0.0, backoff_ceiling(attempt, base=base, cap=cap))
+
+
 @dataclass(frozen=True)
 class BackoffPolicy:
     base: float = 1.0
@@ -109,11 +126,11 @@ class BackoffPolicy:
 
     def ceiling(self, retry: int) -> float:
         """The exponential envelope for the ``retry``-th retry (0-based)."""
-        return min(self.cap, self.base * 2.0 ** min(retry, 64))
+        return backoff_ceiling(retry, base=self.base, cap=self.cap)
 
     def transient_delay(self, retry: int, rng: random.Random) -> float:
         """Full jitter: uniform in [0, min(cap, base * 2**retry)]."""
-        return rng.uniform(0.0, self.ceiling(retry))
+        return backoff_delay(retry, rng, base=self.base, cap=self.cap)
 
     def rate_limited_delay(self, retry_after: float | None, retry: int, rng: random.Random) -> float:
         """At least ``retry_after`` (never less), plus jitter; exponential when the server gave none."""

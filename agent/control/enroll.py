@@ -15,13 +15,11 @@ import json
 import logging
 import os
 import platform
-import re
 import socket
 import stat
-import subprocess
 import sys
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, TextIO
@@ -59,15 +57,6 @@ def parse_os_release(text: str) -> dict[str, str]:
     return fields
 
 
-_SSHD_VERSION = re.compile(r"OpenSSH_[0-9A-Za-z.]+")
-
-
-def parse_sshd_version(output: str) -> str | None:
-    """``OpenSSH_9.2p1`` out of ``sshd -V`` output (pure)."""
-    match = _SSHD_VERSION.search(output)
-    return match.group(0) if match else None
-
-
 def _read_text(path: str, limit: int = 64 * 1024) -> str | None:
     try:
         with open(path, "rb") as handle:
@@ -76,29 +65,17 @@ def _read_text(path: str, limit: int = 64 * 1024) -> str | None:
         return None
 
 
-def sshd_version(
-    sshd: str = "/usr/sbin/sshd", run: Callable[..., subprocess.CompletedProcess[str]] = subprocess.run
-) -> str | None:
-    """Best effort: the version sshd prints for ``-V`` (on stderr), or None."""
-    try:
-        done = run([sshd, "-V"], capture_output=True, text=True, timeout=5, check=False)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return parse_sshd_version(f"{done.stderr}\n{done.stdout}")
-
-
 def collect_host_facts(
     root: str = "/",
     *,
     host_keys: Sequence[Mapping[str, Any]] = (),
     sshd_version_text: str | None = None,
-    probe_sshd: bool = True,
 ) -> dict[str, Any]:
     """The enrollment body (contract section 4) for the host at ``root``.
 
     With ``root`` other than "/" (tests, images) hostname and kernel come from files under it;
-    for the live host the kernel and FQDN come from the running system. ``host_keys`` is supplied
-    by the caller (the scanner knows them); the sshd version is probed only for the live host.
+    for the live host the kernel and FQDN come from the running system. ``host_keys`` and
+    ``sshd_version_text`` are supplied by the caller (the scanner knows them).
     """
 
     def under(path: str) -> str:
@@ -116,9 +93,6 @@ def collect_host_facts(
         _read_text(under("/etc/os-release")) or _read_text(under("/usr/lib/os-release")) or ""
     )
     kernel = platform.release() if live else (_read_text(under("/proc/sys/kernel/osrelease")) or "").strip()
-    version = sshd_version_text
-    if version is None and live and probe_sshd:
-        version = sshd_version()
     return {
         "machine_id": machine_id,
         "hostname": hostname,
@@ -126,7 +100,7 @@ def collect_host_facts(
         "os": {"id": os_release.get("ID", ""), "version_id": os_release.get("VERSION_ID", "")},
         "kernel": kernel,
         "agent_version": __version__,
-        "sshd_version": version,
+        "sshd_version": sshd_version_text,
         "host_keys": [dict(key) for key in host_keys],
     }
 

@@ -1,4 +1,4 @@
-"""The control plane's uniform error model (the published SDK's QcError shape).
+"""The control plane's uniform error model (the shape of the published SDK's QcError).
 
 Every failure of a control-plane call surfaces as one ApiError carrying the server's
 ``code``, ``message`` and ``details`` plus the HTTP ``status`` (None for transport
@@ -62,9 +62,6 @@ class ApiError(Exception):
     def transient(self) -> bool:
         """5xx, timeouts and connection errors: worth retrying with backoff."""
         return self.code in (TRANSPORT_ERROR, SERVER_ERROR)
-
-
-QcError = ApiError
 
 
 def code_for_status(status: int) -> str:

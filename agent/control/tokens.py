@@ -162,7 +162,7 @@ class TokenManager:
             tokens = self._tokens
             if tokens is not None and tokens.access_token != access_token:
                 return tokens.access_token  # another caller already replaced the rejected token
-            return self._renew(tokens, force=True).access_token
+            return self._renew(tokens).access_token
 
     # -- internals (called with the lock held) --
 
@@ -173,7 +173,7 @@ class TokenManager:
         margin = min(self._refresh_margin, max(lifetime, 0.0) / 2)
         return self._clock() >= tokens.access_expires_at - margin
 
-    def _renew(self, tokens: TokenSet | None, force: bool = False) -> TokenSet:
+    def _renew(self, tokens: TokenSet | None) -> TokenSet:
         if tokens is not None and tokens.refresh_token and self._refresh_usable(tokens):
             try:
                 return self._exchange(REFRESH_PATH, {"refresh_token": tokens.refresh_token}, tokens)

@@ -1,7 +1,10 @@
-"""Parts attached to the daemon: the usage-log follower and the instruction applier.
+"""Parts of the daemon beyond its core loop: the usage-log follower and the instruction applier.
 
-Kept out of service.py so the core loop (scan, watch, outbox, report) does not depend on them.
-Each has prepare() (the daemon's store, host and link exist), start()/stop() and jobs().
+Each is a `Part` (agent/daemon/parts.py): built by the composition root (agent/commands/run.py),
+given the daemon's `Core` at prepare(), started and stopped with the daemon. Neither imports the
+daemon nor the server link; the instruction handler talks to the link through `InstructionLink`.
+The applier (and with it the instruction pipeline) is imported only when a handler is prepared:
+a standalone agent never loads it.
 """
 
 from __future__ import annotations
@@ -10,24 +13,46 @@ import logging
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
-from agent.daemon.service import Daemon
+from agent.config import Config, ScheduleConfig, UsageConfig
+from agent.daemon.parts import Core, Job
 from agent.daemon.usage import UsageFollower
 from agent.daemon.usage_parse import UsageHit
-from agent.inventory.model import rfc3339
+from agent.inventory.model import Event, parse_rfc3339, rfc3339
+
+if TYPE_CHECKING:
+    from agent.instructions.apply import Applier
 
 log = logging.getLogger("sshklm.extensions")
 
-Job = tuple[str, Callable[[], None], float | None, datetime | None]
+JSON = dict[str, Any]
+
+
+def key_used_event(hit: UsageHit, at: datetime, event_id: str) -> Event:
+    """A login with a key, as the contract's `key_used` event (§5.3). Pure."""
+    detail: JSON = {"from": hit.address, "at": rfc3339(at), "port": hit.port}
+    if hit.cert_id is not None:
+        detail.update({"cert_id": hit.cert_id, "ca_fingerprint": hit.ca_fingerprint})
+    if hit.partial:
+        detail["partial"] = True
+    return Event(
+        id=event_id,
+        seq=0,  # the outbox assigns it
+        at=at,
+        type="key_used",
+        user=hit.user,
+        path=None,
+        fingerprint=hit.fingerprint,
+        key=None,
+        detail=detail,
+    )
 
 
 class UsageTracker:
     """sshd's "Accepted publickey" lines -> `key_used` events and `last_used` per key and user."""
 
-    def __init__(self, daemon: Daemon) -> None:
-        self.daemon = daemon
-        usage = daemon.config.usage
+    def __init__(self, usage: UsageConfig, new_id: Callable[[], str] = lambda: str(uuid.uuid4())) -> None:
         source: Any = usage.source
         self.follower = UsageFollower(
             self.on_hit,
@@ -35,28 +60,21 @@ class UsageTracker:
             log_file=usage.log_file or None,
             journal_unit=usage.journal_unit or None,
         )
+        self._new_id = new_id
+        self._core: Core | None = None
+
+    def prepare(self, core: Core) -> None:
+        self._core = core
 
     def on_hit(self, hit: UsageHit, at: datetime) -> None:
-        self.daemon.note_used(hit.fingerprint, hit.user, at)
-        detail: dict[str, Any] = {"from": hit.address, "at": rfc3339(at), "port": hit.port}
-        if hit.cert_id is not None:
-            detail.update({"cert_id": hit.cert_id, "ca_fingerprint": hit.ca_fingerprint})
-        if hit.partial:
-            detail["partial"] = True
-        event = {
-            "id": str(uuid.uuid4()),
-            "at": rfc3339(at),
-            "type": "key_used",
-            "user": hit.user,
-            "path": None,
-            "fingerprint": hit.fingerprint,
-            "key": None,
-            "detail": detail,
-        }
-        self.daemon.emit_events([event])
+        core = self._core
+        if core is None:
+            raise RuntimeError("usage tracker not prepared")
+        core.note_used(hit.fingerprint, hit.user, at)
+        core.emit([key_used_event(hit, at, self._new_id())])
 
-    def prepare(self) -> None:
-        return None
+    def jobs(self, schedule: ScheduleConfig, first_contact: datetime) -> list[Job]:
+        return []
 
     def start(self) -> None:
         self.follower.start()
@@ -66,78 +84,96 @@ class UsageTracker:
     def stop(self) -> None:
         self.follower.stop()
 
-    def jobs(self) -> list[Job]:
-        return []
+
+class InstructionLink(Protocol):
+    """What the instruction handler needs of the server link."""
+
+    @property
+    def ready(self) -> bool: ...
+
+    def post_result(self, jti: str, result: JSON) -> None: ...
+
+    def put_scan_result(self, scan_id: str) -> None: ...
 
 
 class InstructionHandler:
     """Server-issued rotations, ephemeral grants and scans, through the Applier (docs/rotation.md)."""
 
-    def __init__(self, daemon: Daemon) -> None:
-        self.daemon = daemon
-        self.applier: Any = None
+    def __init__(self, config: Config, link: InstructionLink) -> None:
+        self.config = config
+        self.link = link
+        self.applier: Applier | None = None
 
-    def prepare(self) -> None:
+    def prepare(self, core: Core) -> None:
+        cfg = self.config
+        # -- the Applier (one block: its construction changes with the applier itself) --
         from agent.instructions.apply import Applier, backups_dir_for
 
-        d = self.daemon
-        cfg = d.config
         self.applier = Applier(
-            d.fs,
-            d.users,
-            d.store,
+            core.fs,
+            core.users,
+            core.store,
             sshd_config_path=cfg.discovery.sshd_config,
             public_keys=list(cfg.instructions.public_keys),
             require_signature=cfg.instructions.require_signature,
             leeway_s=cfg.instructions.leeway_s,
-            host_id=lambda: d.host_id,
-            policy=lambda: d.policy,
-            max_ttl_s=lambda: d.policy.ephemeral_max_ttl_s,
+            host_id=core.host_id,
+            policy=core.policy,
+            max_ttl_s=lambda: core.policy().ephemeral_max_ttl_s,
             backups_dir=backups_dir_for(cfg.state.dir),
             backups_per_file=cfg.apply.backups_per_file,
             clock=lambda: datetime.now(UTC),
-            on_event=d.emit_events,
-            run_scan=self.run_scan,
-            note_managed=d.note_managed,
-            schedule_once=d.schedule_once,
+            on_event=lambda events: core.emit([_event_from_json(e) for e in events]),
+            run_scan=self.link.put_scan_result,
+            note_managed=core.note_managed,
+            schedule_once=core.schedule_once,
         )
-        if d.link is not None:
-            d.link.instruction_handler = self.applier.handle
+        # -- end of the Applier block --
 
-    def run_scan(self, scan_id: str) -> None:
-        link = self.daemon.link
-        if link is not None:
-            link.put_scan_result(scan_id)
-        else:
-            self.daemon.rescan()
+    def _prepared(self) -> Applier:
+        if self.applier is None:
+            raise RuntimeError("instruction handler not prepared")
+        return self.applier
+
+    def handle(self, token: str) -> tuple[str | None, JSON]:
+        """One instruction token -> (its jti, its result). Given to the server link."""
+        return self._prepared().handle(token)
+
+    def jobs(self, schedule: ScheduleConfig, first_contact: datetime) -> list[Job]:
+        jobs: list[Job] = self._prepared().jobs()
+        return jobs
 
     def start(self) -> None:
-        self.applier.start()
+        applier = self._prepared()
+        applier.start()
         # Applies a crash interrupted between writing and acknowledging: check, then report.
-        for jti, result in self.applier.reconcile():
-            link = self.daemon.link
-            if link is None or not link.ready:
+        for jti, result in applier.reconcile():
+            if not self.link.ready:
                 log.info(
                     "reconciled instruction %s: %s (not reported: not connected)", jti, result.get("status")
                 )
                 continue
             try:
-                link.post_result(jti, result)
+                self.link.post_result(jti, result)
             except Exception as exc:
                 log.warning("reconciled instruction %s: result not delivered (%s)", jti, exc)
 
     def stop(self) -> None:
-        self.applier.stop()
-
-    def jobs(self) -> list[Job]:
-        jobs: list[Job] = self.applier.jobs()
-        return jobs
+        if self.applier is not None:
+            self.applier.stop()
 
 
-def attach_extensions(daemon: Daemon) -> None:
-    config = daemon.config
-    if config.usage.enabled and config.usage.source != "none":
-        daemon.extensions.append(UsageTracker(daemon))
-    # Instructions only ever come from the control plane: a standalone agent has none to apply.
-    if config.apply.enabled and config.server.url:
-        daemon.extensions.append(InstructionHandler(daemon))
+def _event_from_json(event: JSON) -> Event:
+    """The applier's events, still built as the wire dicts, as model events (the conversion goes
+    when the applier builds `Event`s itself)."""
+    return Event(
+        id=event["id"],
+        seq=0,
+        at=parse_rfc3339(event["at"]),
+        type=event["type"],
+        user=event["user"],
+        path=event["path"],
+        fingerprint=event["fingerprint"],
+        key=None,
+        detail=dict(event["detail"]),
+    )

@@ -1,8 +1,9 @@
 """Deliver the outbox: one thread, woken as soon as events are appended.
 
 Events leave the outbox only when the destination accepted them (at-least-once, in seq
-order, batches of <= 500). A failed delivery is retried with exponential backoff and full
-jitter (base 1 s, cap 5 min); the events wait on disk meanwhile. When the outbox collapsed
+order, batches of <= 500). A failed delivery is retried with the agent's one backoff
+(control/backoff.py: full jitter, base 1 s, cap 5 min, for any number of consecutive failures);
+the events wait on disk meanwhile. When the outbox collapsed
 during a long outage, a full inventory is sent first (it supersedes the dropped events).
 In standalone mode the destination is the log.
 """
@@ -16,6 +17,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
+from agent.control.backoff import backoff_delay
 from agent.store.outbox import Outbox
 
 log = logging.getLogger("sshklm.sender")
@@ -100,7 +102,7 @@ class Sender:
     def _delay(self) -> float:
         if self._failures == 0:
             return self._idle
-        return self._rng.uniform(0, min(self._cap, self._base * 2 ** (self._failures - 1)))
+        return backoff_delay(self._failures - 1, self._rng, base=self._base, cap=self._cap)
 
     def _loop(self) -> None:
         while not self._stop.is_set():

@@ -1,61 +1,53 @@
 """The daemon's conversation with the control plane (enrolled mode).
 
-Owns the one ApiClient. It is the sender's destination (events, full inventories) and runs
-the scheduled server jobs: heartbeat + instruction poll, full report, token refresh, policy.
-Credentials come from `server.api_key_file` + `server.host_id`, else from what `enroll`
-stored; without either the link waits (events stay in the outbox) and says so in status.
+Owns the one ApiClient. It is the sender's destination (events, full inventories) and a part of
+the daemon (agent/daemon/parts.py) whose jobs are the server conversation: heartbeat +
+instruction poll, full report, token refresh, policy. It sees the daemon only as the `Core` it
+is given at prepare(): it reads the inventory and vitals there, and hands back a new policy or a
+job's new interval through it. Credentials come from `server.api_key_file` + `server.host_id`,
+else from what `enroll` stored; without either the link waits (events stay in the outbox) and
+says so in status.
 """
 
 from __future__ import annotations
 
-import hashlib
-import ipaddress
 import logging
 import threading
-import time
 import uuid
 from collections.abc import Callable, Sequence
-from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from agent import __version__
-from agent.config import Config
-from agent.control.backoff import BackoffPolicy
-from agent.control.client import ApiClient, Timeouts
-from agent.control.enroll import load_credentials, read_api_key
+from agent.config import Config, ScheduleConfig
+from agent.control.client import ApiClient
+from agent.control.connect import (
+    NOT_ENROLLED,
+    PLAIN_HTTP_REFUSED,
+    api_client,
+    api_key_id,
+    host_credentials,
+    plain_http_allowed,
+)
+from agent.control.enroll import EnrollmentError
 from agent.control.errors import TRANSPORT_ERROR, ApiError
 from agent.daemon.memory import release_free_memory
+from agent.daemon.parts import Core, Job
 from agent.inventory.evaluate import Policy
 from agent.inventory.model import rfc3339
 from agent.log import register_secret
 
-if TYPE_CHECKING:
-    from agent.daemon.service import Daemon
-
 log = logging.getLogger("sshklm.link")
 
 JSON = dict[str, Any]
+# A verified, validated and applied instruction -> (its jti or None when unreadable, its result).
+HandleInstruction = Callable[[str], tuple[str | None, JSON]]
 
-
-def plain_http_allowed(url: str, allow_loopback: bool) -> bool:
-    parts = urlsplit(url)
-    if parts.scheme == "https":
-        return True
-    if not allow_loopback or parts.scheme != "http":
-        return False
-    host = parts.hostname or ""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+TOKEN_REFRESH_EVERY_S = 60.0
 
 
 class ServerLink:
-    def __init__(self, daemon: Daemon, config: Config) -> None:
-        self.daemon = daemon
+    def __init__(self, config: Config) -> None:
         self.config = config
         self.host_id: str | None = None
         self.client: ApiClient | None = None
@@ -65,45 +57,89 @@ class ServerLink:
         self.poll_interval: float = config.schedule.heartbeat_s
         self._policy_version: int | None = None
         self._policy_etag: str | None = None
+        # The daemon's change count at the last inventory the server accepted (None: none yet,
+        # so the first report always goes).
+        self._reported_changes: int | None = None
+        self._core: Core | None = None
+        self._handle_instruction: HandleInstruction | None = None
         self._lock = threading.Lock()
         # Set when the agent stops: a call waiting to retry gives up at once instead of sleeping
         # on (backoff waits reach minutes) and then using a closed client.
         self._stopping = threading.Event()
-        self.instruction_handler: Callable[[str], tuple[str | None, JSON]] | None = None
-        if not plain_http_allowed(config.server.url, config.server.allow_plain_http_loopback):
-            self.problem = (
-                "server.url must be https (plain http only to loopback with allow_plain_http_loopback)"
-            )
+        self._url_allowed = plain_http_allowed(config.server.url, config.server.allow_plain_http_loopback)
+        if not self._url_allowed:
+            self.problem = PLAIN_HTTP_REFUSED
             log.error("%s", self.problem)
-            return
-        self._connect()
+
+    def handle_instructions_with(self, handle: HandleInstruction) -> None:
+        """Wired by the composition root when applying is enabled; else instructions are refused."""
+        self._handle_instruction = handle
+
+    # -- the daemon's part -----------------------------------------------------------------
+
+    def prepare(self, core: Core) -> None:
+        self._core = core
+        with self._lock:
+            self._connect()
+
+    def jobs(self, schedule: ScheduleConfig, first_contact: datetime) -> list[Job]:
+        return [
+            ("heartbeat", self.heartbeat, self.heartbeat_interval(schedule.heartbeat_s), first_contact),
+            (
+                "full_report",
+                self.report_if_changed,
+                schedule.full_report_s,
+                first_contact + timedelta(seconds=1),
+            ),
+            (
+                "token_refresh",
+                self.refresh_token,
+                TOKEN_REFRESH_EVERY_S,
+                first_contact + timedelta(seconds=2),
+            ),
+        ]
+
+    def start(self) -> None:
+        return None
+
+    def stop(self) -> None:
+        """Abandon retries in progress (the agent is stopping); close() follows."""
+        self._stopping.set()
+
+    def close(self) -> None:
+        self._stopping.set()
+        if self.client is not None:
+            self.client.close()
+
+    def _view(self) -> Core:
+        if self._core is None:
+            raise RuntimeError("server link used before prepare()")
+        return self._core
 
     # -- credentials -----------------------------------------------------------------------
 
     def _connect(self) -> bool:
-        cfg = self.config.server
-        api_key: str | None = None
-        host_id: str | None = None
+        """With the lock held. Never for a URL the configuration refuses (no credential goes there)."""
+        if not self._url_allowed or self._core is None:
+            return False
         try:
-            if cfg.api_key_file and cfg.host_id:
-                api_key, host_id = read_api_key(cfg.api_key_file), cfg.host_id
-            else:
-                stored = load_credentials(self.config.state.dir)
-                if stored is not None:
-                    api_key, host_id = stored.api_key, stored.host_id
+            credentials = host_credentials(self.config)
+        except EnrollmentError as exc:  # its messages name files and modes, never a secret
+            self.problem = f"credentials unreadable: {exc}"
+            return False
         except (OSError, ValueError) as exc:
             self.problem = f"credentials unreadable: {type(exc).__name__}"
             return False
-        if not api_key or not host_id:
-            self.problem = "not enrolled: run `sshklm-agent enroll --server URL --token-file FILE`"
+        if credentials is None:
+            self.problem = NOT_ENROLLED
             return False
-        register_secret(api_key)
-        key_id = api_key_id(api_key)
-        store = self.daemon.store
+        register_secret(credentials.api_key)
+        key_id = api_key_id(credentials.api_key)
+        store = self._core.store
         self.client = api_client(
             self.config,
-            cfg.url,
-            api_key,
+            self.config.server.url,
+            credentials.api_key,
             sleep=self._pause,
             on_auth_invalid=lambda until: store.save_auth_hold(key_id, until),
         )
@@ -111,7 +147,7 @@ class ServerLink:
         held = store.auth_hold(key_id)
         if held is not None:
             self.client.hold_authentication(held)
-        self.host_id = host_id
+        self.host_id = credentials.host_id
         self.problem = None
         return True
 
@@ -126,15 +162,6 @@ class ServerLink:
         if self._stopping.wait(seconds):
             raise ApiError(TRANSPORT_ERROR, "agent stopping: call abandoned")
 
-    def begin_stop(self) -> None:
-        """Abandon retries in progress (the agent is stopping); close() follows."""
-        self._stopping.set()
-
-    def close(self) -> None:
-        self._stopping.set()
-        if self.client is not None:
-            self.client.close()
-
     def _require(self) -> tuple[ApiClient, str]:
         if not self.ready or self.client is None or self.host_id is None:
             raise ApiError("AUTH_INVALID", self.problem or "not connected")
@@ -148,7 +175,7 @@ class ServerLink:
         return list(result["accepted_ids"]) + [str(d["id"]) for d in result["dropped"]]
 
     def send_full_inventory(self) -> None:
-        self.report(force=True)
+        self.report()
 
     # -- jobs ------------------------------------------------------------------------------
 
@@ -157,15 +184,15 @@ class ServerLink:
 
     def heartbeat(self) -> None:
         client, host_id = self._require()
-        daemon = self.daemon
-        inventory = daemon.discovery.inventory
+        core = self._view()
+        vitals = core.vitals()
         body = {
             "agent_version": __version__,
-            "status": "ok" if daemon.healthy()[0] else "degraded",
-            "uptime_s": int((datetime.now(UTC) - daemon.started_at).total_seconds()),
-            "last_scan_at": rfc3339(daemon.last_scan_at),
-            "keys": len(inventory.keys) if inventory else 0,
-            "outbox": daemon.outbox.depth(),
+            "status": "ok" if vitals.healthy else "degraded",
+            "uptime_s": vitals.uptime_s,
+            "last_scan_at": rfc3339(vitals.last_scan_at),
+            "keys": vitals.keys,
+            "outbox": vitals.outbox,
         }
         try:
             answer = client.heartbeat(host_id, body)
@@ -179,7 +206,7 @@ class ServerLink:
             wanted = max(self.config.schedule.heartbeat_s, float(poll))
             if wanted != self.poll_interval:
                 self.poll_interval = wanted
-                daemon.reschedule("heartbeat", wanted)
+                core.reschedule("heartbeat", wanted)
         version = answer.get("policy_version")
         if isinstance(version, int) and version != self._policy_version:
             self.fetch_policy()
@@ -187,27 +214,29 @@ class ServerLink:
 
     def fetch_policy(self) -> None:
         client, host_id = self._require()
-        policy, etag = client.get_policy(host_id, self._policy_etag)
+        core = self._view()
+        document, etag = client.get_policy(host_id, self._policy_etag)
         self._policy_etag = etag
-        if policy is None:
+        if document is None:
             return
         try:
-            self.daemon.policy = policy_from_json(policy, self.daemon.policy)
+            policy = policy_from_json(document, core.policy())
         except (TypeError, ValueError):
             log.warning("policy from the server is malformed; keeping the current one")
             return
-        self._policy_version = self.daemon.policy.version
+        core.adopt_policy(policy)
+        self._policy_version = policy.version
         log.info("policy version %s in force", self._policy_version)
 
     def poll_instructions(self) -> None:
         client, host_id = self._require()
         tokens, _ = client.get_instructions(host_id)
         for token in tokens:
-            if self.instruction_handler is None:
+            if self._handle_instruction is None:
                 log.warning("instruction received but applying is disabled (apply.enabled = false)")
                 break
             try:
-                jti, result = self.instruction_handler(token)
+                jti, result = self._handle_instruction(token)
             except Exception:
                 log.exception("instruction handling failed")
                 continue
@@ -228,30 +257,29 @@ class ServerLink:
                 raise
 
     def report_if_changed(self) -> None:
-        if self.daemon.changed_since_report:
-            self.report(force=True)
+        if self._view().changes() != self._reported_changes:
+            self.report()
 
-    def report(self, *, force: bool) -> None:
+    def report(self) -> None:
+        """The full inventory now; on success, what it covers counts as reported."""
         client, host_id = self._require()
-        inventory = self.daemon.discovery.inventory
+        core = self._view()
+        changes = core.changes()  # before reading the inventory: a change after it is reported again
+        inventory = core.inventory()
         if inventory is None:
             return
-        self.daemon.changed_since_report = False
         text = inventory.to_json_text(host_id=host_id)
         try:
             client.put_inventory(host_id, text)
-        except Exception:
-            self.daemon.changed_since_report = True
-            raise
         finally:
             del text
             release_free_memory()  # the JSON text and its request: ~15 MB at 10,000 keys
+        self._reported_changes = changes
         self.last_report_at = datetime.now(UTC)
 
     def put_scan_result(self, scan_id: str) -> None:
         client, host_id = self._require()
-        self.daemon.rescan()
-        inventory = self.daemon.discovery.inventory
+        inventory = self._view().rescan()
         if inventory is not None:
             client.put_scan_result(scan_id, inventory.to_json_text(host_id=host_id))
 
@@ -273,41 +301,6 @@ class ServerLink:
             "link_problem": self.problem,
             "policy_version": self._policy_version,
         }
-
-
-def api_key_id(api_key: str) -> str:
-    """Names a key in the state store without storing it: a truncated SHA-256 (the key is a
-    high-entropy secret; 64 bits of its digest reveal nothing usable)."""
-    return hashlib.sha256(api_key.encode("utf-8")).hexdigest()[:16]
-
-
-def api_client(
-    config: Config,
-    url: str,
-    api_key: str | None = None,
-    *,
-    sleep: Callable[[float], None] = time.sleep,
-    on_auth_invalid: Callable[[float], None] | None = None,
-) -> ApiClient:
-    """The one way the agent builds its HTTP client from configuration (daemon and `enroll`).
-    `sleep` waits between retries (the daemon's can be interrupted when it stops);
-    `on_auth_invalid(until)` hears when the server refuses the API key."""
-    s = config.server
-    return ApiClient(
-        url,
-        api_key=api_key,
-        backoff=BackoffPolicy(max_attempts=s.max_attempts),
-        sleep=sleep,
-        on_auth_invalid=on_auth_invalid,
-        timeouts=Timeouts(
-            connect=s.connect_timeout_s,
-            read=s.read_timeout_s,
-            write=s.read_timeout_s,
-            pool=s.connect_timeout_s,
-        ),
-        ca_file=s.ca_file or None,
-        max_connections=s.max_connections,
-    )
 
 
 def policy_from_json(data: JSON, current: Policy) -> Policy:

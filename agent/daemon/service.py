@@ -1,4 +1,4 @@
-"""The daemon: wiring of discovery, watcher, outbox, sender, scheduler and systemd.
+"""The daemon: discovery, watcher, outbox, sender, scheduler and systemd, and the parts it drives.
 
 Threads (bounded, whatever the number of users): main (signals), the watcher's reader,
 dispatcher and poller, the sender, APScheduler's scheduler thread and a pool of two job
@@ -7,6 +7,10 @@ workers, and the usage-log follower — at most 9.
 Every change goes the same way: watcher -> LiveDiscovery (re-read the changed files, diff)
 -> events -> outbox (durable) -> sender (woken at once) -> control plane, or the log in
 standalone mode. Scheduled jobs are the safety nets and the server conversation.
+
+The parts (the server link, the usage tracker, the instruction handler) are built by the
+composition root (agent/commands/run.py) and known here only through agent/daemon/parts.py:
+they see the daemon as a `Core`, and this module imports none of them.
 """
 
 from __future__ import annotations
@@ -18,34 +22,29 @@ import random
 import signal
 import threading
 import uuid
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any
-
-from apscheduler.executors.pool import ThreadPoolExecutor
-from apscheduler.schedulers.background import BackgroundScheduler
-from apscheduler.triggers.date import DateTrigger
-from apscheduler.triggers.interval import IntervalTrigger
+from typing import Any
 
 from agent import __version__
-from agent.commands.scan import local_zone, open_host, policy_from, settings_from, sshd_version
 from agent.config import Config, ConfigError, load_config
-from agent.control.errors import ApiError
 from agent.daemon.discovery import LiveDiscovery
+from agent.daemon.history import KeyHistory
 from agent.daemon.memory import release_free_memory, tune_allocator
 from agent.daemon.notify import Notifier
-from agent.daemon.sender import LogDestination, Sender
+from agent.daemon.parts import Core, Link, Part, Vitals
+from agent.daemon.scheduling import Jobs
+from agent.daemon.sender import Destination, LogDestination, Sender
+from agent.daemon.status import status_document, summary_line
 from agent.daemon.watcher import Watcher
 from agent.host.scan import ScanContext
+from agent.host.setup import local_zone, open_host, policy_from, settings_from, sshd_version
 from agent.inventory.diff import Change, to_events
 from agent.inventory.evaluate import Policy
-from agent.inventory.model import Inventory, KeyRecord, rfc3339
+from agent.inventory.model import Event, Inventory, rfc3339
 from agent.store.db import Database, open_database
 from agent.store.outbox import Outbox
 from agent.store.state import StateStore
-
-if TYPE_CHECKING:
-    from agent.daemon.server_link import ServerLink
 
 log = logging.getLogger("sshklm.daemon")
 
@@ -59,13 +58,19 @@ class Daemon:
         *,
         root: str | None = None,
         config_path: str | None = None,
+        link: Link | None = None,
+        parts: Sequence[Part] = (),
         notifier: Notifier | None = None,
         rng: random.Random | None = None,
         install_signals: bool = True,
     ) -> None:
+        """`link`: the control-plane link (enrolled mode), None in standalone mode; `parts`: the
+        others (usage tracker, instruction handler). Both are driven here (see parts.py)."""
         self.config = config
         self.root = root
         self.config_path = config_path
+        self.link = link
+        self.parts: tuple[Part, ...] = (*((link,) if link is not None else ()), *parts)
         self.notifier = notifier or Notifier()
         self.rng = rng or random.Random()
         self.install_signals = install_signals
@@ -73,25 +78,21 @@ class Daemon:
         self._stop = threading.Event()
         self._reload = threading.Event()
         self._emit_lock = threading.Lock()
-        self._last_used_lock = threading.Lock()  # the usage follower adds while a scan re-keys
         self.last_error: str | None = None
-        # Anything changed since the last full inventory report (the first report always goes).
-        self.changed_since_report = True
+        # Discovery changes emitted so far (the link reports an inventory when this moved).
+        self._changes = 0
         self.stopping = False  # set by stop(): what fails after it is expected, not an error
         # Changes emitted since the restart baseline (the last full scan's inventory) was saved.
         self._baseline_stale = False
         self.last_scan_at: datetime | None = None
-        self.policy: Policy = policy_from(config)
-        self._first_seen: dict[FirstSeenKey, datetime] = {}
-        self._last_used: dict[LastUsedKey, datetime] = {}
-        self._managed: dict[tuple[str, str | None, str], tuple[str, datetime | None]] = {}
+        # The local policy is in force until (and unless) the control plane sends one.
+        self._local_policy: Policy = policy_from(config)
+        self._server_policy: Policy | None = None
         self._sshd_version: str | None = None
         self.db: Database | None = None
         self.watcher: Watcher | None = None
         self.sender: Sender | None = None
-        self.scheduler: BackgroundScheduler | None = None
-        self.link: ServerLink | None = None
-        self.extensions: list[Any] = []  # instruction applier, usage follower: started and stopped with us
+        self.jobs: Jobs | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -101,23 +102,19 @@ class Daemon:
         self.db = open_database(cfg.state.dir)
         self.store = StateStore(self.db)
         self.outbox = Outbox(self.db)
-        self._first_seen = dict(self.store.first_seen_map())
-        self._last_used = dict(self.store.last_used_map())
+        self.history = KeyHistory(self.store)
         self._sshd_version = None if self.root else sshd_version(cfg.discovery.sshd_binary)
-        fs, users = open_host(cfg, self.root)
-        self.fs, self.users = fs, users
-        self.discovery = LiveDiscovery(fs, users, settings_from(cfg), self._context)
-        if cfg.server.url:
-            # Imported only with a server: httpx costs ~10 MB that a standalone agent never uses.
-            from agent.daemon.server_link import ServerLink
-
-            self.link = ServerLink(self, cfg)
-            destination: Any = self.link
+        self.fs, self.users = open_host(cfg, self.root)
+        self.discovery = LiveDiscovery(self.fs, self.users, settings_from(cfg), self._context)
+        destination: Destination
+        if self.link is not None:
+            destination = self.link
         else:
             log.info("standalone mode (no server.url): changes are logged, nothing is sent")
             destination = LogDestination()
-        for ext in self.extensions:
-            ext.prepare()
+        core = self._core()
+        for part in self.parts:
+            part.prepare(core)
         self.sender = Sender(self.outbox, destination, rng=self.rng, on_error=self._note_error)
         self.sender.start()
         if cfg.watch.enabled:
@@ -134,14 +131,38 @@ class Daemon:
             self.watcher.start()
         self._emit(self.discovery.full_scan(load_previous=self._load_previous))
         self._after_scan(full=True)
-        self.scheduler = self._build_scheduler()
-        self.scheduler.start()
-        for ext in self.extensions:
-            ext.start()
+        self.jobs = Jobs(
+            jitter=lambda: self.config.schedule.jitter,
+            note_error=self._note_error,
+            stopping=lambda: self.stopping,
+        )
+        self._schedule_jobs(self.jobs, first_delay=self.rng.uniform(0, cfg.schedule.startup_splay_s))
+        self.jobs.start()
+        for part in self.parts:
+            part.start()
         self.sender.wake()
         self.publish_status()
         self.notifier.ready(self.status_line())
         log.info("agent %s ready: %s", __version__, self.status_line())
+
+    def _core(self) -> Core:
+        return Core(
+            fs=self.fs,
+            users=self.users,
+            store=self.store,
+            host_id=lambda: self.host_id,
+            policy=lambda: self.policy,
+            inventory=lambda: self.discovery.inventory,
+            vitals=self._vitals,
+            changes=lambda: self._changes,
+            rescan=self.rescan,
+            emit=self.emit_events,
+            adopt_policy=self._adopt_policy,
+            note_used=self.history.note_used,
+            note_managed=self.history.note_managed,
+            schedule_once=self._schedule_once,
+            reschedule=self._reschedule,
+        )
 
     def run(self) -> int:
         if self.install_signals:
@@ -161,15 +182,14 @@ class Daemon:
         self.notifier.stopping()
         log.info("stopping")
         self.stopping = True
-        if self.link is not None:
-            self.link.begin_stop()
+        # First the parts: the link abandons retries in progress, the follower ends its thread.
+        for part in self.parts:
+            part.stop()
         # Each part gets a bounded wait so the whole stop stays well inside systemd's 10 s.
-        if self.scheduler is not None and self.scheduler.running:
-            self.scheduler.shutdown(wait=False)
+        if self.jobs is not None:
+            self.jobs.shutdown()
         if self.watcher is not None:
             self.watcher.stop(2.0)
-        for ext in self.extensions:
-            ext.stop()
         if self.sender is not None:
             self.sender.stop(3.0)
         self._save_baseline_if_changed()
@@ -194,9 +214,10 @@ class Daemon:
     def reload(self) -> None:
         """SIGHUP: re-read the configuration; a bad one keeps the old and says why.
 
-        Applied at once: discovery settings (with a full rescan), local policy, schedule
-        intervals, log level. Read only at start (restart to change): [server], [state],
-        [watch] and [apply], which own connections, files and threads."""
+        Applied at once: discovery settings (with a full rescan), the local policy (in force
+        unless the control plane sent one), schedule intervals, log level. Read only at start
+        (restart to change): [server], [state], [watch], [usage], [apply] and [instructions],
+        which own connections, files and threads."""
         self.notifier.reloading()
         try:
             new, _ = load_config(self.config_path)
@@ -206,14 +227,14 @@ class Daemon:
             self.notifier.ready(self.status_line())
             return
         self.config = new
-        self.policy = policy_from(new)
+        self._local_policy = policy_from(new)
         logging.getLogger().setLevel(new.logging.level.upper())
         previous = self.discovery.inventory
         self.discovery = LiveDiscovery(self.fs, self.users, settings_from(new), self._context)
         self._emit(self.discovery.full_scan(previous))
         self._after_scan(full=True)
-        if self.scheduler is not None:
-            self._schedule_jobs(self.scheduler, first_delay=0.0)
+        if self.jobs is not None:
+            self._schedule_jobs(self.jobs, first_delay=0.0)
         log.info("configuration reloaded")
         self.notifier.ready(self.status_line())
 
@@ -226,14 +247,22 @@ class Daemon:
             host_id=self.host_id,
             sshd_version=self._sshd_version,
             policy=self.policy,
-            first_seen=self._first_seen,
-            last_used=self._last_used,
-            managed=self._managed,
+            first_seen=self.history.first_seen,
+            last_used=self.history.last_used,
+            managed=self.history.managed,
         )
 
     @property
     def host_id(self) -> str | None:
         return self.link.host_id if self.link is not None else None
+
+    @property
+    def policy(self) -> Policy:
+        return self._server_policy or self._local_policy
+
+    def _adopt_policy(self, policy: Policy) -> None:
+        """The control plane's policy, in force from the next scan on (a reload keeps it)."""
+        self._server_policy = policy
 
     def _load_previous(self) -> Inventory | None:
         data = self.store.load_inventory()
@@ -260,9 +289,11 @@ class Daemon:
         log.warning("full rescan: %s", reason)
         self.rescan()
 
-    def rescan(self) -> None:
+    def rescan(self) -> Inventory | None:
+        """A full scan now (a scheduled safety net, a queue overflow, a server's scan request)."""
         self._emit(self.discovery.full_scan())
         self._after_scan(full=True)
+        return self.discovery.inventory
 
     def _after_scan(self, *, full: bool) -> None:
         self.last_scan_at = datetime.now(UTC)
@@ -272,28 +303,10 @@ class Daemon:
         inventory = self.discovery.inventory
         if inventory is None:
             return
-        now = datetime.now(UTC)
+        self.history.after_scan(inventory, datetime.now(UTC), full=full)
         if full:
-            # Only keys present are remembered, keyed by the records' own strings: maps loaded
-            # from the store hold a copy of every string (~4 MB at 10,000 keys).
-            self._first_seen, fresh = first_seen_of(inventory.keys, self._first_seen, now)
-            with self._last_used_lock:
-                self._last_used = last_used_of(inventory.keys, self._last_used)
-        else:
-            fresh = [
-                (k.fingerprint, k.user, k.path)
-                for k in inventory.keys
-                if (k.fingerprint, k.user, k.path) not in self._first_seen
-            ]
-            for ident in fresh:
-                self._first_seen[ident] = now
-        if fresh:
-            self.store.record_seen(fresh, now)
-        if full:
-            self.store.retain_seen(self._first_seen)  # a key removed and re-added is new again
             self.store.save_inventory(inventory.to_json_text())
-            if self.watcher is not None:
-                self._update_watch_targets()
+            self._update_watch_targets()
             release_free_memory()
 
     def _update_watch_targets(self) -> None:
@@ -303,37 +316,29 @@ class Daemon:
         self.watcher.set_targets(ws.files, ws.dirs)
 
     def _emit(self, changes: Sequence[Change]) -> None:
-        """Changes -> events -> outbox (durable before anything is sent) -> wake the sender."""
+        """Discovery's changes -> events -> outbox (durable before anything is sent, collapsed past
+        the bound into one full inventory) -> wake the sender."""
         if not changes:
             return
-        self.changed_since_report = True
+        self._changes += 1
         self._baseline_stale = True
         events = to_events(changes, at=datetime.now(UTC), new_id=lambda: str(uuid.uuid4()))
+        self._queue(events, bounded=True)
+
+    def emit_events(self, events: Sequence[Event]) -> None:
+        """Events of the other parts (key use, instruction results): into the outbox as they are."""
+        self._queue(events, bounded=False)
+
+    def _queue(self, events: Sequence[Event], *, bounded: bool) -> None:
         with self._emit_lock:
             self.outbox.append([e.to_json() for e in events])
-            self.outbox.collapse_if_over(
-                self.config.state.outbox_max_events,
-                lambda dropped: {"reason": "outbox bound", "dropped": dropped},
-            )
+            if bounded:
+                self.outbox.collapse_if_over(
+                    self.config.state.outbox_max_events,
+                    lambda dropped: {"reason": "outbox bound", "dropped": dropped},
+                )
         if self.sender is not None:
             self.sender.wake()
-
-    def emit_events(self, events: Sequence[dict[str, Any]]) -> None:
-        """For other parts (usage follower, instruction applier) that build their own events."""
-        with self._emit_lock:
-            self.outbox.append(list(events))
-        if self.sender is not None:
-            self.sender.wake()
-
-    def note_managed(
-        self, fingerprint: str, user: str | None, path: str, managed_by: str, expires_at: datetime | None
-    ) -> None:
-        self._managed[(fingerprint, user, path)] = (managed_by, expires_at)
-
-    def note_used(self, fingerprint: str, user: str | None, at: datetime) -> None:
-        with self._last_used_lock:
-            self._last_used[(fingerprint, user)] = at
-        self.store.record_used(fingerprint, user, at)
 
     def _note_error(self, message: str) -> None:
         if self.stopping:
@@ -342,116 +347,40 @@ class Daemon:
 
     # -- scheduling ------------------------------------------------------------------------
 
-    def _build_scheduler(self) -> BackgroundScheduler:
-        scheduler = BackgroundScheduler(
-            timezone=UTC,
-            executors={"default": ThreadPoolExecutor(max_workers=2)},
-            job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": 60},
-        )
-        splay = self.rng.uniform(0, self.config.schedule.startup_splay_s)
-        self._schedule_jobs(scheduler, first_delay=splay)
-        return scheduler
-
-    def _interval(self, seconds: float) -> IntervalTrigger:
-        jitter = seconds * self.config.schedule.jitter
-        return IntervalTrigger(seconds=seconds, jitter=jitter or None, timezone=UTC)
-
-    def _schedule_jobs(self, scheduler: BackgroundScheduler, *, first_delay: float) -> None:
+    def _schedule_jobs(self, jobs: Jobs, *, first_delay: float) -> None:
         s = self.config.schedule
         now = datetime.now(UTC)
         first_contact = now + timedelta(seconds=first_delay)
-
-        def add(job_id: str, fn: Callable[[], None], seconds: float, first: datetime | None) -> None:
-            # APScheduler 3 adds a job *paused* when next_run_time=None is passed explicitly.
-            extra = {"next_run_time": first} if first is not None else {}
-            scheduler.add_job(
-                self._guard(job_id, fn),
-                self._interval(seconds),
-                id=job_id,
-                name=job_id,
-                replace_existing=True,
-                **extra,
-            )
-
-        add("rescan", self.rescan, s.rescan_s, None)
-        add("status", self.publish_status, STATUS_EVERY_S, now + timedelta(seconds=STATUS_EVERY_S))
-        if self.link is not None:
-            add("heartbeat", self.link.heartbeat, self.link.heartbeat_interval(s.heartbeat_s), first_contact)
-            add(
-                "full_report",
-                self.link.report_if_changed,
-                s.full_report_s,
-                first_contact + timedelta(seconds=1),
-            )
-            add("token_refresh", self.link.refresh_token, 60.0, first_contact + timedelta(seconds=2))
-        for ext in self.extensions:
-            for job_id, fn, seconds, first in ext.jobs():
+        jobs.every("rescan", self.rescan, s.rescan_s)
+        jobs.every("status", self.publish_status, STATUS_EVERY_S, now + timedelta(seconds=STATUS_EVERY_S))
+        for part in self.parts:
+            for job_id, fn, seconds, first in part.jobs(s, first_contact):
                 if seconds is None:
-                    self.schedule_once(job_id, fn, first or now, scheduler)
+                    jobs.once(job_id, fn, first or now)
                 else:
-                    add(job_id, fn, seconds, first)
+                    jobs.every(job_id, fn, seconds, first)
         interval = self.notifier.watchdog_interval()
         if interval:
-            # Half the watchdog interval, no jitter: a late ping restarts the agent.
-            scheduler.add_job(
-                self._watchdog_tick,
-                IntervalTrigger(seconds=max(interval / 2, 0.5), timezone=UTC),
-                id="watchdog",
-                replace_existing=True,
-                next_run_time=now,
-            )
+            # Half the watchdog interval: a late ping restarts the agent.
+            jobs.exactly_every("watchdog", self._watchdog_tick, max(interval / 2, 0.5))
 
-    def schedule_once(
-        self,
-        job_id: str,
-        fn: Callable[[], None],
-        when: datetime,
-        scheduler: BackgroundScheduler | None = None,
-    ) -> None:
-        """A one-off job (an ephemeral grant's expiry). Late runs still run: expiry must happen."""
-        target = scheduler or self.scheduler
-        if target is None:
-            return
-        target.add_job(
-            self._guard(job_id, fn),
-            DateTrigger(run_date=when, timezone=UTC),
-            id=job_id,
-            name=job_id,
-            replace_existing=True,
-            misfire_grace_time=None,
-        )
+    def _schedule_once(self, job_id: str, fn: Callable[[], None], when: datetime) -> None:
+        """A one-off job (an ephemeral grant's expiry); nothing before the scheduler exists."""
+        if self.jobs is not None:
+            self.jobs.once(job_id, fn, when)
 
-    def reschedule(self, job_id: str, seconds: float) -> None:
-        if self.scheduler is not None and self.scheduler.get_job(job_id) is not None:
-            self.scheduler.reschedule_job(job_id, trigger=self._interval(seconds))
+    def _reschedule(self, job_id: str, seconds: float) -> None:
+        if self.jobs is not None:
+            self.jobs.reschedule(job_id, seconds)
 
-    def _guard(self, job_id: str, fn: Callable[[], None]) -> Callable[[], None]:
-        """A job that raises is logged and runs again at its next time; the scheduler lives on."""
-
-        def run() -> None:
-            try:
-                fn()
-            except Exception as exc:
-                if self.stopping:
-                    # The job outlived the stop (its client or database closed under it): expected.
-                    log.debug("job %s ended by the stop: %s", job_id, type(exc).__name__)
-                elif isinstance(exc, ApiError):
-                    # Expected conversation failures (outage, auth, limits): one line, no traceback.
-                    self._note_error(f"job {job_id}: {exc}")
-                    log.warning("job %s: %s", job_id, exc)
-                else:
-                    self._note_error(f"job {job_id} failed: {type(exc).__name__}: {exc}")
-                    log.exception("job %s failed", job_id)
-
-        run.__name__ = job_id
-        return run
+    # -- health ----------------------------------------------------------------------------
 
     def healthy(self) -> tuple[bool, str]:
         if self.watcher is not None and not self.watcher.is_alive():
             return False, "watcher thread died"
         if self.sender is not None and not self.sender.is_alive():
             return False, "sender thread died"
-        if self.scheduler is None or not self.scheduler.running:
+        if self.jobs is None or not self.jobs.running:
             return False, "scheduler stopped"
         return True, "ok"
 
@@ -463,96 +392,37 @@ class Daemon:
             # No ping: systemd's WatchdogSec restarts us, which is the cure for a dead thread.
             log.error("health check failed (%s); withholding the watchdog ping", why)
 
+    def _vitals(self) -> Vitals:
+        inventory = self.discovery.inventory
+        return Vitals(
+            healthy=self.healthy()[0],
+            uptime_s=int((datetime.now(UTC) - self.started_at).total_seconds()),
+            last_scan_at=self.last_scan_at,
+            keys=len(inventory.keys) if inventory else 0,
+            outbox=self.outbox.depth(),
+        )
+
     # -- status ----------------------------------------------------------------------------
 
     def status(self, *, running: bool = True) -> dict[str, Any]:
-        inventory = self.discovery.inventory if hasattr(self, "discovery") else None
-        watch: dict[str, Any] = {}
-        if self.watcher is not None:
-            watch = dataclasses.asdict(self.watcher.stats())
-        next_jobs: dict[str, str | None] = {}
-        if self.scheduler is not None and self.scheduler.running:
-            for job in self.scheduler.get_jobs():
-                next_jobs[job.id] = rfc3339(job.next_run_time) if job.next_run_time else None
-        link = self.link.status() if self.link is not None else {}
-        return {
-            "running": running,
-            "pid": os.getpid(),
-            "version": __version__,
-            "mode": "enrolled" if self.link is not None else "standalone",
-            "started_at": rfc3339(self.started_at),
-            "updated_at": rfc3339(datetime.now(UTC)),
-            "last_scan_at": rfc3339(self.last_scan_at),
-            "keys": len(inventory.keys) if inventory else 0,
-            "problems": len(inventory.errors) if inventory else 0,
-            "outbox": self.outbox.depth() if self.db is not None else None,
-            "watch": _jsonable(watch),
-            "last_error": self.last_error,
-            "next_jobs": next_jobs,
-            **link,
-        }
+        return status_document(
+            running=running,
+            pid=os.getpid(),
+            now=datetime.now(UTC),
+            started_at=self.started_at,
+            last_scan_at=self.last_scan_at,
+            inventory=self.discovery.inventory if hasattr(self, "discovery") else None,
+            outbox=self.outbox.depth() if self.db is not None else None,
+            watch=dataclasses.asdict(self.watcher.stats()) if self.watcher is not None else {},
+            last_error=self.last_error,
+            next_jobs=self.jobs.next_runs() if self.jobs is not None else {},
+            link=self.link.status() if self.link is not None else None,
+        )
 
     def publish_status(self, running: bool = True) -> None:
         status = self.status(running=running)
         self.store.set_status(status)
-        self.notifier.status(self.status_line(status))
+        self.notifier.status(summary_line(status))
 
-    def status_line(self, status: dict[str, Any] | None = None) -> str:
-        st = status or self.status()
-        watch = st.get("watch") or {}
-        watched = watch.get("targets_inotify", 0) + watch.get("targets_polled", 0) if watch else 0
-        parts = [f"{watched} files watched", f"{st['keys']} keys", f"outbox {st['outbox']}"]
-        if st.get("last_report_at"):
-            parts.append(f"last report {st['last_report_at']}")
-        if st.get("last_error"):
-            parts.append(f"last error: {st['last_error']}")
-        return "; ".join(parts)
-
-
-FirstSeenKey = tuple[str, str | None, str]
-LastUsedKey = tuple[str, str | None]
-
-
-def first_seen_of(
-    keys: Iterable[KeyRecord], known: Mapping[FirstSeenKey, datetime], now: datetime
-) -> tuple[dict[FirstSeenKey, datetime], list[FirstSeenKey]]:
-    """(first_seen of every key in `keys`, the ones not in `known`, which get `now`). Pure."""
-    out: dict[FirstSeenKey, datetime] = {}
-    fresh: list[FirstSeenKey] = []
-    for k in keys:
-        ident = (k.fingerprint, k.user, k.path)
-        at = known.get(ident)
-        if at is None:
-            fresh.append(ident)
-            at = now
-        out[ident] = at
-    return out, fresh
-
-
-def last_used_of(
-    keys: Iterable[KeyRecord], known: Mapping[LastUsedKey, datetime]
-) -> dict[LastUsedKey, datetime]:
-    """`known` again, keyed by the records' strings where a record has that key (entries of keys
-    not present stay: such a key may come back, and its last use with it). Pure."""
-    out = dict(known)
-    if known:
-        for k in keys:
-            ident = (k.fingerprint, k.user)
-            at = out.pop(ident, None)
-            if at is not None:
-                out[ident] = at
-    return out
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple | set | frozenset):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, str | int | float | bool) or value is None:
-        return value
-    return str(value)
-
-
-def uptime_s(started: datetime) -> int:
-    return int((datetime.now(UTC) - started).total_seconds())
+    def status_line(self) -> str:
+        return summary_line(self.status())

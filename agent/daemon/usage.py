@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, tzinfo
 from typing import IO, Literal
 
+from agent.control.backoff import backoff_ceiling
 from agent.daemon.usage_parse import UsageHit, parse_journal_json, parse_sshd_message, parse_syslog_line
 
 log = logging.getLogger("sshklm.usage")
@@ -380,7 +381,9 @@ class UsageFollower:
         return argv
 
     def _run_journal(self) -> None:
-        delay = self._backoff_min
+        # Consecutive restarts without a useful run: the attempt number of the agent's one backoff,
+        # used without jitter (a local child process; there is no fleet to spread out).
+        restarts = 0
         while not self._stop.is_set():
             started = time.monotonic()
             with self._lock:
@@ -406,13 +409,15 @@ class UsageFollower:
                 _end_process_group(proc, 1.0)
                 if self._stop.is_set():
                     break
+                if got_lines or time.monotonic() - started > 60:
+                    restarts = 0
+            delay = backoff_ceiling(restarts, base=self._backoff_min, cap=self._backoff_max)
+            if proc is not None:
                 log.warning(
                     "usage: journalctl exited (status %s); restarting in %.0f s", proc.returncode, delay
                 )
-                if got_lines or time.monotonic() - started > 60:
-                    delay = self._backoff_min
             self._stop.wait(delay)
-            delay = min(delay * 2, self._backoff_max)
+            restarts += 1
 
     def _read_journal(self, proc: subprocess.Popen[bytes]) -> bool:
         stream: IO[bytes] | None = proc.stdout

@@ -372,3 +372,87 @@ def test_a_clean_restart_does_not_report_a_change_again(
         f.write(ed25519_line("after-restart") + "\n")
     wait_for(lambda: second.text().count("key_added user=alice") == 2, what="a later change")
     assert second.stop() == 0
+
+
+# Builds the daemon as `run` does, starts and stops it, and names what it loaded.
+_STANDALONE_PROBE = """
+import sys
+from agent.commands.run import build_daemon
+from agent.config import load_config
+config, _ = load_config(sys.argv[1])
+daemon = build_daemon(config, root=sys.argv[2], config_path=sys.argv[1], install_signals=False)
+daemon.start()
+try:
+    print(",".join(sorted(type(part).__name__ for part in daemon.parts)))
+finally:
+    daemon.stop()
+heavy = ("httpx", "jwt", "agent.control.client", "agent.daemon.server_link", "agent.instructions.apply")
+print(",".join(m for m in heavy if m in sys.modules))
+print("agent.daemon.watcher" in sys.modules and "apscheduler" in sys.modules)
+"""
+
+
+def test_a_standalone_agent_loads_neither_httpx_nor_the_instruction_applier(
+    fr: FakeRoot, tmp_path: Path
+) -> None:
+    # Memory: the idle RSS of a standalone agent (README) has no HTTP stack and no applier in it.
+    auth_log = tmp_path / "auth.log"
+    auth_log.write_text("")
+    config = write_config(tmp_path / "agent.toml", tmp_path / "state")
+    # Every part a standalone agent can have: the usage tracker (on a log file of its own).
+    usage = f'[usage]\nsource = "file"\nlog_file = "{auth_log}"\n'
+    config.write_text(config.read_text().replace("[usage]\nenabled = false\n", usage))
+    out = subprocess.run(
+        [sys.executable, "-c", _STANDALONE_PROBE, str(config), str(fr.root)], capture_output=True, text=True
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    parts, loaded, started = out.stdout.splitlines()
+    assert parts == "UsageTracker"
+    assert loaded == ""
+    assert started == "True"
+
+
+def test_a_reload_keeps_the_policy_the_control_plane_sent(fr: FakeRoot, tmp_path: Path) -> None:
+    # The local policy is in force until (and unless) the control plane sends one; a SIGHUP
+    # re-reads the local one but must not drop the server's (the link fetches a policy only
+    # when the server's version changes, so a dropped one would not come back).
+    import dataclasses
+
+    from agent.config import parse_config_text
+    from agent.daemon.parts import Core, Job
+    from agent.daemon.service import Daemon
+
+    class Recorder:
+        core: Core | None = None
+
+        def prepare(self, core: Core) -> None:
+            self.core = core
+
+        def jobs(self, schedule: object, first_contact: object) -> list[Job]:
+            return []
+
+        def start(self) -> None: ...
+
+        def stop(self) -> None: ...
+
+    path = write_config(tmp_path / "agent.toml", tmp_path / "state")
+    part = Recorder()
+    daemon = Daemon(
+        parse_config_text(path.read_text()),
+        root=str(fr.root),
+        config_path=str(path),
+        parts=[part],
+        install_signals=False,
+    )
+    daemon.start()
+    try:
+        assert part.core is not None
+        local = part.core.policy()
+        assert local.version == 0
+        part.core.adopt_policy(dataclasses.replace(local, version=7, min_rsa_bits=4096))
+        path.write_text(path.read_text() + "[policy]\nmax_key_age_days = 30\n")
+        daemon.reload()
+        assert "reload refused" not in (daemon.last_error or "")
+        assert (part.core.policy().version, part.core.policy().min_rsa_bits) == (7, 4096)
+    finally:
+        daemon.stop()

@@ -17,13 +17,12 @@ from agent.control.enroll import (
     enroll_host,
     load_credentials,
     parse_os_release,
-    parse_sshd_version,
     read_api_key,
     read_token,
     save_credentials,
-    sshd_version,
     write_file_atomic,
 )
+from agent.host.setup import parse_sshd_version, sshd_version
 from tests.unit.test_control_support import API_KEY, BOOTSTRAP, FakeClock, FakeServer
 
 
@@ -63,7 +62,7 @@ def test_collect_host_facts_needs_machine_id(tmp_path: Path) -> None:
 
 
 def test_collect_live_host_facts() -> None:
-    facts = collect_host_facts("/", probe_sshd=True)
+    facts = collect_host_facts("/", sshd_version_text=sshd_version("/usr/sbin/sshd"))
     assert facts["machine_id"] and facts["hostname"] and facts["kernel"] == os.uname().release
     if os.path.exists("/usr/sbin/sshd"):
         assert str(facts["sshd_version"]).startswith("OpenSSH_")
@@ -84,6 +83,10 @@ def test_sshd_version_best_effort() -> None:
         raise FileNotFoundError("no sshd")
 
     assert sshd_version(run=missing) is None
+    old = subprocess.CompletedProcess(
+        ["sshd", "-V"], 1, "", "unknown option -- V\nOpenSSH_7.4p1, OpenSSL\nusage"
+    )
+    assert sshd_version(run=lambda *_a, **_k: old) == "OpenSSH_7.4p1"
     assert sshd_version("/nonexistent/sshd") is None
 
 

@@ -9,12 +9,14 @@ import pytest
 from agent.control.backoff import (
     BackoffPolicy,
     RateBudget,
+    backoff_ceiling,
+    backoff_delay,
     classify,
     exhausted_budget_wait,
     parse_retry_after,
     retry_after_from_details,
 )
-from agent.control.errors import ApiError, QcError, error_from_response, scrub
+from agent.control.errors import ApiError, error_from_response, scrub
 
 NOW = datetime(2026, 11, 26, 12, 0, 0, tzinfo=UTC)
 
@@ -33,7 +35,7 @@ def test_error_from_contract_body() -> None:
         {"retry_after": 12},
         429,
     )
-    assert isinstance(err, QcError)
+    assert isinstance(err, ApiError)
 
 
 @pytest.mark.parametrize(
@@ -134,6 +136,29 @@ def test_full_jitter_stays_in_exponential_envelope() -> None:
         assert all(0 <= s <= ceiling for s in samples)
         assert max(samples) > ceiling * 0.8  # full jitter spreads over the whole range
         assert min(samples) < ceiling * 0.2
+
+
+def test_backoff_through_ten_thousand_consecutive_failures() -> None:
+    # The sender retries for as long as an outage lasts: every attempt number has a finite delay
+    # inside the envelope, which reaches the cap and stays there.
+    rng = random.Random(3)
+    delays = [backoff_delay(attempt, rng, base=1.0, cap=300.0) for attempt in range(10_000)]
+    assert all(0.0 <= d <= 300.0 for d in delays)
+    assert [backoff_ceiling(a, base=1.0, cap=300.0) for a in (0, 1, 8, 9, 1024, 9_999)] == [
+        1.0,
+        2.0,
+        256.0,
+        300.0,
+        300.0,
+        300.0,
+    ]
+    assert max(delays[9:]) > 290.0  # past the cap's attempt, the jitter still spans the whole range
+    assert backoff_ceiling(-1, base=1.0, cap=300.0) == 1.0
+    assert backoff_ceiling(10**9, base=1e300, cap=1e308) == 1e308  # no OverflowError, even here
+    policy = BackoffPolicy(base=1.0, cap=300.0)
+    assert [policy.ceiling(a) for a in range(10_000)] == [
+        backoff_ceiling(a, base=1.0, cap=300.0) for a in range(10_000)
+    ]
 
 
 def test_rate_limited_delay_never_below_retry_after() -> None:

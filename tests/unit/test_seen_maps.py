@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from agent.daemon.service import first_seen_of, last_used_of
+from agent.daemon.history import first_seen_of, last_used_of
 from agent.inventory.model import KeyRecord
 
 T0 = datetime(2026, 11, 27, tzinfo=UTC)

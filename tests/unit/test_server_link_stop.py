@@ -5,20 +5,19 @@ from __future__ import annotations
 import threading
 import time
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from agent.config import parse_config_text
+from agent.control.connect import api_client
 from agent.control.errors import ApiError
-from agent.daemon.server_link import ServerLink, api_client
+from agent.daemon.server_link import ServerLink
 
 
 def test_a_retry_wait_is_cut_short_by_the_stop(tmp_path: Path) -> None:
     config = parse_config_text(f'[server]\nurl = "https://cp.invalid"\n[state]\ndir = "{tmp_path}"\n')
-    daemon: Any = None  # not enrolled: the link never calls back into the daemon here
-    link = ServerLink(daemon, config)
-    threading.Timer(0.1, link.begin_stop).start()
+    link = ServerLink(config)
+    threading.Timer(0.1, link.stop).start()
     started = time.monotonic()
     with pytest.raises(ApiError, match="stopping"):
         link._pause(300.0)  # a backoff wait of five minutes
