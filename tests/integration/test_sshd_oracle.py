@@ -20,10 +20,10 @@ from agent.ssh.sshd_config import (
     SSHD_HOME,
     EffectiveSshdConfig,
     MatchContext,
-    _tilde_expand,
     parse_sshd_config,
     resolve,
 )
+from agent.ssh.sshd_config.syntax import tilde_expand
 
 SSHD = "/usr/sbin/sshd"
 
@@ -75,7 +75,7 @@ def _collapse(path: str) -> str:
 
 
 def _compare(ours: EffectiveSshdConfig, theirs: dict[str, list[str]]) -> None:
-    expanded = [_tilde_expand(t, SSHD_HOME, None) for t in ours.authorized_keys_files]
+    expanded = [tilde_expand(t, SSHD_HOME, None) for t in ours.authorized_keys_files]
     assert theirs.get("authorizedkeysfile", ["none"]) == [" ".join(expanded) or "none"]
     assert theirs["authorizedkeyscommand"] == [_string(ours.authorized_keys_command)]
     assert theirs["authorizedkeyscommanduser"] == [_string(ours.authorized_keys_command_user)]
@@ -83,7 +83,7 @@ def _compare(ours: EffectiveSshdConfig, theirs: dict[str, list[str]]) -> None:
     assert theirs["authorizedprincipalscommanduser"] == [_string(ours.authorized_principals_command_user)]
     principals = ours.authorized_principals_file
     if principals is not None:
-        principals = _tilde_expand(principals, SSHD_HOME, None)
+        principals = tilde_expand(principals, SSHD_HOME, None)
     assert theirs["authorizedprincipalsfile"] == [_string(principals)]
     assert [_collapse(v) for v in theirs["trustedusercakeys"]] == [_string(ours.trusted_user_ca_keys)]
     assert theirs["strictmodes"] == ["yes" if ours.strict_modes else "no"]
