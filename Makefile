@@ -37,9 +37,12 @@ system-deps:
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; fi; \
 	else echo "not root: skipping Debian packages ($(DEB_TEST_PACKAGES))"; fi
 
+# ruff, then the import contracts of pyproject.toml [tool.importlinter] (the layers of
+# docs/architecture.md). --no-cache: the whole graph takes well under a second.
 lint: venv
 	$(BIN)/ruff check agent tests benchmarks
 	$(BIN)/ruff format --check agent tests benchmarks
+	$(BIN)/lint-imports --no-logo --no-cache
 
 typecheck: venv
 	$(BIN)/mypy
