@@ -47,8 +47,11 @@ lint: venv
 typecheck: venv
 	$(BIN)/mypy
 
+# Unit and integration tests as any user: a test that needs root carries @pytest.mark.root(reason=...)
+# and is skipped with that reason (tests/conftest.py); the summary lists every skip and why.
+# As root (CI: `make test`) the same tests all run.
 unit: venv
-	$(BIN)/pytest -q tests
+	$(BIN)/pytest -q -n 2 --dist loadfile -rs tests
 
 test: system-deps venv lint typecheck
 	$(BIN)/pytest -q -n 2 --dist loadfile tests
