@@ -37,15 +37,21 @@ system-deps:
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; fi; \
 	else echo "not root: skipping Debian packages ($(DEB_TEST_PACKAGES))"; fi
 
+# ruff, then the import contracts of pyproject.toml [tool.importlinter] (the layers of
+# docs/architecture.md). --no-cache: the whole graph takes well under a second.
 lint: venv
 	$(BIN)/ruff check agent tests benchmarks
 	$(BIN)/ruff format --check agent tests benchmarks
+	$(BIN)/lint-imports --no-logo --no-cache
 
 typecheck: venv
 	$(BIN)/mypy
 
+# Unit and integration tests as any user: a test that needs root carries @pytest.mark.root(reason=...)
+# and is skipped with that reason (tests/conftest.py); the summary lists every skip and why.
+# As root (CI: `make test`) the same tests all run.
 unit: venv
-	$(BIN)/pytest -q tests
+	$(BIN)/pytest -q -n 2 --dist loadfile -rs tests
 
 test: system-deps venv lint typecheck
 	$(BIN)/pytest -q -n 2 --dist loadfile tests

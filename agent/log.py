@@ -15,11 +15,9 @@ Formats
            stays plain), else plain.
 
 Redaction
-`RedactingFilter` (installed on the handler) masks registered secret values
-(`register_secret`: the API key, tokens; values shorter than 8 characters are ignored, they
-would mask ordinary words), anything shaped like a JWT (three base64url segments starting
-`eyJ`), `sk_agent_...` API keys and PEM private key blocks, in the message with its args,
-in exception and stack text, and in string `extra=` fields.
+`RedactingFilter` (installed on the handler) applies `agent.redact.redact` (registered secret
+values and JWT / `sk_agent_` / PEM private key shapes) to the message with its args, to
+exception and stack text, and to string `extra=` fields.
 """
 
 from __future__ import annotations
@@ -27,63 +25,17 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 import sys
-import threading
 from datetime import UTC, datetime
 from typing import Any, Literal, TextIO
 
+from agent.redact import redact
+
+# `register_secret` lives in agent.redact (the state store shares the registry); it stays
+# importable from here because the control-plane code registers its tokens "for the logs".
+from agent.redact import register_secret as register_secret
+
 Format = Literal["auto", "plain", "json", "journal"]
-
-REDACTED = "[REDACTED]"
-MIN_SECRET_LENGTH = 8
-
-_SECRET_SHAPES = re.compile(
-    r"eyJ[A-Za-z0-9_-]*\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*"  # JWT / compact JWS
-    r"|sk_agent_[A-Za-z0-9_-]+"  # agent API keys
-    r"|-----BEGIN [A-Z0-9 ]*PRIVATE KEY-----.*?(?:-----END [A-Z0-9 ]*PRIVATE KEY-----|\Z)",
-    re.DOTALL,
-)
-
-_secrets_lock = threading.Lock()
-_secrets: frozenset[str] = frozenset()
-_secrets_pattern: re.Pattern[str] | None = None
-
-
-def register_secret(value: str | None) -> None:
-    """Mask `value` in every log record from now on. Values under 8 characters are ignored."""
-    global _secrets, _secrets_pattern
-    if not value or len(value) < MIN_SECRET_LENGTH:
-        return
-    with _secrets_lock:
-        if value in _secrets:
-            return
-        _secrets = _secrets | {value}
-        # Longest first, so a secret containing another is masked whole.
-        ordered = sorted(_secrets, key=len, reverse=True)
-        _secrets_pattern = re.compile("|".join(re.escape(s) for s in ordered))
-
-
-def clear_secrets() -> None:
-    """Forget registered secrets (tests; a replaced API key is better left registered)."""
-    global _secrets, _secrets_pattern
-    with _secrets_lock:
-        _secrets = frozenset()
-        _secrets_pattern = None
-
-
-def looks_like_secret(text: str) -> bool:
-    """True if `text` contains a registered secret or a JWT / API-key / private-key shape."""
-    pattern = _secrets_pattern
-    return bool(_SECRET_SHAPES.search(text) or (pattern is not None and pattern.search(text)))
-
-
-def redact(text: str) -> str:
-    pattern = _secrets_pattern
-    if pattern is not None:
-        text = pattern.sub(REDACTED, text)
-    return _SECRET_SHAPES.sub(REDACTED, text)
-
 
 # Attributes every LogRecord has; anything else came from `extra=`.
 _RECORD_ATTRS = frozenset(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {

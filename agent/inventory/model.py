@@ -10,13 +10,15 @@ import functools
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from types import MappingProxyType
 from typing import Any, Final, Literal, NamedTuple
 
-from agent.ssh.certificate import Certificate, rfc3339
+from agent.ssh.certificate import Certificate
+from agent.timefmt import parse_rfc3339, rfc3339
 
-__all__ = ["Certificate", "rfc3339"]
+# Re-exported: the model is where callers meet the wire shapes and their time format.
+__all__ = ["Certificate", "parse_rfc3339", "rfc3339"]
 
 KeyKind = Literal["authorized_key", "authorized_principal_ca", "host_key", "identity_key", "trusted_user_ca"]
 
@@ -32,14 +34,6 @@ EventType = Literal[
 ]
 
 JSON = dict[str, Any]
-
-
-def parse_rfc3339(text: str) -> datetime:
-    """Parse the contract's time format (also accepts an explicit offset)."""
-    value = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    if value.tzinfo is None:
-        raise ValueError("time without a zone")
-    return value.astimezone(UTC)
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,12 +15,11 @@ Encrypted PEM/PKCS#8 files reveal no public key without the passphrase: public_b
 
 from __future__ import annotations
 
-import base64
 import binascii
 import re
 from dataclasses import dataclass
 
-from agent.ssh.wire import Reader, WireError, b64decode_strict, put_mpint, put_string
+from agent.ssh.wire import WireError, b64decode, cstring, put_mpint, put_string, string, uint
 
 OPENSSH_BEGIN = b"-----BEGIN OPENSSH PRIVATE KEY-----"
 OPENSSH_END = b"-----END OPENSSH PRIVATE KEY-----"
@@ -36,7 +35,7 @@ _PEM_LABELS = {
 _BEGIN_RE = re.compile(rb"-----BEGIN ((?:OPENSSH |RSA |DSA |EC |ENCRYPTED )?PRIVATE KEY)-----")
 _PUTTY_RE = re.compile(rb"PuTTY-User-Key-File-[23]: ")
 # OpenSSH supports these for openssh-key-v1 (cipher.c); anything else is not an SSH key file.
-_KDFS = frozenset({"none", "bcrypt"})
+_KDFS = frozenset({b"none", b"bcrypt"})
 
 
 class InvalidPrivateKey(ValueError):
@@ -73,7 +72,11 @@ def parse_private_key_file(data: bytes) -> IdentityKeyFile:
 
 
 def _armored_body(data: bytes, begin: bytes, end: bytes) -> tuple[list[bytes], list[bytes]]:
-    """(header lines, base64 lines) between the BEGIN and END markers."""
+    """(header lines, other lines) between the BEGIN and END markers, each stripped of blanks.
+
+    The framing is more forgiving than OpenSSH's (a leading BOM or blank, CRLF line ends): a
+    private key on disk is worth reporting even when ssh would stumble over its framing.
+    """
     lines = [line.strip() for line in data.splitlines()]
     if not lines or lines[0] != begin:
         raise InvalidPrivateKey("missing begin marker")
@@ -87,33 +90,37 @@ def _armored_body(data: bytes, begin: bytes, end: bytes) -> tuple[list[bytes], l
 
 
 def _parse_openssh(data: bytes) -> IdentityKeyFile:
-    _, body = _armored_body(data, OPENSSH_BEGIN, OPENSSH_END)
+    headers, body = _armored_body(data, OPENSSH_BEGIN, OPENSSH_END)
     try:
-        raw = b64decode_strict(b"".join(body))
-    except (WireError, UnicodeError):
+        # private2_uudecode: every byte between the markers is base64 text (no RFC 1421 headers).
+        if headers:
+            raise WireError("header in openssh-key-v1 body")
+        raw = b64decode(b"".join(body))
+    except WireError:
         raise InvalidPrivateKey("invalid base64 in private key") from None
     if not raw.startswith(OPENSSH_MAGIC):
         raise InvalidPrivateKey("bad openssh-key-v1 magic")
-    reader = Reader(raw[len(OPENSSH_MAGIC) :])
     try:
-        cipher = reader.cstring()
-        kdf = reader.cstring()
-        reader.string()  # KDF options (salt, rounds)
-        count = reader.uint32()
+        pos = len(OPENSSH_MAGIC)
+        cipher, pos = cstring(raw, pos)
+        kdf, pos = cstring(raw, pos)
+        _kdf_options, pos = string(raw, pos)  # salt, rounds
+        count, pos = uint(raw, pos, 4)
         if count != 1:
             # OpenSSH itself only reads files holding exactly one key.
             raise InvalidPrivateKey("unsupported number of keys in private key file")
-        public_blob = reader.string()
-        reader.string()  # the (possibly encrypted) private section: skipped, never kept
-        reader.expect_end()
-        Reader(public_blob).cstring()  # the public key must at least name its type
+        public_blob, pos = string(raw, pos)
+        _private, pos = string(raw, pos)  # the (possibly encrypted) private section: never kept
+        if pos != len(raw):
+            raise WireError("trailing bytes")
+        cstring(public_blob, 0)  # the public key must at least name its type
     except WireError:
         raise InvalidPrivateKey("malformed openssh-key-v1 structure") from None
     if kdf not in _KDFS:
         raise InvalidPrivateKey("unsupported key derivation function")
-    if (cipher == "none") != (kdf == "none"):
+    if (cipher == b"none") != (kdf == b"none"):
         raise InvalidPrivateKey("inconsistent cipher and key derivation function")
-    return IdentityKeyFile(public_blob=public_blob, encrypted=cipher != "none", format="openssh")
+    return IdentityKeyFile(public_blob=public_blob, encrypted=cipher != b"none", format="openssh")
 
 
 # --------------------------------------------------------------------------- PEM / PKCS#8
@@ -147,7 +154,7 @@ def _pem_public_blob(data: bytes) -> bytes:
         numbers = public.public_numbers()
         params = numbers.parameter_numbers
         return (
-            put_string("ssh-dss")
+            put_string(b"ssh-dss")
             + put_mpint(params.p)
             + put_mpint(params.q)
             + put_mpint(params.g)
@@ -158,9 +165,10 @@ def _pem_public_blob(data: bytes) -> bytes:
     except Exception:  # e.g. an EC curve SSH has no name for
         raise InvalidPrivateKey("key type not usable with SSH") from None
     parts = text.split(b" ")
-    if len(parts) < 2:
-        raise InvalidPrivateKey("key type not usable with SSH")
-    return base64.b64decode(parts[1], validate=True)
+    try:
+        return b64decode(parts[1])
+    except (IndexError, WireError):
+        raise InvalidPrivateKey("key type not usable with SSH") from None
 
 
 # --------------------------------------------------------------------------- PuTTY
@@ -189,8 +197,8 @@ def _parse_putty(data: bytes) -> IdentityKeyFile:
     if b"encryption" not in fields or not public_lines:
         raise InvalidPrivateKey("malformed PuTTY key file")
     try:
-        blob = b64decode_strict(b"".join(public_lines))
-        Reader(blob).cstring()
-    except (WireError, UnicodeError):
+        blob = b64decode(b"".join(public_lines))
+        cstring(blob, 0)
+    except WireError:
         raise InvalidPrivateKey("invalid public key in PuTTY key file") from None
     return IdentityKeyFile(public_blob=blob, encrypted=fields[b"encryption"] != b"none", format="putty")

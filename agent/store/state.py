@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from agent.log import looks_like_secret
+from agent.redact import looks_like_secret
 from agent.store.db import Database
 
 JSON = dict[str, Any]

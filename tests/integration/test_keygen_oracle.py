@@ -362,3 +362,122 @@ def test_authorized_keys_layout_matches(tmp_path: Path, material: Material) -> N
     assert ours[1].options is not None and ours[1].options.from_ == "10.0.0.0/8"
     assert ours[2].options is not None and ours[2].options.command == 'echo "hi there"'
     assert ours[-1].options_error == "unknown key option"
+
+
+# --- base64 as b64_pton reads it (agent.ssh.wire.b64decode, the one decoder) ----------------------
+
+
+def _padded_rsa_blob(pad: int) -> bytes:
+    """An RSA blob whose base64 ends in `pad` '=' characters (the modulus is not prime: ssh-keygen
+    does not care, it parses and fingerprints)."""
+    for n_bytes in range(256, 262):
+        blob = s("ssh-rsa") + mpint(65537) + mpint((1 << (8 * n_bytes - 2)) | 0xABCDEF | 1)
+        if (3 - len(blob) % 3) % 3 == pad:
+            return blob
+    raise AssertionError("no modulus size gives that padding")
+
+
+def _bump_last_char(token: str) -> str:
+    """Same length and padding, but non-zero pad bits: the last data character plus one."""
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+    data = token.rstrip("=")
+    bumped = alphabet[alphabet.index(data[-1]) + 1]
+    return data[:-1] + bumped + token[len(data) :]
+
+
+def test_base64_whitespace_is_skipped_like_b64_pton(tmp_path: Path) -> None:
+    lines = []
+    for pad in (1, 2):
+        token = b64(_padded_rsa_blob(pad))
+        lines += [
+            f"ssh-rsa {token[:20]}\v{token[20:]} vt inside",
+            f"ssh-rsa {token[:20]}\f{token[20:]} ff inside",
+            f"ssh-rsa {token[:20]}\r{token[20:]} cr inside",
+            f"ssh-rsa {token[:-pad]}\v{token[-pad:]} vt before the padding",
+            f"ssh-rsa {token}\v trailing vt",
+        ]
+    lines.append(f"ssh-rsa {token[:-1]}\v= vt between the pads")
+    ours = assert_agrees(tmp_path, lines)
+    assert len(ours) == len(lines)
+
+
+def test_base64_padding_rules_match(tmp_path: Path) -> None:
+    bad = []
+    for pad in (1, 2):
+        token = b64(_padded_rsa_blob(pad))
+        bad += [
+            f"ssh-rsa {token.rstrip('=')} padding missing",
+            f"ssh-rsa {_bump_last_char(token)} non-zero pad bits",
+            f"ssh-rsa {token}AAAA data after the padding",
+            f"ssh-rsa {token}= one pad too many",
+        ]
+    assert_all_refused(tmp_path, bad)
+
+
+def _identity_variants(tmp_path: Path) -> dict[str, bytes]:
+    """An openssh-key-v1 file whose base64 ends in padding, and variants of its body."""
+    for length in range(1, 30):
+        path = tmp_path / f"id{length}"
+        keygen("-t", "ed25519", "-N", "", "-C", "c" * length, "-f", str(path), cwd=tmp_path)
+        data = path.read_bytes()
+        lines = data.split(b"\n")
+        if lines[-3].endswith(b"="):
+            break
+    else:
+        raise AssertionError("no comment length gave a padded body")
+    body = lines[1:-2]
+
+    def variant(new_body: list[bytes]) -> bytes:
+        return b"\n".join([lines[0], *new_body, *lines[-2:]])
+
+    last = body[-1].decode()
+    return {
+        "as written": data,
+        "space inside a line": variant([body[0][:10] + b" " + body[0][10:], *body[1:]]),
+        "tab inside a line": variant([body[0][:10] + b"\t" + body[0][10:], *body[1:]]),
+        "vt inside a line": variant([body[0][:10] + b"\v" + body[0][10:], *body[1:]]),
+        "trailing blanks": variant([line + b"  " for line in body]),
+        "blank line inside": variant([body[0], b"", *body[1:]]),
+        "space before the padding": variant([*body[:-1], last[:-1].encode() + b" ="]),
+        "padding missing": variant([*body[:-1], last.rstrip("=").encode()]),
+        "non-zero pad bits": variant([*body[:-1], _bump_last_char(last).encode()]),
+        "data after the padding": variant([*body[:-1], last.encode() + b"AAAA"]),
+        "an RFC 1421 header": variant([b"Comment: x", *body]),
+    }
+
+
+def test_identity_file_base64_matches_ssh_keygen(tmp_path: Path) -> None:
+    """ssh-keygen -l on a private key file without its .pub reads the public half from the
+    openssh-key-v1 body (private2_uudecode + b64_pton): we accept and refuse the same bodies."""
+    from agent.ssh.keys import parse_public_blob
+    from agent.ssh.privkey import InvalidPrivateKey, parse_private_key_file
+
+    accepted, refused = [], []
+    for name, data in _identity_variants(tmp_path).items():
+        path = tmp_path / "variant"
+        path.write_bytes(data)
+        path.chmod(0o600)
+        printed = keygen_list(path, "sha256")
+        try:
+            parsed = parse_private_key_file(data)
+        except InvalidPrivateKey:
+            assert printed == [], f"{name}: ssh-keygen reads it, we refuse it"
+            refused.append(name)
+            continue
+        assert parsed.public_blob is not None
+        assert [p.fingerprint for p in printed] == [parse_public_blob(parsed.public_blob).fingerprint], name
+        accepted.append(name)
+    assert sorted(accepted) == sorted(
+        [
+            "as written",
+            "space inside a line",
+            "tab inside a line",
+            "vt inside a line",
+            "trailing blanks",
+            "blank line inside",
+            "space before the padding",
+        ]
+    )
+    assert sorted(refused) == sorted(
+        ["padding missing", "non-zero pad bits", "data after the padding", "an RFC 1421 header"]
+    )

@@ -24,10 +24,21 @@ def keys_of(inv: dict, **match: object) -> list[dict]:
     return [k for k in inv["keys"] if all(k.get(f) == v for f, v in match.items())]
 
 
+def owner_uid(uid: int) -> int:
+    """The uid to give a fake account whose files the test creates.
+
+    StrictModes accepts a file owned by root or by its user. As root the files are root's, so any
+    uid does; without root they are the test runner's, so the account gets the runner's uid. The
+    tests using this are about which files sshd reads and how, not about ownership (that is
+    test_file_owned_by_another_uid_is_orphaned_and_ineffective, which needs root to chown).
+    """
+    return uid if os.geteuid() == 0 else os.geteuid()
+
+
 @pytest.fixture
 def fr(tmp_path: Path) -> FakeRoot:
     root = FakeRoot(tmp_path / "root")
-    root.add_user("alice", 1000)
+    root.add_user("alice", owner_uid(1000))
     return root
 
 
@@ -56,7 +67,7 @@ def test_authorized_keys_file_setting_and_unread_file(
 
 
 def test_match_block_per_user(fr: FakeRoot, capsys: pytest.CaptureFixture[str]) -> None:
-    fr.add_user("bob", 1001)
+    fr.add_user("bob", owner_uid(1001))  # Match User matches the name, whatever the uid
     fr.write_sshd_config("Match User bob\n  AuthorizedKeysFile .ssh/bob_keys\n")
     fr.authorized_keys("bob", [ed25519_line("bobkey")], name="bob_keys")
     fr.authorized_keys("alice", [ed25519_line("alicekey")], name="bob_keys")
@@ -226,7 +237,7 @@ def test_risk_root_shared_orphaned_weak(fr: FakeRoot, capsys: pytest.CaptureFixt
     assert ghost["user"] is None and "orphaned" in ghost["risk"]["factors"] and ghost["effective"] is False
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="chown to another uid needs root")
+@pytest.mark.root(reason="chowns a file to another uid")
 def test_file_owned_by_another_uid_is_orphaned_and_ineffective(
     fr: FakeRoot, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -446,8 +446,7 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-@pytest.mark.root
-@pytest.mark.skipif(os.geteuid() != 0, reason="needs root: starts sshd and adds a throwaway user")
+@pytest.mark.root(reason="starts sshd and adds a throwaway user")
 @pytest.mark.skipif(
     not os.path.exists(SSHD) or shutil.which("ssh") is None, reason="needs openssh-server and ssh"
 )

@@ -12,16 +12,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from agent.log import (
-    REDACTED,
-    clear_secrets,
-    journal_priority,
-    looks_like_secret,
-    redact,
-    register_secret,
-    setup_logging,
-    stream_is_journal,
-)
+from agent.log import journal_priority, setup_logging, stream_is_journal
+from agent.redact import REDACTED, clear_secrets, looks_like_secret, redact, register_secret
 
 JWT = "eyJhbGciOiJFZERTQSJ9.eyJzdWIiOiJhZ3QifQ.SGVsbG8tc2lnbmF0dXJl_x"
 API_KEY = "sk_agent_Zm9vYmFyYmF6cXV4"

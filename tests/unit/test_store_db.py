@@ -78,9 +78,8 @@ def test_symlinked_database_file_is_refused(tmp_path: Path) -> None:
         open_database(state)
 
 
+@pytest.mark.root(reason="chowns the state directory to another uid")
 def test_state_dir_owned_by_someone_else_is_refused(tmp_path: Path) -> None:
-    if os.geteuid() != 0:
-        pytest.skip("needs root to chown")
     state = tmp_path / "s"
     state.mkdir(mode=0o700)
     os.chown(state, 12345, 12345)

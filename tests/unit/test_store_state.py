@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.log import clear_secrets, register_secret
+from agent.redact import clear_secrets, register_secret
 from agent.store.db import Database, open_database
 from agent.store.state import Backup, SecretInStatus, StateStore
 
