@@ -143,7 +143,7 @@ def test_parse_mountinfo_unescapes_and_skips_garbage() -> None:
         Mount("/mnt/my share", "cifs", os.makedev(0, 50)),
         Mount("/home", "nfs4", os.makedev(0, 51)),
     ]
-    table = safefs._MountTable(mounts)
+    table = safefs.MountTable(mounts)
     assert table.fstype(os.makedev(0, 51), "/whatever") == "nfs4"  # by device first
     assert table.fstype(os.makedev(9, 9), "/home/u/.ssh") == "nfs4"  # longest prefix fallback
     assert table.fstype(os.makedev(9, 9), "/homeless") == "ext4"
