@@ -45,7 +45,15 @@ import os
 
 from agent.host.mounts import Mount, parse_mountinfo
 from agent.host.safefs_read import DirReads, FileReads, ReadDir, ReadResult, read_final
-from agent.host.safefs_walk import MAX_SYMLINKS, FileInfo, MountTable, Resolver, UnsafePath, components
+from agent.host.safefs_walk import (
+    MAX_SYMLINKS,
+    FileInfo,
+    MountTable,
+    Resolver,
+    UnsafePath,
+    components,
+    failure_reason,
+)
 from agent.host.safefs_write import (
     SELINUX_XATTR,
     BeforeRename,
@@ -78,6 +86,7 @@ __all__ = [
     "ReadDir",
     "ReadResult",
     "UnsafePath",
+    "failure_reason",
     "open_private_dir",
     "parse_mountinfo",
     "read_private_file",

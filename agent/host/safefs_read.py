@@ -30,6 +30,10 @@ class ReadResult:
     chain: tuple[FileInfo, ...]  # every directory of realpath from "/" down to the file's parent
     truncated: bool  # the file holds more than max_bytes; data is the first max_bytes
 
+    def text(self) -> str:
+        """The bytes as text (UTF-8, undecodable bytes replaced)."""
+        return self.data.decode("utf-8", "replace")
+
 
 def _read_fd(fd: int, limit: int) -> bytes:
     chunks: list[bytes] = []

@@ -40,6 +40,16 @@ class UnsafePath(Exception):
         return f"{self.path}: {self.reason}"
 
 
+def failure_reason(exc: BaseException) -> str:
+    """Why a read failed, for a report that names the path separately: UnsafePath's reason, the
+    OS error's text, else the exception's type. Never file content."""
+    if isinstance(exc, UnsafePath):
+        return exc.reason
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return type(exc).__name__
+
+
 @dataclass(frozen=True)
 class FileInfo:
     """Stat values taken from a descriptor. ``mode`` is the full ``st_mode`` (type and permission bits)."""

@@ -40,7 +40,7 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from agent.host.safefs import CreateSpec, DirHandle, FileInfo, HostFS, ReadResult, UnsafePath
-from agent.host.scan import authorized_keys_confine, authorized_keys_paths, load_sshd_config
+from agent.host.sshd_files import authorized_keys_confine, authorized_keys_paths, load_sshd_config
 from agent.host.users import User, UserSource
 from agent.instructions.plan import EditPlan, NewLineBuilder, PlanError, plan_add, plan_remove, plan_replace
 from agent.instructions.validate import EPHEMERAL_TAG, Ephemeral, NewKey, Revoke, Rotation, Scan, validate
