@@ -8,14 +8,18 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from agent.daemon.service import Daemon
 from agent.daemon.usage import UsageFollower
 from agent.daemon.usage_parse import UsageHit
-from agent.inventory.model import rfc3339
+from agent.inventory.evaluate import Policy
+from agent.inventory.model import Event, rfc3339
+
+if TYPE_CHECKING:
+    from agent.instructions.apply import Applier
 
 log = logging.getLogger("sshklm.extensions")
 
@@ -71,38 +75,52 @@ class UsageTracker:
 
 
 class InstructionHandler:
-    """Server-issued rotations, ephemeral grants and scans, through the Applier (docs/rotation.md)."""
+    """Server-issued rotations, ephemeral grants and scans, through the Applier (docs/rotation.md).
+
+    It is also the Applier's `DaemonHooks` (agent/instructions/ports.py): what the applier asks of
+    the daemon (host id, policy, a scan, a one-off job) and tells it (events, managed lines)."""
 
     def __init__(self, daemon: Daemon) -> None:
         self.daemon = daemon
-        self.applier: Any = None
+        self.applier: Applier | None = None
 
     def prepare(self) -> None:
-        from agent.instructions.apply import Applier, backups_dir_for
+        from agent.instructions.apply import Applier, ApplierSettings
+        from agent.instructions.host_files import SafeHostFiles, backups_dir_for
 
         d = self.daemon
         cfg = d.config
-        self.applier = Applier(
-            d.fs,
-            d.users,
-            d.store,
-            sshd_config_path=cfg.discovery.sshd_config,
-            public_keys=list(cfg.instructions.public_keys),
+        settings = ApplierSettings(
+            sshd_config=cfg.discovery.sshd_config,
+            public_keys=tuple(cfg.instructions.public_keys),
             require_signature=cfg.instructions.require_signature,
             leeway_s=cfg.instructions.leeway_s,
-            host_id=lambda: d.host_id,
-            policy=lambda: d.policy,
-            max_ttl_s=lambda: d.policy.ephemeral_max_ttl_s,
-            backups_dir=backups_dir_for(cfg.state.dir),
             backups_per_file=cfg.apply.backups_per_file,
-            clock=lambda: datetime.now(UTC),
-            on_event=d.emit_events,
-            run_scan=self.run_scan,
-            note_managed=d.note_managed,
-            schedule_once=d.schedule_once,
+            ephemeral_sweep_s=cfg.schedule.ephemeral_sweep_s,
         )
+        files = SafeHostFiles(d.fs, backups_dir_for(cfg.state.dir))
+        self.applier = Applier(settings, files, d.users, d.store, self, clock=lambda: datetime.now(UTC))
         if d.link is not None:
             d.link.instruction_handler = self.applier.handle
+
+    # -- DaemonHooks --
+
+    def host_id(self) -> str | None:
+        return self.daemon.host_id
+
+    def policy(self) -> Policy:
+        return self.daemon.policy
+
+    def emit(self, events: Sequence[Event]) -> None:
+        self.daemon.emit_events([event.to_json() for event in events])
+
+    def note_managed(
+        self, fingerprint: str, user: str | None, path: str, managed_by: str, expires_at: datetime | None
+    ) -> None:
+        self.daemon.note_managed(fingerprint, user, path, managed_by, expires_at)
+
+    def schedule_once(self, job_id: str, fn: Callable[[], None], when: datetime) -> None:
+        self.daemon.schedule_once(job_id, fn, when)
 
     def run_scan(self, scan_id: str) -> None:
         link = self.daemon.link
@@ -112,6 +130,7 @@ class InstructionHandler:
             self.daemon.rescan()
 
     def start(self) -> None:
+        assert self.applier is not None, "prepare() first"
         self.applier.start()
         # Applies a crash interrupted between writing and acknowledging: check, then report.
         for jti, result in self.applier.reconcile():
@@ -127,11 +146,11 @@ class InstructionHandler:
                 log.warning("reconciled instruction %s: result not delivered (%s)", jti, exc)
 
     def stop(self) -> None:
-        self.applier.stop()
+        if self.applier is not None:
+            self.applier.stop()
 
     def jobs(self) -> list[Job]:
-        jobs: list[Job] = self.applier.jobs()
-        return jobs
+        return self.applier.jobs() if self.applier is not None else []
 
 
 def attach_extensions(daemon: Daemon) -> None:

@@ -55,6 +55,7 @@ from agent.host.safefs_walk import (
     failure_reason,
 )
 from agent.host.safefs_write import (
+    CHANGED_SINCE_READ,
     SELINUX_XATTR,
     BeforeRename,
     CreateSpec,
@@ -72,6 +73,7 @@ from agent.host.safefs_write import read_at as _read_at
 from agent.host.safefs_write import remove_at as _remove_at
 
 __all__ = [
+    "CHANGED_SINCE_READ",
     "MAX_SYMLINKS",
     "SELINUX_XATTR",
     "BeforeRename",

@@ -33,6 +33,7 @@ if TYPE_CHECKING:
 
 SELINUX_XATTR: Final = "security.selinux"
 PRIVATE_DIR_MODE: Final = 0o700
+CHANGED_SINCE_READ: Final = "changed since read"  # the reason a write guarded by `expect` is refused
 
 _DIR_READ: Final = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _TEMP_CREATE: Final = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_NOCTTY | os.O_CLOEXEC
@@ -335,7 +336,7 @@ def _check_expected(current: os.stat_result | None, expect: FileInfo | None, pat
         expect.size,
         expect.mtime,
     ):
-        raise UnsafePath("changed since read", path)
+        raise UnsafePath(CHANGED_SINCE_READ, path)
 
 
 def _selinux_label(dirh: DirHandle, name: str, probe: os.stat_result) -> bytes | None:

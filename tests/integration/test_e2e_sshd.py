@@ -13,7 +13,7 @@ import shutil
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -24,8 +24,10 @@ import pytest
 
 from agent.host.safefs import HostFS
 from agent.host.users import NssUserSource
-from agent.instructions.apply import Applier
+from agent.instructions.apply import Applier, ApplierSettings
+from agent.instructions.host_files import SafeHostFiles
 from agent.inventory.evaluate import Policy
+from agent.inventory.model import Event
 from agent.store.db import open_database
 from agent.store.state import StateStore
 from tests.controlplane import ControlPlane
@@ -33,7 +35,7 @@ from tests.controlplane import ControlPlane
 SSHD = "/usr/sbin/sshd"
 
 pytestmark = [
-    pytest.mark.root,
+    pytest.mark.root(reason="creates a user (useradd) and runs sshd"),
     pytest.mark.skipif(os.geteuid() != 0, reason="needs root: creates a user and runs sshd"),
     pytest.mark.skipif(not os.path.exists(SSHD), reason="openssh-server (/usr/sbin/sshd) is not installed"),
     pytest.mark.skipif(shutil.which("useradd") is None, reason="useradd is not available"),
@@ -112,6 +114,34 @@ class Env:
         return result
 
 
+@dataclass
+class _Hooks:
+    """No daemon around the applier: events and managed lines go nowhere, no jobs, no scans."""
+
+    host_id_value: str
+    policy_value: Policy
+
+    def host_id(self) -> str | None:
+        return self.host_id_value
+
+    def policy(self) -> Policy:
+        return self.policy_value
+
+    def emit(self, events: Sequence[Event]) -> None:
+        return None
+
+    def note_managed(
+        self, fingerprint: str, user: str | None, path: str, managed_by: str, expires_at: datetime | None
+    ) -> None:
+        return None
+
+    def schedule_once(self, job_id: str, fn: Callable[[], None], when: datetime) -> None:
+        return None
+
+    def run_scan(self, scan_id: str) -> None:
+        raise RuntimeError("no scans here")
+
+
 @pytest.fixture(scope="module")
 def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
     tmp = tmp_path_factory.mktemp("e2e")
@@ -169,22 +199,20 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
         host_id = answer.json()["host_id"]
         fs = HostFS("/")
         policy = Policy(1, 2048, frozenset({"ssh-ed25519"}), 365, False, 3600)
-        applier = Applier(
-            fs,
-            NssUserSource(),
-            StateStore(open_database(tmp / "state")),
-            sshd_config_path=str(config),
-            public_keys=[cp.signing_public_key_openssh],
+        settings = ApplierSettings(
+            sshd_config=str(config),
+            public_keys=(cp.signing_public_key_openssh,),
             require_signature=True,
             leeway_s=30,
-            host_id=lambda: host_id,
-            policy=lambda: policy,
-            max_ttl_s=lambda: 3600,
-            backups_dir=str(tmp / "state" / "backups"),
             backups_per_file=5,
+        )
+        applier = Applier(
+            settings,
+            SafeHostFiles(fs, str(tmp / "state" / "backups")),
+            NssUserSource(),
+            StateStore(open_database(tmp / "state")),
+            _Hooks(host_id, policy),
             clock=lambda: datetime.now(UTC),
-            on_event=lambda events: None,
-            run_scan=None,
         )
         yield Env(user, home, port, tmp, cp, host_id, applier, keys)
     finally:
