@@ -39,19 +39,13 @@ Where things are (this module is the entry point; it re-exports the public names
 
 from __future__ import annotations
 
-import errno
-import fnmatch
-import os
-
 from agent.host.mounts import Mount, parse_mountinfo
-from agent.host.safefs_read import DirReads, FileReads, ReadDir, ReadResult, read_final
+from agent.host.safefs_read import DirReads, FileReads, ReadDir, ReadResult, Reads
 from agent.host.safefs_walk import (
     MAX_SYMLINKS,
     FileInfo,
     MountTable,
-    Resolver,
     UnsafePath,
-    components,
     failure_reason,
 )
 from agent.host.safefs_write import (
@@ -60,6 +54,7 @@ from agent.host.safefs_write import (
     BeforeRename,
     CreateSpec,
     DirHandle,
+    Writes,
     open_private_dir,
     read_private_file,
     remove_private_file,
@@ -67,10 +62,6 @@ from agent.host.safefs_write import (
     write_all,
     write_private_file,
 )
-from agent.host.safefs_write import atomic_replace as _atomic_replace
-from agent.host.safefs_write import open_dir as _open_dir
-from agent.host.safefs_write import read_at as _read_at
-from agent.host.safefs_write import remove_at as _remove_at
 
 __all__ = [
     "CHANGED_SINCE_READ",
@@ -99,7 +90,7 @@ __all__ = [
 ]
 
 
-class HostFS(Resolver):
+class HostFS(Reads, Writes):
     """Safe access to files under ``root``. Paths are absolute paths inside the root."""
 
     def __init__(
@@ -115,137 +106,3 @@ class HostFS(Resolver):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-    # -- reading --
-
-    def read(self, path: str, *, confine: str | None = None, max_bytes: int | None = None) -> ReadResult:
-        """Read a regular file, following symlinks inside the root (and inside ``confine`` when given).
-
-        ``max_bytes`` overrides the instance cap for this call."""
-        limit = self.max_bytes if max_bytes is None else max_bytes
-        walk, final = self._resolve(path, follow_final=True, confine=confine)
-        with walk:
-            if final is None:
-                raise UnsafePath("is a directory", path)
-            realpath = walk.child(final.name)
-            data, info, truncated = read_final(self, walk.fd, final.name, final.st, realpath, path, limit)
-            return ReadResult(data, info, realpath, tuple(walk.infos), truncated)
-
-    def stat(self, path: str, *, confine: str | None = None) -> FileInfo | None:
-        """lstat semantics on the final component (parents are resolved); None when absent."""
-        try:
-            walk, final = self._resolve(path, follow_final=False, confine=confine)
-        except (FileNotFoundError, NotADirectoryError):
-            return None
-        with walk:
-            if final is None:
-                return walk.infos[-1]
-            return self._info(walk.child(final.name), final.st)
-
-    def exists(self, path: str, *, confine: str | None = None) -> bool:
-        """True when the path resolves (following symlinks) to something. UnsafePath propagates."""
-        try:
-            walk, _ = self._resolve(path, follow_final=True, confine=confine)
-        except (FileNotFoundError, NotADirectoryError):
-            return False
-        walk.reset()
-        return True
-
-    def listdir(self, path: str, *, confine: str | None = None) -> list[str]:
-        """Sorted entry names of a directory (symlinks to it followed inside the root)."""
-        with self.open_read_dir(path, confine=confine) as directory:
-            return directory.listdir()
-
-    def open_read_dir(self, path: str, *, confine: str | None = None) -> ReadDir:
-        """Resolve the directory ``path`` once (exactly as ``read`` resolves a file's parent) and
-        hold it, to list it and read several names in it without walking again. The caller
-        closes the handle. Raises like ``read``; NotADirectoryError when ``path`` is a file."""
-        walk, final = self._resolve(path, follow_final=True, confine=confine)
-        if final is not None:
-            walk.reset()
-            raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), path)
-        return ReadDir(self, walk, path, confine)
-
-    def glob(self, pattern: str) -> list[str]:
-        """Sorted absolute paths matching ``pattern`` (fnmatch per component, like glob(3):
-        a leading dot must be matched explicitly). Unreadable or unsafe directories match nothing."""
-        candidates = ["/"]
-        for comp in components(pattern):
-            if not any(ch in comp for ch in "*?["):
-                candidates = [os.path.join(base, comp) for base in candidates]
-                continue
-            matched: list[str] = []
-            for base in candidates:
-                try:
-                    names = self.listdir(base)
-                except (UnsafePath, OSError):
-                    continue
-                for name in names:
-                    if fnmatch.fnmatchcase(name, comp) and (comp.startswith(".") or not name.startswith(".")):
-                        matched.append(os.path.join(base, name))
-            candidates = matched
-        found: list[str] = []
-        for candidate in candidates:
-            try:
-                if self.stat(candidate) is not None:
-                    found.append(candidate)
-            except (UnsafePath, OSError):
-                continue
-        return sorted(found)
-
-    # -- writing --
-
-    def open_dir(
-        self, path: str, *, create: CreateSpec | None = None, confine: str, user_uid: int | None = None
-    ) -> DirHandle:
-        """Open the directory ``path`` (lexically at or under ``confine``, the home) for writing.
-
-        Components above and including ``confine`` are resolved like reads (root-controlled
-        layout such as a /home symlink); every component below it must be a real directory —
-        a symlink is refused, never followed. The home and every directory below it must be
-        owned by root or the user and not group/other-writable (like StrictModes). The user is
-        ``user_uid``, else ``create.uid``, else the owner of ``confine``. With ``create``, a
-        missing final directory is created and given that owner and mode (on its descriptor)."""
-        return _open_dir(self, path, create=create, confine=confine, user_uid=user_uid)
-
-    def read_at(self, dirh: DirHandle, name: str) -> ReadResult | None:
-        """Read ``name`` in a held directory without following links; None when absent.
-        Refuses non-regular files and hard-linked files."""
-        return _read_at(self, dirh, name)
-
-    def atomic_replace(
-        self,
-        dirh: DirHandle,
-        name: str,
-        data: bytes,
-        *,
-        uid: int,
-        gid: int,
-        mode: int,
-        expect: FileInfo | None,
-    ) -> FileInfo:
-        """Atomically replace (or create) ``name`` in the held directory with ``data``
-        (``replace_file_at``: O_EXCL temp file, owner and mode on its descriptor, fsync, rename,
-        fsync of the directory).
-
-        ``expect``: the FileInfo from the read this write is based on; the write is refused
-        ("changed since read") when dev/ino/size/mtime differ or the file is gone, checked before
-        the temp file is made and again right before the rename. The temp file is owned by
-        uid:gid with ``mode`` before any byte is written, the SELinux label of the old file is
-        copied, and the temp file is removed on any failure."""
-        return _atomic_replace(
-            self,
-            dirh,
-            name,
-            data,
-            uid=uid,
-            gid=gid,
-            mode=mode,
-            expect=expect,
-            before_rename=self._before_rename,
-        )
-
-    def remove_at(self, dirh: DirHandle, name: str, *, expect: FileInfo) -> None:
-        """Remove ``name`` from the held directory (then fsync it), refused ("changed since read")
-        when the file is not the one ``expect`` describes (dev/ino/size/mtime)."""
-        _remove_at(dirh, name, expect=expect)

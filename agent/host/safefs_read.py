@@ -9,15 +9,13 @@ Reads are capped (``max_bytes``); a longer file is reported truncated, never rea
 from __future__ import annotations
 
 import errno
+import fnmatch
 import os
 import stat
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Final, Protocol
+from typing import Final, Protocol
 
-from agent.host.safefs_walk import PROBE, FileInfo, Resolver, UnsafePath, Walk, check_name, kind
-
-if TYPE_CHECKING:
-    from agent.host.safefs import HostFS
+from agent.host.safefs_walk import PROBE, FileInfo, Resolver, UnsafePath, Walk, check_name, components, kind
 
 READ: Final = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
 
@@ -77,6 +75,87 @@ def read_final(
     return data[:max_bytes], fs._info(realpath, st), truncated
 
 
+class Reads(Resolver):
+    """The read API of ``HostFS``."""
+
+    max_bytes: int  # the default cap of a read
+
+    def read(self, path: str, *, confine: str | None = None, max_bytes: int | None = None) -> ReadResult:
+        """Read a regular file, following symlinks inside the root (and inside ``confine`` when given).
+
+        ``max_bytes`` overrides the instance cap for this call."""
+        limit = self.max_bytes if max_bytes is None else max_bytes
+        walk, final = self._resolve(path, follow_final=True, confine=confine)
+        with walk:
+            if final is None:
+                raise UnsafePath("is a directory", path)
+            realpath = walk.child(final.name)
+            data, info, truncated = read_final(self, walk.fd, final.name, final.st, realpath, path, limit)
+            return ReadResult(data, info, realpath, tuple(walk.infos), truncated)
+
+    def stat(self, path: str, *, confine: str | None = None) -> FileInfo | None:
+        """lstat semantics on the final component (parents are resolved); None when absent."""
+        try:
+            walk, final = self._resolve(path, follow_final=False, confine=confine)
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        with walk:
+            if final is None:
+                return walk.infos[-1]
+            return self._info(walk.child(final.name), final.st)
+
+    def exists(self, path: str, *, confine: str | None = None) -> bool:
+        """True when the path resolves (following symlinks) to something. UnsafePath propagates."""
+        try:
+            walk, _ = self._resolve(path, follow_final=True, confine=confine)
+        except (FileNotFoundError, NotADirectoryError):
+            return False
+        walk.reset()
+        return True
+
+    def listdir(self, path: str, *, confine: str | None = None) -> list[str]:
+        """Sorted entry names of a directory (symlinks to it followed inside the root)."""
+        with self.open_read_dir(path, confine=confine) as directory:
+            return directory.listdir()
+
+    def open_read_dir(self, path: str, *, confine: str | None = None) -> ReadDir:
+        """Resolve the directory ``path`` once (exactly as ``read`` resolves a file's parent) and
+        hold it, to list it and read several names in it without walking again. The caller
+        closes the handle. Raises like ``read``; NotADirectoryError when ``path`` is a file."""
+        walk, final = self._resolve(path, follow_final=True, confine=confine)
+        if final is not None:
+            walk.reset()
+            raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), path)
+        return ReadDir(self, walk, path, confine)
+
+    def glob(self, pattern: str) -> list[str]:
+        """Sorted absolute paths matching ``pattern`` (fnmatch per component, like glob(3):
+        a leading dot must be matched explicitly). Unreadable or unsafe directories match nothing."""
+        candidates = ["/"]
+        for comp in components(pattern):
+            if not any(ch in comp for ch in "*?["):
+                candidates = [os.path.join(base, comp) for base in candidates]
+                continue
+            matched: list[str] = []
+            for base in candidates:
+                try:
+                    names = self.listdir(base)
+                except (UnsafePath, OSError):
+                    continue
+                for name in names:
+                    if fnmatch.fnmatchcase(name, comp) and (comp.startswith(".") or not name.startswith(".")):
+                        matched.append(os.path.join(base, name))
+            candidates = matched
+        found: list[str] = []
+        for candidate in candidates:
+            try:
+                if self.stat(candidate) is not None:
+                    found.append(candidate)
+            except (UnsafePath, OSError):
+                continue
+        return sorted(found)
+
+
 # -- reading several files of one directory ----------------------------------------------------
 
 
@@ -96,7 +175,7 @@ class ReadDir:
     O_PATH|O_NOFOLLOW and fstat, non-regular files are refused before opening, and a final
     symlink is handed to the full ``read`` (so it is resolved and confined the usual way)."""
 
-    def __init__(self, fs: HostFS, walk: Walk, path: str, confine: str | None) -> None:
+    def __init__(self, fs: Reads, walk: Walk, path: str, confine: str | None) -> None:
         self._fs = fs
         self._walk = walk
         self.path = path  # as asked for
@@ -153,7 +232,7 @@ class DirReads:
     without ~/.ssh costs one walk, not three). Nothing is kept longer than the next directory:
     call ``close`` (or use ``with``) when done."""
 
-    def __init__(self, fs: HostFS) -> None:
+    def __init__(self, fs: Reads) -> None:
         self._fs = fs
         self._key: tuple[str, str | None] | None = None
         self._dir: ReadDir | None = None

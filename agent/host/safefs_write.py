@@ -20,16 +20,22 @@ import errno
 import os
 import secrets
 import stat
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from types import TracebackType
-from typing import TYPE_CHECKING, Final
+from typing import Final
 
 from agent.host.safefs_read import READ, ReadResult, read_final
-from agent.host.safefs_walk import DIR_PROBE, PROBE, FileInfo, UnsafePath, check_name, components, kind
-
-if TYPE_CHECKING:
-    from agent.host.safefs import HostFS
+from agent.host.safefs_walk import (
+    DIR_PROBE,
+    PROBE,
+    FileInfo,
+    Resolver,
+    UnsafePath,
+    check_name,
+    components,
+    kind,
+)
 
 SELINUX_XATTR: Final = "security.selinux"
 PRIVATE_DIR_MODE: Final = 0o700
@@ -185,74 +191,39 @@ def open_private_dir(path: str) -> int:
 _NOT_PLAIN_DIR: Final = "is not a plain directory (a symlink, or not a directory)"
 
 
+@contextlib.contextmanager
+def _private_dir(directory: str) -> Iterator[int]:
+    fd = open_private_dir(directory)
+    try:
+        yield fd
+    finally:
+        os.close(fd)
+
+
 def write_private_file(directory: str, name: str, data: bytes, mode: int) -> None:
     """Atomically replace ``directory/name`` (a private directory, see ``open_private_dir``) with
     ``data``, owned by the agent, at ``mode`` (never wider while being written)."""
-    fd = open_private_dir(directory)
-    try:
+    with _private_dir(directory) as fd:
         replace_file_at(fd, name, data, mode=mode)
-    finally:
-        os.close(fd)
 
 
 def read_private_file(directory: str, name: str) -> bytes:
     """The bytes of ``directory/name`` in a private directory; a symlink is refused (ELOOP)."""
     check_name(name)
-    fd = open_private_dir(directory)
-    try:
+    with _private_dir(directory) as fd:
         f = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
         with os.fdopen(f, "rb") as fh:
             return fh.read()
-    finally:
-        os.close(fd)
 
 
 def remove_private_file(directory: str, name: str) -> None:
     """Remove ``directory/name`` from a private directory (FileNotFoundError when absent)."""
     check_name(name)
-    fd = open_private_dir(directory)
-    try:
+    with _private_dir(directory) as fd:
         os.unlink(name, dir_fd=fd)
-    finally:
-        os.close(fd)
 
 
 # -- users' directories ----------------------------------------------------------------------------
-
-
-def open_dir(
-    fs: HostFS, path: str, *, create: CreateSpec | None, confine: str, user_uid: int | None
-) -> DirHandle:
-    """See ``HostFS.open_dir``."""
-    conf_parts = components(confine)
-    parts = components(path)
-    if ".." in parts or ".." in conf_parts:
-        raise UnsafePath("'..' is not allowed on the write path", path)
-    if parts[: len(conf_parts)] != conf_parts:
-        raise UnsafePath(f"outside {confine}", path)
-    rest = parts[len(conf_parts) :]
-    walk, final = fs._resolve(confine, follow_final=True, confine=None)
-    with walk:
-        if final is not None:
-            raise UnsafePath("home is not a directory", confine)
-        uid = user_uid if user_uid is not None else create.uid if create is not None else walk.infos[-1].uid
-        owners = frozenset({0, uid})
-        _check_dir(walk.infos[-1], owners, confine)
-        for index, name in enumerate(rest):
-            last = index == len(rest) - 1
-            try:
-                fd = os.open(name, DIR_PROBE, dir_fd=walk.fd)
-            except FileNotFoundError:
-                if not (last and create is not None):
-                    raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), path) from None
-                fd = _make_dir(walk.fd, name, create, path)
-            except NotADirectoryError:
-                raise UnsafePath(_not_dir_reason(walk.fd, name), path) from None
-            st = os.fstat(fd)
-            walk.push(fd, name, st)
-            _check_dir(walk.infos[-1], owners, path)
-        dir_fd = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=walk.fd)
-        return DirHandle(dir_fd, walk.path, tuple(walk.infos), owners)
 
 
 def _not_dir_reason(dir_fd: int, name: str) -> str:
@@ -314,19 +285,6 @@ def _probe_target(dirh: DirHandle, name: str) -> os.stat_result | None:
     return st
 
 
-def read_at(fs: HostFS, dirh: DirHandle, name: str) -> ReadResult | None:
-    """See ``HostFS.read_at``."""
-    check_name(name)
-    probe = _probe_target(dirh, name)
-    if probe is None:
-        return None
-    realpath = dirh.child(name)
-    data, info, truncated = read_final(fs, dirh.fd, name, probe, realpath, realpath, fs.max_bytes)
-    if info.nlink > 1:
-        raise UnsafePath(f"has {info.nlink} hard links", realpath)
-    return ReadResult(data, info, realpath, dirh.chain, truncated)
-
-
 def _check_expected(current: os.stat_result | None, expect: FileInfo | None, path: str) -> None:
     if expect is None:
         return
@@ -355,41 +313,110 @@ def _selinux_label(dirh: DirHandle, name: str, probe: os.stat_result) -> bytes |
         os.close(fd)
 
 
-def atomic_replace(
-    fs: HostFS,
-    dirh: DirHandle,
-    name: str,
-    data: bytes,
-    *,
-    uid: int,
-    gid: int,
-    mode: int,
-    expect: FileInfo | None,
-    before_rename: BeforeRename | None,
-) -> FileInfo:
-    """See ``HostFS.atomic_replace``."""
-    check_name(name)
-    path = dirh.child(name)
-    current = _probe_target(dirh, name)
-    _check_expected(current, expect, path)
-    label = _selinux_label(dirh, name, current) if current is not None else None
+class Writes(Resolver):
+    """The write API of ``HostFS``: users' directories opened for writing, files replaced in them."""
 
-    def last_checks() -> None:
-        if before_rename is not None:
-            before_rename(dirh, name)
-        # Re-check right before the rename to keep the window for a swap as small as possible.
+    max_bytes: int  # the cap of read_at
+    _before_rename: BeforeRename | None  # a test hook: run between the last checks and the rename
+
+    def open_dir(
+        self, path: str, *, create: CreateSpec | None = None, confine: str, user_uid: int | None = None
+    ) -> DirHandle:
+        """Open the directory ``path`` (lexically at or under ``confine``, the home) for writing.
+
+        Components above and including ``confine`` are resolved like reads (root-controlled
+        layout such as a /home symlink); every component below it must be a real directory —
+        a symlink is refused, never followed. The home and every directory below it must be
+        owned by root or the user and not group/other-writable (like StrictModes). The user is
+        ``user_uid``, else ``create.uid``, else the owner of ``confine``. With ``create``, a
+        missing final directory is created and given that owner and mode (on its descriptor)."""
+        conf_parts = components(confine)
+        parts = components(path)
+        if ".." in parts or ".." in conf_parts:
+            raise UnsafePath("'..' is not allowed on the write path", path)
+        if parts[: len(conf_parts)] != conf_parts:
+            raise UnsafePath(f"outside {confine}", path)
+        rest = parts[len(conf_parts) :]
+        walk, final = self._resolve(confine, follow_final=True, confine=None)
+        with walk:
+            if final is not None:
+                raise UnsafePath("home is not a directory", confine)
+            uid = (
+                user_uid if user_uid is not None else create.uid if create is not None else walk.infos[-1].uid
+            )
+            owners = frozenset({0, uid})
+            _check_dir(walk.infos[-1], owners, confine)
+            for index, name in enumerate(rest):
+                last = index == len(rest) - 1
+                try:
+                    fd = os.open(name, DIR_PROBE, dir_fd=walk.fd)
+                except FileNotFoundError:
+                    if not (last and create is not None):
+                        raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), path) from None
+                    fd = _make_dir(walk.fd, name, create, path)
+                except NotADirectoryError:
+                    raise UnsafePath(_not_dir_reason(walk.fd, name), path) from None
+                st = os.fstat(fd)
+                walk.push(fd, name, st)
+                _check_dir(walk.infos[-1], owners, path)
+            dir_fd = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=walk.fd)
+            return DirHandle(dir_fd, walk.path, tuple(walk.infos), owners)
+
+    def read_at(self, dirh: DirHandle, name: str) -> ReadResult | None:
+        """Read ``name`` in a held directory without following links; None when absent.
+        Refuses non-regular files and hard-linked files."""
+        check_name(name)
+        probe = _probe_target(dirh, name)
+        if probe is None:
+            return None
+        realpath = dirh.child(name)
+        data, info, truncated = read_final(self, dirh.fd, name, probe, realpath, realpath, self.max_bytes)
+        if info.nlink > 1:
+            raise UnsafePath(f"has {info.nlink} hard links", realpath)
+        return ReadResult(data, info, realpath, dirh.chain, truncated)
+
+    def atomic_replace(
+        self,
+        dirh: DirHandle,
+        name: str,
+        data: bytes,
+        *,
+        uid: int,
+        gid: int,
+        mode: int,
+        expect: FileInfo | None,
+    ) -> FileInfo:
+        """Atomically replace (or create) ``name`` in the held directory with ``data``
+        (``replace_file_at``: O_EXCL temp file, owner and mode on its descriptor, fsync, rename,
+        fsync of the directory).
+
+        ``expect``: the FileInfo from the read this write is based on; the write is refused
+        ("changed since read") when dev/ino/size/mtime differ or the file is gone, checked before
+        the temp file is made and again right before the rename. The temp file is owned by
+        uid:gid with ``mode`` before any byte is written, the SELinux label of the old file is
+        copied, and the temp file is removed on any failure."""
+        check_name(name)
+        path = dirh.child(name)
+        current = _probe_target(dirh, name)
+        _check_expected(current, expect, path)
+        label = _selinux_label(dirh, name, current) if current is not None else None
+
+        def last_checks() -> None:
+            if self._before_rename is not None:
+                self._before_rename(dirh, name)
+            # Re-check right before the rename to keep the window for a swap as small as possible.
+            _check_expected(_probe_target(dirh, name), expect, path)
+
+        st = replace_file_at(
+            dirh.fd, name, data, mode=mode, owner=(uid, gid), label=label, before_rename=last_checks
+        )
+        return self._info(path, st)
+
+    def remove_at(self, dirh: DirHandle, name: str, *, expect: FileInfo) -> None:
+        """Remove ``name`` from the held directory (then fsync it), refused ("changed since read")
+        when the file is not the one ``expect`` describes (dev/ino/size/mtime)."""
+        check_name(name)
+        path = dirh.child(name)
         _check_expected(_probe_target(dirh, name), expect, path)
-
-    st = replace_file_at(
-        dirh.fd, name, data, mode=mode, owner=(uid, gid), label=label, before_rename=last_checks
-    )
-    return fs._info(path, st)
-
-
-def remove_at(dirh: DirHandle, name: str, *, expect: FileInfo) -> None:
-    """See ``HostFS.remove_at``."""
-    check_name(name)
-    path = dirh.child(name)
-    _check_expected(_probe_target(dirh, name), expect, path)
-    os.unlink(name, dir_fd=dirh.fd)
-    os.fsync(dirh.fd)
+        os.unlink(name, dir_fd=dirh.fd)
+        os.fsync(dirh.fd)
