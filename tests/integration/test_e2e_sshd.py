@@ -12,6 +12,7 @@ import secrets
 import shutil
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -316,4 +317,29 @@ def test_ephemeral_grant_expires(env: Env) -> None:
     assert b"sshklm-ephemeral:eph_e2e1" not in env.ak.read_bytes()
     assert not env.login("eph")
     assert env.login("bystander")
+    assert oct(env.ak.stat().st_mode & 0o777) == "0o600"
+
+
+def test_rollback_command(env: Env) -> None:
+    """`sshklm-agent rollback` as a process: the last rotation (the removal of `extra`) is undone,
+    proven by a login; the first one is refused, the file having changed since, and nothing moves."""
+    config = env.tmp / "rollback.toml"
+    config.write_text(
+        f'[state]\ndir = "{env.tmp / "state"}"\n[discovery]\nsshd_config = "{env.tmp / "sshd_config"}"\n'
+    )
+
+    def rollback(rotation_id: str) -> subprocess.CompletedProcess[str]:
+        command = [sys.executable, "-m", "agent", "rollback", "--config", str(config), rotation_id]
+        return subprocess.run(command, capture_output=True, text=True, timeout=60, check=False)
+
+    assert not env.login("extra")
+    done = rollback("rot_e2e3")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == f"restored {env.ak}\n"
+    assert env.login("extra") and env.login("new") and env.login("bystander")
+    before = env.ak.read_bytes()
+    refused = rollback("rot_e2e1")
+    assert refused.returncode == 1
+    assert f"{env.ak}: changed since rotation rot_e2e1; not restored" in refused.stderr
+    assert env.ak.read_bytes() == before
     assert oct(env.ak.stat().st_mode & 0o777) == "0o600"
