@@ -131,9 +131,10 @@ def replace_file_at(
     tfd = os.open(tmp, _TEMP_CREATE, 0o600, dir_fd=dir_fd)
     renamed = False
     try:
-        st = os.fstat(tfd)
-        if owner is not None and (st.st_uid, st.st_gid) != owner:
-            os.fchown(tfd, *owner)
+        if owner is not None:
+            st = os.fstat(tfd)
+            if (st.st_uid, st.st_gid) != owner:
+                os.fchown(tfd, *owner)
         os.fchmod(tfd, mode)
         write_all(tfd, data)
         os.fsync(tfd)
