@@ -26,7 +26,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from agent.host.users import User
+from agent.host.safefs import HostFS
+from agent.host.users import RootUserSource, User
 from tests.integration.apply_support import (
     Signer,
     make_applier,
@@ -46,9 +47,11 @@ def main() -> int:
         users = tuple(f"u{i:04d}" for i in range(args.users))
         host = make_fake_host(Path(tmp), users)
         signer = Signer()
-        applier = make_applier(host, signer)
+        snapshot: SnapshotUsers | None = None
         if not args.reparse_users:
-            applier.users = SnapshotUsers(applier.users.all())
+            with HostFS(str(host.root)) as fs:
+                snapshot = SnapshotUsers(RootUserSource(fs).all())
+        applier = make_applier(host, signer, users=snapshot)
         expected: dict[str, list[str]] = {}
         for user in users:
             lines = [public_line(f"{user}-{j}")[0] for j in range(3)]

@@ -16,10 +16,6 @@ import pytest
 # fixture of the same name wins. pytester: the tests of the `root` marker run small pytest sessions.
 pytest_plugins = ["tests.integration.apply_support", "tests.integration.daemon_support", "pytester"]
 
-# Files whose `root` marker predates the mandatory reason. Their owners add one in issue 10, then
-# the entry goes. A test here still runs only as root (its own skipif says so).
-_ROOT_MARKER_WITHOUT_REASON_TOLERATED = frozenset({"tests/integration/test_e2e_sshd.py"})
-
 
 def root_reason(marker: pytest.Mark) -> str | None:
     """The reason given to a `root` marker, as keyword or as the only positional argument."""
@@ -38,7 +34,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             continue
         reasons = [root_reason(marker) for marker in markers]
         given = [reason for reason in reasons if reason is not None]
-        if len(given) != len(reasons) and item.location[0] not in _ROOT_MARKER_WITHOUT_REASON_TOLERATED:
+        if len(given) != len(reasons):
             missing.append(item.nodeid)
             continue
         if not is_root and given:

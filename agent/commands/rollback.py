@@ -16,10 +16,13 @@ EXIT_FAILED = 1
 
 
 def cmd_rollback(config: Config, rotation_id: str) -> int:
-    from agent.commands.scan import policy_from
     from agent.host.safefs import HostFS, UnsafePath
     from agent.host.users import NssUserSource
-    from agent.instructions.apply import Applier, RollbackRefused, backups_dir_for
+    from agent.instructions.backups import Backups
+    from agent.instructions.errors import RollbackRefused
+    from agent.instructions.host_files import SafeHostFiles, backups_dir_for
+    from agent.instructions.rollback import Rollback
+    from agent.instructions.view import UnitsOfWork
     from agent.store.db import StoreError, open_database
     from agent.store.state import StateStore
 
@@ -30,25 +33,12 @@ def cmd_rollback(config: Config, rotation_id: str) -> int:
         return EXIT_FAILED
     fs = HostFS("/")
     try:
-        applier = Applier(
-            fs,
-            NssUserSource(),
-            StateStore(db),
-            sshd_config_path=config.discovery.sshd_config,
-            public_keys=(),
-            require_signature=True,
-            leeway_s=config.instructions.leeway_s,
-            host_id=lambda: None,
-            policy=lambda: policy_from(config),
-            max_ttl_s=lambda: config.policy.ephemeral_max_ttl_s,
-            backups_dir=backups_dir_for(config.state.dir),
-            backups_per_file=config.apply.backups_per_file,
-            clock=lambda: datetime.now(UTC),
-            on_event=lambda events: None,
-            run_scan=None,
-        )
+        files = SafeHostFiles(fs, backups_dir_for(config.state.dir))
+        store = StateStore(db)
+        units = UnitsOfWork(files, NssUserSource(), config.discovery.sshd_config)
+        backups = Backups(files, store, lambda: datetime.now(UTC), config.apply.backups_per_file)
         try:
-            restored = applier.rollback(rotation_id)
+            restored = Rollback(units, store, backups).rollback(rotation_id)
         except (RollbackRefused, UnsafePath, OSError) as exc:
             print(f"sshklm-agent: rollback {rotation_id} refused: {exc}", file=sys.stderr)
             return EXIT_FAILED

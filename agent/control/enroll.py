@@ -3,14 +3,14 @@
 Files written under ``state_dir`` (mode 0700):
 - ``api_key``         the host's API key, mode 0600 (what ``server.api_key_file`` points at)
 - ``enrollment.json`` host_id, agent_id, server_url, enrolled_at: not secret, mode 0644
-Both are written to a fresh O_EXCL temp file, fsynced, renamed over the old one and the directory
-fsynced, so a re-enrollment atomically replaces the old key. The bootstrap token is only ever read
+Both are written with the safe file layer's atomic write (``write_private_file``: a fresh O_EXCL
+temp file, fsynced, renamed over the old one within the held directory, the directory fsynced), so
+a re-enrollment atomically replaces the old key. The bootstrap token is only ever read
 from a file or stdin (never argv) and is never stored.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
@@ -18,7 +18,6 @@ import platform
 import socket
 import stat
 import sys
-import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -26,6 +25,7 @@ from typing import Any, TextIO
 
 from agent import __version__
 from agent.control.client import ApiClient, Enrollment
+from agent.host.safefs import UnsafePath, open_private_dir, write_private_file
 
 log = logging.getLogger("sshklm.control")
 
@@ -141,56 +141,28 @@ class StoredCredentials:
 
 
 def ensure_state_dir(state_dir: str) -> None:
-    """Create ``state_dir`` 0700 (or tighten it); refuse a symlink or a non-directory."""
+    """Create ``state_dir`` 0700 (or tighten it); refuse a symlink, a non-directory, or a directory
+    owned by another uid (the safe file layer's rule for the agent's own directories)."""
     try:
-        os.makedirs(state_dir, mode=0o700, exist_ok=True)
-    except FileExistsError:
-        raise EnrollmentError(f"state directory {state_dir} exists and is not a directory") from None
-    info = os.lstat(state_dir)
-    if not stat.S_ISDIR(info.st_mode):
-        raise EnrollmentError(f"state directory {state_dir} is not a directory (symlink?)")
-    if stat.S_IMODE(info.st_mode) != 0o700:
-        os.chmod(state_dir, 0o700)
-
-
-def write_file_atomic(directory: str, name: str, data: bytes, mode: int) -> None:
-    """Replace ``directory/name`` atomically with ``data`` created at ``mode`` (never wider)."""
-    temp = os.path.join(directory, f".{name}.{uuid.uuid4().hex}.tmp")
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-    fd = os.open(temp, flags, mode)
-    try:
-        try:
-            os.fchmod(fd, mode)  # the umask may have narrowed it; never widened
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(temp, os.path.join(directory, name))
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(temp)
-        raise
-    dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+        os.close(open_private_dir(state_dir))
+    except UnsafePath as exc:
+        raise EnrollmentError(f"state directory {state_dir} {exc.reason}") from None
+    except OSError as exc:
+        raise EnrollmentError(f"cannot create state directory {state_dir}: {exc.strerror}") from None
 
 
 def save_credentials(
     state_dir: str, enrollment: Enrollment, server_url: str, now: datetime | None = None
 ) -> None:
     ensure_state_dir(state_dir)
-    write_file_atomic(state_dir, API_KEY_FILE, (enrollment.api_key + "\n").encode("utf-8"), 0o600)
+    write_private_file(state_dir, API_KEY_FILE, (enrollment.api_key + "\n").encode("utf-8"), 0o600)
     record = {
         "host_id": enrollment.host_id,
         "agent_id": enrollment.agent_id,
         "server_url": server_url,
         "enrolled_at": (now or datetime.now(UTC)).strftime("%Y-%m-%dT%H:%M:%SZ"),
     }
-    write_file_atomic(
+    write_private_file(
         state_dir, ENROLLMENT_FILE, (json.dumps(record, indent=2) + "\n").encode("utf-8"), 0o644
     )
 

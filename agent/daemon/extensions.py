@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -19,7 +19,8 @@ from agent.config import Config, ScheduleConfig, UsageConfig
 from agent.daemon.parts import Core, Job
 from agent.daemon.usage import UsageFollower
 from agent.daemon.usage_parse import UsageHit
-from agent.inventory.model import Event, parse_rfc3339, rfc3339
+from agent.inventory.evaluate import Policy
+from agent.inventory.model import Event, rfc3339
 
 if TYPE_CHECKING:
     from agent.instructions.apply import Applier
@@ -97,54 +98,73 @@ class InstructionLink(Protocol):
 
 
 class InstructionHandler:
-    """Server-issued rotations, ephemeral grants and scans, through the Applier (docs/rotation.md)."""
+    """Server-issued rotations, ephemeral grants and scans, through the Applier (docs/rotation.md).
+
+    It is also the Applier's `DaemonHooks` (agent/instructions/ports.py): what the applier asks of
+    the daemon (host id, policy, a scan, a one-off job) and tells it (events, managed lines)."""
 
     def __init__(self, config: Config, link: InstructionLink) -> None:
         self.config = config
         self.link = link
         self.applier: Applier | None = None
+        self._core: Core | None = None
 
     def prepare(self, core: Core) -> None:
-        cfg = self.config
-        # -- the Applier (one block: its construction changes with the applier itself) --
-        from agent.instructions.apply import Applier, backups_dir_for
+        from agent.instructions.apply import Applier, ApplierSettings
+        from agent.instructions.host_files import SafeHostFiles, backups_dir_for
 
-        self.applier = Applier(
-            core.fs,
-            core.users,
-            core.store,
-            sshd_config_path=cfg.discovery.sshd_config,
-            public_keys=list(cfg.instructions.public_keys),
+        cfg = self.config
+        self._core = core
+        settings = ApplierSettings(
+            sshd_config=cfg.discovery.sshd_config,
+            public_keys=tuple(cfg.instructions.public_keys),
             require_signature=cfg.instructions.require_signature,
             leeway_s=cfg.instructions.leeway_s,
-            host_id=core.host_id,
-            policy=core.policy,
-            max_ttl_s=lambda: core.policy().ephemeral_max_ttl_s,
-            backups_dir=backups_dir_for(cfg.state.dir),
             backups_per_file=cfg.apply.backups_per_file,
-            clock=lambda: datetime.now(UTC),
-            on_event=lambda events: core.emit([_event_from_json(e) for e in events]),
-            run_scan=self.link.put_scan_result,
-            note_managed=core.note_managed,
-            schedule_once=core.schedule_once,
+            ephemeral_sweep_s=cfg.schedule.ephemeral_sweep_s,
         )
-        # -- end of the Applier block --
+        files = SafeHostFiles(core.fs, backups_dir_for(cfg.state.dir))
+        self.applier = Applier(settings, files, core.users, core.store, self, clock=lambda: datetime.now(UTC))
 
-    def _prepared(self) -> Applier:
-        if self.applier is None:
+    def _prepared(self) -> tuple[Applier, Core]:
+        if self.applier is None or self._core is None:
             raise RuntimeError("instruction handler not prepared")
-        return self.applier
+        return self.applier, self._core
+
+    # -- DaemonHooks (agent/instructions/ports.py): what the applier asks of the daemon --
+
+    def host_id(self) -> str | None:
+        return self._prepared()[1].host_id()
+
+    def policy(self) -> Policy:
+        return self._prepared()[1].policy()
+
+    def emit(self, events: Sequence[Event]) -> None:
+        self._prepared()[1].emit(events)
+
+    def note_managed(
+        self, fingerprint: str, user: str | None, path: str, managed_by: str, expires_at: datetime | None
+    ) -> None:
+        self._prepared()[1].note_managed(fingerprint, user, path, managed_by, expires_at)
+
+    def schedule_once(self, job_id: str, fn: Callable[[], None], when: datetime) -> None:
+        self._prepared()[1].schedule_once(job_id, fn, when)
+
+    def run_scan(self, scan_id: str) -> None:
+        self.link.put_scan_result(scan_id)
+
+    # -- the Part --
 
     def handle(self, token: str) -> tuple[str | None, JSON]:
         """One instruction token -> (its jti, its result). Given to the server link."""
-        return self._prepared().handle(token)
+        return self._prepared()[0].handle(token)
 
     def jobs(self, schedule: ScheduleConfig, first_contact: datetime) -> list[Job]:
-        jobs: list[Job] = self._prepared().jobs()
+        jobs: list[Job] = self._prepared()[0].jobs()
         return jobs
 
     def start(self) -> None:
-        applier = self._prepared()
+        applier = self._prepared()[0]
         applier.start()
         # Applies a crash interrupted between writing and acknowledging: check, then report.
         for jti, result in applier.reconcile():
@@ -161,19 +181,3 @@ class InstructionHandler:
     def stop(self) -> None:
         if self.applier is not None:
             self.applier.stop()
-
-
-def _event_from_json(event: JSON) -> Event:
-    """The applier's events, still built as the wire dicts, as model events (the conversion goes
-    when the applier builds `Event`s itself)."""
-    return Event(
-        id=event["id"],
-        seq=0,
-        at=parse_rfc3339(event["at"]),
-        type=event["type"],
-        user=event["user"],
-        path=event["path"],
-        fingerprint=event["fingerprint"],
-        key=None,
-        detail=dict(event["detail"]),
-    )

@@ -18,7 +18,13 @@ from typing import Any
 from agent.instructions.verify import Instruction, Rejected
 from agent.inventory.evaluate import Policy
 from agent.inventory.model import parse_rfc3339
-from agent.ssh.authorized_keys import KeyOptions, OptionError, parse_authorized_line, parse_options
+from agent.ssh.authorized_keys import (
+    KeyOptions,
+    OptionError,
+    parse_authorized_keys,
+    parse_authorized_line,
+    parse_options,
+)
 from agent.ssh.keys import PublicKey, key_text
 
 MAX_KEY_TEXT = 16 * 1024
@@ -230,3 +236,29 @@ def _ephemeral(
     expiry = expires_at.strftime("%Y%m%d%H%M%SZ")
     new = parse_new_key(key_field, f'expiry-time="{expiry}"', policy, comment=comment)
     return Ephemeral(grant_id, user, new, expires_at)
+
+
+def check_root_from(body: Body, target_uid: int | None, policy: Policy | None) -> None:
+    """require_from_for_root: a key installed for uid 0 must carry from= (given, or kept from
+    the old line: see `check_kept_root_from`). `target_uid`: the uid of the body's user."""
+    if policy is None or not policy.require_from_for_root or target_uid != 0:
+        return
+    if isinstance(body, Ephemeral):
+        new: NewKey | None = body.new
+    elif isinstance(body, Rotation) and (body.action == "add" or body.options_given):
+        new = body.new
+    else:
+        return
+    if new is not None and (new.options is None or new.options.from_ is None):
+        raise Rejected("policy require_from_for_root: a key for root needs from=")
+
+
+def check_kept_root_from(new_data: bytes, fingerprint: str, target_uid: int, policy: Policy | None) -> None:
+    """require_from_for_root for a replacement that keeps the old line's options: only the
+    planned file (`new_data`) shows whether those carry from= (checked before anything is written)."""
+    if policy is None or not policy.require_from_for_root or target_uid != 0:
+        return
+    for ln in parse_authorized_keys(new_data):
+        is_new = ln.kind == "key" and ln.key is not None and ln.key.fingerprint == fingerprint
+        if is_new and (ln.options is None or ln.options.from_ is None):
+            raise Rejected("policy require_from_for_root: the old line's kept options have no from=")

@@ -25,8 +25,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
 
+from agent.host.safefs import UnsafePath, open_private_dir
+
 DB_NAME = "agent.db"
-STATE_DIR_MODE = 0o700
 DB_FILE_MODE = 0o600
 
 
@@ -89,19 +90,15 @@ SCHEMA_VERSION = len(MIGRATIONS)
 def prepare_state_dir(state_dir: str | os.PathLike[str]) -> Path:
     """Create the state directory 0700 if absent; refuse a symlink, a non-directory, or a
     directory owned by another uid (we run as root: a directory someone else controls could
-    be swapped under us); tighten looser permissions to 0700."""
+    be swapped under us); tighten looser permissions to 0700. The safe file layer's rule for
+    the agent's own directories (``open_private_dir``), shared with enrollment and backups."""
     path = Path(state_dir)
     try:
-        path.mkdir(mode=STATE_DIR_MODE, parents=True, exist_ok=True)
-        st = os.lstat(path)
+        os.close(open_private_dir(str(path)))
+    except UnsafePath as exc:
+        raise StoreError(f"state directory {path} {exc.reason}") from None
     except OSError as exc:
         raise StoreError(f"cannot create state directory {path}: {exc.strerror}") from None
-    if stat.S_ISLNK(st.st_mode) or not stat.S_ISDIR(st.st_mode):
-        raise StoreError(f"state directory {path} is not a plain directory")
-    if st.st_uid != os.geteuid():
-        raise StoreError(f"state directory {path} is owned by uid {st.st_uid}, not by us")
-    if stat.S_IMODE(st.st_mode) != STATE_DIR_MODE:
-        os.chmod(path, STATE_DIR_MODE)
     return path
 
 

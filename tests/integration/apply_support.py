@@ -7,7 +7,7 @@ import os
 import stat
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -19,9 +19,11 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from agent.host.safefs import BeforeRename, HostFS
-from agent.host.users import RootUserSource
-from agent.instructions.apply import Applier
+from agent.host.users import RootUserSource, UserSource
+from agent.instructions.apply import Applier, ApplierSettings
+from agent.instructions.host_files import SafeHostFiles
 from agent.inventory.evaluate import Policy
+from agent.inventory.model import Event
 from agent.store.db import open_database
 from agent.store.state import StateStore
 
@@ -155,6 +157,38 @@ def write_ak(host: FakeHost, user: str, data: bytes, mode: int = 0o600) -> Path:
     return path
 
 
+@dataclass
+class HostHooks:
+    """The applier's DaemonHooks for a FakeHost: events (as their wire JSON), managed lines and
+    scans are recorded on the host; one-off jobs go to `schedule` when given (else nowhere)."""
+
+    host: FakeHost
+    policy_value: Policy = POLICY
+    scan: Callable[[str], None] | None = None
+    schedule: Callable[[str, Callable[[], None], datetime], None] | None = None
+
+    def host_id(self) -> str | None:
+        return HOST_ID
+
+    def policy(self) -> Policy:
+        return self.policy_value
+
+    def emit(self, events: Sequence[Event]) -> None:
+        self.host.events.extend(event.to_json() for event in events)
+
+    def note_managed(
+        self, fingerprint: str, user: str | None, path: str, managed_by: str, expires_at: datetime | None
+    ) -> None:
+        self.host.managed.append((fingerprint, user, path, managed_by, expires_at))
+
+    def schedule_once(self, job_id: str, fn: Callable[[], None], when: datetime) -> None:
+        if self.schedule is not None:
+            self.schedule(job_id, fn, when)
+
+    def run_scan(self, scan_id: str) -> None:
+        (self.scan or self.host.scans.append)(scan_id)
+
+
 def make_applier(
     host: FakeHost,
     signer: Signer,
@@ -162,29 +196,27 @@ def make_applier(
     before_rename: BeforeRename | None = None,
     require_signature: bool = True,
     run_scan: Callable[[str], None] | None = None,
-    schedule_once: Any = None,
+    schedule_once: Callable[[str, Callable[[], None], datetime], None] | None = None,
     policy: Policy = POLICY,
+    users: UserSource | None = None,
 ) -> Applier:
+    """The Applier over the real safe file layer on the fake root (the daemon's wiring)."""
     fs = HostFS(str(host.root), before_rename=before_rename)
     store = StateStore(open_database(host.state))
-    return Applier(
-        fs,
-        RootUserSource(fs),
-        store,
-        sshd_config_path="/etc/ssh/sshd_config",
-        public_keys=[signer.public_openssh],
+    settings = ApplierSettings(
+        sshd_config="/etc/ssh/sshd_config",
+        public_keys=(signer.public_openssh,),
         require_signature=require_signature,
         leeway_s=5,
-        host_id=lambda: HOST_ID,
-        policy=lambda: policy,
-        max_ttl_s=lambda: 86400,
-        backups_dir=str(host.state / "backups"),
         backups_per_file=3,
+    )
+    return Applier(
+        settings,
+        SafeHostFiles(fs, str(host.state / "backups")),
+        users if users is not None else RootUserSource(fs),
+        store,
+        HostHooks(host, policy, run_scan, schedule_once),
         clock=host.clock,
-        on_event=host.events.extend,
-        run_scan=run_scan if run_scan is not None else host.scans.append,
-        note_managed=lambda *args: host.managed.append(args),
-        schedule_once=schedule_once,
     )
 
 

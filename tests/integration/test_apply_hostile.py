@@ -36,7 +36,8 @@ from tests.integration.apply_support import (
     write_ak,
 )
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="fake users with distinct uids need root (chown)")
+REASON = "fake users with distinct uids need root (chown)"
+pytestmark = [pytest.mark.root(reason=REASON), pytest.mark.skipif(os.geteuid() != 0, reason=REASON)]
 
 
 @pytest.fixture

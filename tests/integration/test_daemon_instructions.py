@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -59,6 +60,58 @@ def test_rotation_add_and_forged_instruction(tmp_path: Path, agents: list[Agent]
             )
 
         wait_for(attributed, timeout=20, what="key_added event with managed_by")
+        assert agent.stop() == 0
+
+
+def test_ephemeral_sweep_runs_at_the_configured_interval(tmp_path: Path, agents: list[Agent]) -> None:
+    """schedule.ephemeral_sweep_s is honoured: a grant whose removal at expiry failed (its ~/.ssh
+    was unsafe then) is removed by the next sweep, within seconds with a 1 s sweep (the default
+    sweep runs once a minute)."""
+    uid = os.geteuid() or 1000
+    fr = FakeRoot(tmp_path / "root")
+    home = fr.add_user("alice", uid)
+    fr.authorized_keys("alice", [ed25519_line("initial")])
+    ssh = home / ".ssh"
+    if os.geteuid() == 0:
+        for p in (home, ssh, ssh / "authorized_keys"):
+            os.chown(p, uid, uid)
+    with ControlPlane.start() as cp:
+        cp.poll_interval = 1
+        state = tmp_path / "state"
+        host_id = enroll(cp, state)
+        extra = f'[instructions]\npublic_keys = ["{cp.signing_public_key_openssh}"]\n'
+        config = write_config(tmp_path / "agent.toml", state, cp.url, extra)
+        config.write_text(config.read_text().replace("[schedule]\n", "[schedule]\nephemeral_sweep_s = 1.0\n"))
+        agent = Agent(config, fr.root).start()
+        agents.append(agent)
+        wait_for(lambda: cp.inventory(host_id) is not None, what="first inventory")
+
+        expires = datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=8)
+        body = {
+            "grant_id": "eph_sweep1",
+            "user": "alice",
+            "public_key": ed25519_line("visitor"),
+            "expires_at": expires.strftime("%Y-%m-%dT%H:%M:%SZ"),
+        }
+        jti = _jti(cp.issue_instruction(host_id, "ephemeral", body))
+        wait_for(lambda: results(cp, jti), timeout=6, what="the grant's result")
+        assert results(cp, jti)[0]["status"] == "applied"
+        ak = ssh / "authorized_keys"
+        assert "sshklm-ephemeral:eph_sweep1" in ak.read_text()
+        os.chmod(ssh, 0o770)  # group-writable: every write below it is refused
+
+        def expiry_failed() -> bool:
+            return any(
+                e["type"] == "instruction_failed" and e["detail"].get("grant_id") == "eph_sweep1"
+                for e in cp.events(host_id)
+            )
+
+        wait_for(expiry_failed, timeout=30, what="the failed removal at expiry")
+        assert "sshklm-ephemeral:eph_sweep1" in ak.read_text()
+        os.chmod(ssh, 0o700)
+        # Generous for a 1 s sweep; the default (60 s) sweep would not come for another ~40 s.
+        wait_for(lambda: "sshklm-ephemeral:eph_sweep1" not in ak.read_text(), timeout=20, what="the sweep")
+        assert "initial" in ak.read_text()
         assert agent.stop() == 0
 
 

@@ -12,8 +12,9 @@ import secrets
 import shutil
 import socket
 import subprocess
+import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -24,8 +25,10 @@ import pytest
 
 from agent.host.safefs import HostFS
 from agent.host.users import NssUserSource
-from agent.instructions.apply import Applier
+from agent.instructions.apply import Applier, ApplierSettings
+from agent.instructions.host_files import SafeHostFiles
 from agent.inventory.evaluate import Policy
+from agent.inventory.model import Event
 from agent.store.db import open_database
 from agent.store.state import StateStore
 from tests.controlplane import ControlPlane
@@ -33,7 +36,7 @@ from tests.controlplane import ControlPlane
 SSHD = "/usr/sbin/sshd"
 
 pytestmark = [
-    pytest.mark.root,
+    pytest.mark.root(reason="creates a user (useradd) and runs sshd"),
     pytest.mark.skipif(os.geteuid() != 0, reason="needs root: creates a user and runs sshd"),
     pytest.mark.skipif(not os.path.exists(SSHD), reason="openssh-server (/usr/sbin/sshd) is not installed"),
     pytest.mark.skipif(shutil.which("useradd") is None, reason="useradd is not available"),
@@ -112,6 +115,34 @@ class Env:
         return result
 
 
+@dataclass
+class _Hooks:
+    """No daemon around the applier: events and managed lines go nowhere, no jobs, no scans."""
+
+    host_id_value: str
+    policy_value: Policy
+
+    def host_id(self) -> str | None:
+        return self.host_id_value
+
+    def policy(self) -> Policy:
+        return self.policy_value
+
+    def emit(self, events: Sequence[Event]) -> None:
+        return None
+
+    def note_managed(
+        self, fingerprint: str, user: str | None, path: str, managed_by: str, expires_at: datetime | None
+    ) -> None:
+        return None
+
+    def schedule_once(self, job_id: str, fn: Callable[[], None], when: datetime) -> None:
+        return None
+
+    def run_scan(self, scan_id: str) -> None:
+        raise RuntimeError("no scans here")
+
+
 @pytest.fixture(scope="module")
 def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
     tmp = tmp_path_factory.mktemp("e2e")
@@ -169,22 +200,20 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
         host_id = answer.json()["host_id"]
         fs = HostFS("/")
         policy = Policy(1, 2048, frozenset({"ssh-ed25519"}), 365, False, 3600)
-        applier = Applier(
-            fs,
-            NssUserSource(),
-            StateStore(open_database(tmp / "state")),
-            sshd_config_path=str(config),
-            public_keys=[cp.signing_public_key_openssh],
+        settings = ApplierSettings(
+            sshd_config=str(config),
+            public_keys=(cp.signing_public_key_openssh,),
             require_signature=True,
             leeway_s=30,
-            host_id=lambda: host_id,
-            policy=lambda: policy,
-            max_ttl_s=lambda: 3600,
-            backups_dir=str(tmp / "state" / "backups"),
             backups_per_file=5,
+        )
+        applier = Applier(
+            settings,
+            SafeHostFiles(fs, str(tmp / "state" / "backups")),
+            NssUserSource(),
+            StateStore(open_database(tmp / "state")),
+            _Hooks(host_id, policy),
             clock=lambda: datetime.now(UTC),
-            on_event=lambda events: None,
-            run_scan=None,
         )
         yield Env(user, home, port, tmp, cp, host_id, applier, keys)
     finally:
@@ -288,4 +317,29 @@ def test_ephemeral_grant_expires(env: Env) -> None:
     assert b"sshklm-ephemeral:eph_e2e1" not in env.ak.read_bytes()
     assert not env.login("eph")
     assert env.login("bystander")
+    assert oct(env.ak.stat().st_mode & 0o777) == "0o600"
+
+
+def test_rollback_command(env: Env) -> None:
+    """`sshklm-agent rollback` as a process: the last rotation (the removal of `extra`) is undone,
+    proven by a login; the first one is refused, the file having changed since, and nothing moves."""
+    config = env.tmp / "rollback.toml"
+    config.write_text(
+        f'[state]\ndir = "{env.tmp / "state"}"\n[discovery]\nsshd_config = "{env.tmp / "sshd_config"}"\n'
+    )
+
+    def rollback(rotation_id: str) -> subprocess.CompletedProcess[str]:
+        command = [sys.executable, "-m", "agent", "rollback", "--config", str(config), rotation_id]
+        return subprocess.run(command, capture_output=True, text=True, timeout=60, check=False)
+
+    assert not env.login("extra")
+    done = rollback("rot_e2e3")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == f"restored {env.ak}\n"
+    assert env.login("extra") and env.login("new") and env.login("bystander")
+    before = env.ak.read_bytes()
+    refused = rollback("rot_e2e1")
+    assert refused.returncode == 1
+    assert f"{env.ak}: changed since rotation rot_e2e1; not restored" in refused.stderr
+    assert env.ak.read_bytes() == before
     assert oct(env.ak.stat().st_mode & 0o777) == "0o600"

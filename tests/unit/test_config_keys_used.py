@@ -168,19 +168,9 @@ class D:
     assert not set(_reads(ast.parse("def f(x):\n    return x.schedule.rescan_s\n")))
 
 
-DEAD_TODAY = {
-    ("schedule", "ephemeral_sweep_s"): "read nowhere: the applier hard-codes a 60 s sweep (issue 10)",
-}
-
-
 @pytest.mark.parametrize(
     ("section", "key"),
-    [
-        pytest.param(section, key, marks=pytest.mark.xfail(strict=True, reason=DEAD_TODAY[(section, key)]))
-        if (section, key) in DEAD_TODAY
-        else (section, key)
-        for section, key in _example_keys()
-    ],
+    _example_keys(),
     ids=[f"{section}.{key}" for section, key in _example_keys()],
 )
 def test_every_setting_is_read_by_the_agent(section: str, key: str) -> None:

@@ -20,8 +20,8 @@ from agent.control.enroll import (
     read_api_key,
     read_token,
     save_credentials,
-    write_file_atomic,
 )
+from agent.host.safefs import write_private_file
 from agent.host.setup import parse_sshd_version, sshd_version
 from tests.unit.test_control_support import API_KEY, BOOTSTRAP, FakeClock, FakeServer
 
@@ -152,8 +152,8 @@ def test_read_api_key_refuses_symlink(tmp_path: Path) -> None:
 
 
 def test_write_file_atomic_replaces_and_never_follows_temp(tmp_path: Path) -> None:
-    write_file_atomic(str(tmp_path), "f", b"one", 0o600)
-    write_file_atomic(str(tmp_path), "f", b"two", 0o600)
+    write_private_file(str(tmp_path), "f", b"one", 0o600)
+    write_private_file(str(tmp_path), "f", b"two", 0o600)
     assert (tmp_path / "f").read_bytes() == b"two" and os.listdir(tmp_path) == ["f"]
 
 

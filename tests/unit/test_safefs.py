@@ -143,7 +143,7 @@ def test_parse_mountinfo_unescapes_and_skips_garbage() -> None:
         Mount("/mnt/my share", "cifs", os.makedev(0, 50)),
         Mount("/home", "nfs4", os.makedev(0, 51)),
     ]
-    table = safefs._MountTable(mounts)
+    table = safefs.MountTable(mounts)
     assert table.fstype(os.makedev(0, 51), "/whatever") == "nfs4"  # by device first
     assert table.fstype(os.makedev(9, 9), "/home/u/.ssh") == "nfs4"  # longest prefix fallback
     assert table.fstype(os.makedev(9, 9), "/homeless") == "ext4"
@@ -304,6 +304,7 @@ def test_socket_is_refused(fs: HostFS, root: Path, monkeypatch: pytest.MonkeyPat
             fs.read(f"{SSH}/sock")
 
 
+@pytest.mark.root(reason="mknod of a device needs root")
 @pytest.mark.skipif(not IS_ROOT, reason="mknod of a device needs root")
 def test_device_is_refused_and_never_opened(fs: HostFS, root: Path) -> None:
     os.mknod(root / "home/u/.ssh/null", 0o600 | stat.S_IFCHR, os.makedev(1, 3))
@@ -428,6 +429,7 @@ def test_create_dir_and_file_modes_and_owners(fs: HostFS, root: Path, owner: tup
     assert after["home/u/.ssh/authorized_keys"] == (stat.S_IFREG, 0o600, *owner, KEYS)
 
 
+@pytest.mark.root(reason=NOT_ROOT_REASON)
 @pytest.mark.skipif(not IS_ROOT, reason=NOT_ROOT_REASON)
 def test_create_chowns_to_another_user(fs: HostFS, root: Path) -> None:
     with fs.open_dir("/home/u/.ssh2", confine=HOME, create=CreateSpec(12345, 4242, 0o711)) as dirh:

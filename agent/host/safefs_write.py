@@ -1,0 +1,423 @@
+"""The safe file layer's writes: THE atomic-write primitive, users' directories, the agent's own.
+
+Part of the safe file layer (see ``agent/host/safefs.py``). Every file the agent writes goes
+through ``replace_file_at``: a temp file created O_CREAT|O_EXCL|O_NOFOLLOW in a directory held by
+descriptor, owner and mode set on its descriptor before any byte, all bytes written and fsynced,
+the caller's last checks, a rename within that directory, an fsync of the directory. It serves:
+
+* users' authorized keys files (``atomic_replace``: in a directory opened by ``open_dir``, which
+  never follows a symlink below the home and checks owners and modes like StrictModes; guarded by
+  the stat of the read the new bytes are based on; the SELinux label kept);
+* the agent's own files in its private directories (``write_private_file``: credentials,
+  rotation backups), whose directory ``open_private_dir`` creates 0700 and refuses when it is a
+  symlink or owned by another uid.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import secrets
+import stat
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Final
+
+from agent.host.safefs_read import READ, ReadResult, read_final
+from agent.host.safefs_walk import (
+    DIR_PROBE,
+    PROBE,
+    FileInfo,
+    Resolver,
+    UnsafePath,
+    check_name,
+    components,
+    kind,
+)
+
+SELINUX_XATTR: Final = "security.selinux"
+PRIVATE_DIR_MODE: Final = 0o700
+CHANGED_SINCE_READ: Final = "changed since read"  # the reason a write guarded by `expect` is refused
+
+_DIR_READ: Final = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_TEMP_CREATE: Final = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_NOCTTY | os.O_CLOEXEC
+_XATTR_ABSENT: Final = frozenset({errno.ENODATA, errno.ENOTSUP, errno.EOPNOTSUPP})
+_XATTR_UNSUPPORTED: Final = frozenset({errno.ENOTSUP, errno.EOPNOTSUPP})
+
+
+@dataclass(frozen=True)
+class CreateSpec:
+    """Owner and mode of a directory that open_dir may create."""
+
+    uid: int
+    gid: int
+    mode: int = 0o700
+
+
+class DirHandle:
+    """A directory held open (O_RDONLY descriptor) for reading and atomically replacing files in it."""
+
+    def __init__(self, fd: int, path: str, chain: tuple[FileInfo, ...], owners: frozenset[int]) -> None:
+        self.fd = fd
+        self.path = path  # real path inside the root
+        self.chain = chain  # directories from "/" down to and including this one
+        self.owners = owners  # uids allowed to own files written here (root and the user)
+
+    @property
+    def info(self) -> FileInfo:
+        return self.chain[-1]
+
+    def child(self, name: str) -> str:
+        return self.path.rstrip("/") + "/" + name
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    def __enter__(self) -> DirHandle:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"DirHandle({self.path!r}, fd={self.fd})"
+
+
+BeforeRename = Callable[[DirHandle, str], None]
+
+
+def write_all(fd: int, data: bytes) -> None:
+    """os.write until every byte is written (a write may be short)."""
+    view = memoryview(data)
+    while view:
+        written = os.write(fd, view)
+        view = view[written:]
+
+
+def close_quietly(fd: int) -> None:
+    with contextlib.suppress(OSError):
+        os.close(fd)
+
+
+# -- the atomic-write primitive --------------------------------------------------------------------
+
+
+def replace_file_at(
+    dir_fd: int,
+    name: str,
+    data: bytes,
+    *,
+    mode: int,
+    owner: tuple[int, int] | None = None,
+    label: bytes | None = None,
+    before_rename: Callable[[], None] | None = None,
+) -> os.stat_result:
+    """Atomically replace (or create) ``name`` in the directory held by ``dir_fd`` with ``data``.
+
+    The temp file ``.<name>.sshklm-<random>.tmp`` is created O_EXCL|O_NOFOLLOW (0600) in that
+    directory; ``owner`` (uid, gid; None: the caller's) and ``mode`` are set on its descriptor
+    before any byte is written; then every byte, fsync, the SELinux ``label`` (when given and the
+    filesystem has labels), ``before_rename()`` (the caller's last checks; raising aborts), the
+    rename over ``name`` within the same directory, and an fsync of the directory. On any failure
+    the temp file is removed and ``name`` is untouched. Returns the new file's stat."""
+    check_name(name)
+    tmp = f".{name}.sshklm-{secrets.token_hex(8)}.tmp"
+    tfd = os.open(tmp, _TEMP_CREATE, 0o600, dir_fd=dir_fd)
+    renamed = False
+    try:
+        if owner is not None:
+            st = os.fstat(tfd)
+            if (st.st_uid, st.st_gid) != owner:
+                os.fchown(tfd, *owner)
+        os.fchmod(tfd, mode)
+        write_all(tfd, data)
+        os.fsync(tfd)
+        if label is not None:
+            try:
+                os.setxattr(tfd, SELINUX_XATTR, label)
+            except OSError as exc:
+                if exc.errno not in _XATTR_UNSUPPORTED:
+                    raise
+        if before_rename is not None:
+            before_rename()
+        os.rename(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+        renamed = True
+        os.fsync(dir_fd)
+        return os.fstat(tfd)
+    except BaseException:
+        if not renamed:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp, dir_fd=dir_fd)
+        raise
+    finally:
+        close_quietly(tfd)
+
+
+# -- the agent's own directories (state, backups) ---------------------------------------------------
+
+
+def open_private_dir(path: str) -> int:
+    """The agent's own directory ``path`` (configuration, not user input), created 0700 with its
+    parents when absent. Refused (UnsafePath) when it is a symlink or not a directory, or owned by
+    another uid (we run as root: a directory someone else controls could be swapped under us);
+    a looser mode is tightened to 0700. Returns an O_RDONLY directory descriptor to close."""
+    try:
+        os.makedirs(path, mode=PRIVATE_DIR_MODE, exist_ok=True)
+    except FileExistsError:
+        raise UnsafePath(_NOT_PLAIN_DIR, path) from None
+    try:
+        fd = os.open(path, _DIR_READ)
+    except OSError as exc:
+        if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+            raise UnsafePath(_NOT_PLAIN_DIR, path) from None
+        raise
+    try:
+        st = os.fstat(fd)
+        if st.st_uid != os.geteuid():
+            raise UnsafePath(f"is owned by uid {st.st_uid}, not by us", path)
+        if stat.S_IMODE(st.st_mode) != PRIVATE_DIR_MODE:
+            os.fchmod(fd, PRIVATE_DIR_MODE)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+_NOT_PLAIN_DIR: Final = "is not a plain directory (a symlink, or not a directory)"
+
+
+@contextlib.contextmanager
+def _private_dir(directory: str) -> Iterator[int]:
+    fd = open_private_dir(directory)
+    try:
+        yield fd
+    finally:
+        os.close(fd)
+
+
+def write_private_file(directory: str, name: str, data: bytes, mode: int) -> None:
+    """Atomically replace ``directory/name`` (a private directory, see ``open_private_dir``) with
+    ``data``, owned by the agent, at ``mode`` (never wider while being written)."""
+    with _private_dir(directory) as fd:
+        replace_file_at(fd, name, data, mode=mode)
+
+
+def read_private_file(directory: str, name: str) -> bytes:
+    """The bytes of ``directory/name`` in a private directory; a symlink is refused (ELOOP)."""
+    check_name(name)
+    with _private_dir(directory) as fd:
+        f = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
+        with os.fdopen(f, "rb") as fh:
+            return fh.read()
+
+
+def remove_private_file(directory: str, name: str) -> None:
+    """Remove ``directory/name`` from a private directory (FileNotFoundError when absent)."""
+    check_name(name)
+    with _private_dir(directory) as fd:
+        os.unlink(name, dir_fd=fd)
+
+
+# -- users' directories ----------------------------------------------------------------------------
+
+
+def _not_dir_reason(dir_fd: int, name: str) -> str:
+    try:
+        st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    except OSError:
+        return "changed during the walk"
+    if stat.S_ISLNK(st.st_mode):
+        return "symlink on the write path"
+    return "is not a directory" if stat.S_ISREG(st.st_mode) else kind(st.st_mode)
+
+
+def _check_dir(info: FileInfo, owners: frozenset[int], path: str) -> None:
+    if info.uid not in owners:
+        raise UnsafePath(f"directory {info.path} has a bad owner", path)
+    if info.mode & (stat.S_IWGRP | stat.S_IWOTH):
+        raise UnsafePath(f"directory {info.path} is group- or other-writable", path)
+
+
+def _make_dir(parent_fd: int, name: str, create: CreateSpec, path: str) -> int:
+    """mkdirat, then set owner and mode on the new directory's own descriptor. Returns an O_PATH fd."""
+    try:
+        os.mkdir(name, 0o700, dir_fd=parent_fd)
+    except FileExistsError:
+        pass  # lost a race: whatever is there now is checked like any existing directory
+    else:
+        try:
+            fd = os.open(name, _DIR_READ, dir_fd=parent_fd)
+        except (NotADirectoryError, OSError) as exc:
+            raise UnsafePath("created directory was replaced", path) from exc
+        try:
+            st = os.fstat(fd)
+            if (st.st_uid, st.st_gid) != (create.uid, create.gid):
+                os.fchown(fd, create.uid, create.gid)
+            os.fchmod(fd, create.mode)
+        finally:
+            os.close(fd)
+    try:
+        return os.open(name, DIR_PROBE, dir_fd=parent_fd)
+    except NotADirectoryError:
+        raise UnsafePath("created directory was replaced", path) from None
+
+
+def _probe_target(dirh: DirHandle, name: str) -> os.stat_result | None:
+    """lstat of ``name`` in the held directory; refuses anything an atomic write must not touch."""
+    path = dirh.child(name)
+    try:
+        fd = os.open(name, PROBE, dir_fd=dirh.fd)
+    except FileNotFoundError:
+        return None
+    try:
+        st = os.fstat(fd)
+    finally:
+        os.close(fd)
+    if not stat.S_ISREG(st.st_mode):
+        raise UnsafePath(kind(st.st_mode), path)
+    if st.st_nlink > 1:
+        raise UnsafePath(f"has {st.st_nlink} hard links", path)
+    return st
+
+
+def _check_expected(current: os.stat_result | None, expect: FileInfo | None, path: str) -> None:
+    if expect is None:
+        return
+    if current is None or (current.st_dev, current.st_ino, current.st_size, current.st_mtime) != (
+        expect.dev,
+        expect.ino,
+        expect.size,
+        expect.mtime,
+    ):
+        raise UnsafePath(CHANGED_SINCE_READ, path)
+
+
+def _selinux_label(dirh: DirHandle, name: str, probe: os.stat_result) -> bytes | None:
+    # fgetxattr needs a real (not O_PATH) descriptor; the probe already proved a regular file.
+    fd = os.open(name, READ, dir_fd=dirh.fd)
+    try:
+        st = os.fstat(fd)
+        if (st.st_dev, st.st_ino) != (probe.st_dev, probe.st_ino):
+            raise UnsafePath("changed during the write", dirh.child(name))
+        return os.getxattr(fd, SELINUX_XATTR)
+    except OSError as exc:
+        if exc.errno in _XATTR_ABSENT:
+            return None
+        raise
+    finally:
+        os.close(fd)
+
+
+class Writes(Resolver):
+    """The write API of ``HostFS``: users' directories opened for writing, files replaced in them."""
+
+    max_bytes: int  # the cap of read_at
+    _before_rename: BeforeRename | None  # a test hook: run between the last checks and the rename
+
+    def open_dir(
+        self, path: str, *, create: CreateSpec | None = None, confine: str, user_uid: int | None = None
+    ) -> DirHandle:
+        """Open the directory ``path`` (lexically at or under ``confine``, the home) for writing.
+
+        Components above and including ``confine`` are resolved like reads (root-controlled
+        layout such as a /home symlink); every component below it must be a real directory —
+        a symlink is refused, never followed. The home and every directory below it must be
+        owned by root or the user and not group/other-writable (like StrictModes). The user is
+        ``user_uid``, else ``create.uid``, else the owner of ``confine``. With ``create``, a
+        missing final directory is created and given that owner and mode (on its descriptor)."""
+        conf_parts = components(confine)
+        parts = components(path)
+        if ".." in parts or ".." in conf_parts:
+            raise UnsafePath("'..' is not allowed on the write path", path)
+        if parts[: len(conf_parts)] != conf_parts:
+            raise UnsafePath(f"outside {confine}", path)
+        rest = parts[len(conf_parts) :]
+        walk, final = self._resolve(confine, follow_final=True, confine=None)
+        with walk:
+            if final is not None:
+                raise UnsafePath("home is not a directory", confine)
+            uid = (
+                user_uid if user_uid is not None else create.uid if create is not None else walk.infos[-1].uid
+            )
+            owners = frozenset({0, uid})
+            _check_dir(walk.infos[-1], owners, confine)
+            for index, name in enumerate(rest):
+                last = index == len(rest) - 1
+                try:
+                    fd = os.open(name, DIR_PROBE, dir_fd=walk.fd)
+                except FileNotFoundError:
+                    if not (last and create is not None):
+                        raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), path) from None
+                    fd = _make_dir(walk.fd, name, create, path)
+                except NotADirectoryError:
+                    raise UnsafePath(_not_dir_reason(walk.fd, name), path) from None
+                st = os.fstat(fd)
+                walk.push(fd, name, st)
+                _check_dir(walk.infos[-1], owners, path)
+            dir_fd = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=walk.fd)
+            return DirHandle(dir_fd, walk.path, tuple(walk.infos), owners)
+
+    def read_at(self, dirh: DirHandle, name: str) -> ReadResult | None:
+        """Read ``name`` in a held directory without following links; None when absent.
+        Refuses non-regular files and hard-linked files."""
+        check_name(name)
+        probe = _probe_target(dirh, name)
+        if probe is None:
+            return None
+        realpath = dirh.child(name)
+        data, info, truncated = read_final(self, dirh.fd, name, probe, realpath, realpath, self.max_bytes)
+        if info.nlink > 1:
+            raise UnsafePath(f"has {info.nlink} hard links", realpath)
+        return ReadResult(data, info, realpath, dirh.chain, truncated)
+
+    def atomic_replace(
+        self,
+        dirh: DirHandle,
+        name: str,
+        data: bytes,
+        *,
+        uid: int,
+        gid: int,
+        mode: int,
+        expect: FileInfo | None,
+    ) -> FileInfo:
+        """Atomically replace (or create) ``name`` in the held directory with ``data``
+        (``replace_file_at``: O_EXCL temp file, owner and mode on its descriptor, fsync, rename,
+        fsync of the directory).
+
+        ``expect``: the FileInfo from the read this write is based on; the write is refused
+        ("changed since read") when dev/ino/size/mtime differ or the file is gone, checked before
+        the temp file is made and again right before the rename. The temp file is owned by
+        uid:gid with ``mode`` before any byte is written, the SELinux label of the old file is
+        copied, and the temp file is removed on any failure."""
+        check_name(name)
+        path = dirh.child(name)
+        current = _probe_target(dirh, name)
+        _check_expected(current, expect, path)
+        label = _selinux_label(dirh, name, current) if current is not None else None
+
+        def last_checks() -> None:
+            if self._before_rename is not None:
+                self._before_rename(dirh, name)
+            # Re-check right before the rename to keep the window for a swap as small as possible.
+            _check_expected(_probe_target(dirh, name), expect, path)
+
+        st = replace_file_at(
+            dirh.fd, name, data, mode=mode, owner=(uid, gid), label=label, before_rename=last_checks
+        )
+        return self._info(path, st)
+
+    def remove_at(self, dirh: DirHandle, name: str, *, expect: FileInfo) -> None:
+        """Remove ``name`` from the held directory (then fsync it), refused ("changed since read")
+        when the file is not the one ``expect`` describes (dev/ino/size/mtime)."""
+        check_name(name)
+        path = dirh.child(name)
+        _check_expected(_probe_target(dirh, name), expect, path)
+        os.unlink(name, dir_fd=dirh.fd)
+        os.fsync(dirh.fd)

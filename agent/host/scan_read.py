@@ -1,0 +1,340 @@
+"""Discovery, step two: read one planned file through the safe file layer and turn it into
+records (authorized keys lines, host keys, CA keys, the public half of identity keys). A missing
+file is normal; an unsafe or unreadable one is a ScanError, never a crash and never its content.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import posixpath
+import uuid
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, tzinfo
+from typing import Final
+
+from agent.host.safefs import DirReads, FileInfo, FileReads, HostFS, ReadResult, UnsafePath, failure_reason
+from agent.host.scan_plan import Plan, Target, TargetKey, target_key
+from agent.host.sshd_files import normalize_path
+from agent.host.users import User
+from agent.inventory.evaluate import LineFacts, Policy, SshdFacts, line_problem, strict_modes_problem
+from agent.inventory.model import NO_OPTIONS, KeyKind, KeyRecord, ScanError
+from agent.ssh.authorized_keys import DEFAULT_OPTIONS, expiry_time_utc, parse_authorized_keys
+from agent.ssh.keys import InvalidKey, PublicKey, parse_public_blob, parse_public_key_text
+from agent.ssh.privkey import looks_like_private_key, parse_private_key_file
+
+# Files in ~/.ssh that are never private keys; skipping them saves a read per user.
+_NOT_IDENTITY = (
+    "authorized_keys",
+    "authorized_keys2",
+    "known_hosts",
+    "known_hosts.old",
+    "config",
+    "environment",
+    "rc",
+)
+_IDENTITY_HEAD_BYTES = 64 * 1024
+
+
+@dataclass(frozen=True, slots=True)  # slots: one per planned file / account, 10,000s of them
+class FileResult:
+    records: tuple[KeyRecord, ...] = ()
+    errors: tuple[ScanError, ...] = ()
+    read: bool = False
+    # Owner account gone, or the file owned by another uid: every key in it is orphaned.
+    orphaned: bool = False
+    # Where the file really is, when a symlink led elsewhere (the daemon watches that path too).
+    realpath: str | None = None
+
+
+# Most planned files do not exist (authorized_keys2, homes without keys): one shared result.
+NOTHING_THERE = FileResult()
+# Most ~/.ssh directories hold no identity key: one shared result for those too.
+READ_NOTHING = FileResult(read=True)
+
+
+@dataclass
+class ScanContext:
+    """The injected world of one scan: time, zone and what the state store remembers."""
+
+    now: datetime
+    local_tz: tzinfo
+    host_id: str | None = None
+    generation: int = 1
+    snapshot_id: str = field(default_factory=lambda: str(uuid.uuid4()))
+    sshd_version: str | None = None
+    policy: Policy | None = None
+    first_seen: Mapping[tuple[str, str | None, str], datetime] = field(default_factory=dict)
+    last_used: Mapping[tuple[str, str | None], datetime] = field(default_factory=dict)
+    managed: Mapping[tuple[str, str | None, str], tuple[str, datetime | None]] = field(default_factory=dict)
+
+
+def _mtime(info: FileInfo) -> datetime:
+    return datetime.fromtimestamp(info.mtime, UTC)
+
+
+def read_target(fs: FileReads, target: Target, plan: Plan, ctx: ScanContext) -> FileResult:
+    """Read one target. Missing files are normal (no error); anything unsafe is an error.
+    `fs` is the HostFS, or a DirReads over it when reading many targets in a row."""
+    try:
+        if target.kind == "identity_dir":
+            return _read_identity_dir(fs, target, ctx)
+        result = fs.read(target.path, confine=target.confine)
+    except (FileNotFoundError, NotADirectoryError):
+        return NOTHING_THERE
+    except (UnsafePath, OSError) as exc:
+        user = target.user.name if target.user else None
+        return FileResult(errors=(ScanError(target.path, user, failure_reason(exc)),), read=True)
+    if target.kind == "authorized_keys":
+        found = _authorized_records(result, target, plan, ctx)
+    else:
+        found = _plain_key_records(result, target, ctx)
+    if result.realpath != target.path:
+        found = dataclasses.replace(found, realpath=result.realpath)
+    return found
+
+
+def _truncation_error(result: ReadResult, target: Target) -> tuple[ScanError, ...]:
+    if not result.truncated:
+        return ()
+    user = target.user.name if target.user else None
+    return (ScanError(target.path, user, "file larger than discovery.max_file_bytes; rest not read"),)
+
+
+def _authorized_records(result: ReadResult, target: Target, plan: Plan, ctx: ScanContext) -> FileResult:
+    user = target.user
+    user_name = user.name if user else None
+    uid = user.uid if user else None
+    errors = list(_truncation_error(result, target))
+    file_problem = target.not_read_by_sshd
+    if file_problem is None and user is not None and plan.sshd.strict_modes:
+        file_problem = strict_modes_problem(
+            result.info,
+            result.chain,
+            uid=user.uid,
+            home=normalize_path(user.home),
+            private_gids=() if user.gid in plan.shared_primary_gids else (user.gid,),
+        )
+    orphaned = user is None or result.info.uid not in (0, user.uid)
+    sshd_facts = SshdFacts(
+        plan.sshd.pubkey_authentication, plan.sshd.permit_root_login, plan.sshd.strict_modes
+    )
+    records: list[KeyRecord] = []
+    mtime = _mtime(result.info)
+    path = target.path
+
+    def problem_of(facts: LineFacts) -> str | None:
+        return file_problem or line_problem(
+            facts,
+            sshd=sshd_facts,
+            is_root=target.grants_root,
+            now=ctx.now,
+            local_tz=ctx.local_tz,
+            parse_expiry=expiry_time_utc,
+        )
+
+    # A line without options or certificate gets the same verdict as every other such line of
+    # this file: evaluate it once (most lines are plain).
+    plain_problem = problem_of(_PLAIN_LINE)
+    for line in parse_authorized_keys(result.data):
+        if line.kind != "key" or line.key is None:
+            if line.kind == "invalid":
+                errors.append(ScanError(path, user_name, line.error or "invalid line", line=line.number))
+            continue
+        key = line.key
+        opts = line.options
+        fingerprint = key.fingerprint
+        expires_at: datetime | None = None
+        if opts is DEFAULT_OPTIONS and key.certificate is None:
+            kind: KeyKind = "authorized_key"
+            problem = plain_problem
+            options: Mapping[str, object] = NO_OPTIONS
+        else:
+            facts = LineFacts(
+                options_error=line.options_error,
+                expiry_time=opts.expiry_time if opts else None,
+                has_principals=bool(opts and opts.principals is not None),
+                cert_authority=bool(opts and opts.cert_authority),
+                has_command=bool(opts and opts.command is not None),
+                certificate_valid_before=key.certificate.valid_before if key.certificate else None,
+            )
+            problem = problem_of(facts)
+            kind = "authorized_principal_ca" if facts.cert_authority else "authorized_key"
+            options = opts.to_json() if opts and not line.options_error else NO_OPTIONS
+            if opts and opts.expiry_time and not line.options_error:
+                try:
+                    expires_at = expiry_time_utc(opts.expiry_time, ctx.local_tz)
+                except ValueError:
+                    expires_at = None
+        managed_by: str | None = None
+        if ctx.managed:
+            managed_by, managed_expiry = ctx.managed.get((fingerprint, user_name, path), (None, None))
+            expires_at = managed_expiry or expires_at
+        records.append(
+            KeyRecord(
+                kind=kind,
+                user=user_name,
+                uid=uid,
+                path=path,
+                line=line.number,
+                type=key.type,
+                bits=key.bits,
+                fingerprint=fingerprint,
+                fingerprint_md5=key.fingerprint_md5,
+                comment=line.comment,
+                options=options,
+                certificate=key.certificate,
+                effective=problem is None,
+                ineffective_reason=problem,
+                file_mtime=mtime,
+                first_seen=ctx.first_seen.get((fingerprint, user_name, path)) if ctx.first_seen else None,
+                last_used=ctx.last_used.get((fingerprint, user_name)) if ctx.last_used else None,
+                managed_by=managed_by,
+                expires_at=expires_at,
+            )
+        )
+    return FileResult(tuple(records), tuple(errors), read=True, orphaned=orphaned)
+
+
+_PLAIN_LINE: Final = LineFacts(
+    options_error=None,
+    expiry_time=None,
+    has_principals=False,
+    cert_authority=False,
+    has_command=False,
+    certificate_valid_before=None,
+)
+
+
+def _plain_key_records(result: ReadResult, target: Target, ctx: ScanContext) -> FileResult:
+    """Host keys, host certificates and TrustedUserCAKeys: one public key per line."""
+    errors = list(_truncation_error(result, target))
+    records: list[KeyRecord] = []
+    kind: KeyKind = "host_key" if target.kind == "host_key" else "trusted_user_ca"
+    for line in parse_authorized_keys(result.data):
+        if line.kind == "invalid" or (line.kind == "key" and line.options_text):
+            errors.append(ScanError(target.path, None, line.error or "unexpected options", line=line.number))
+            continue
+        if line.kind != "key" or line.key is None:
+            continue
+        records.append(
+            _record(kind, None, 0, target.path, line.number, line.key, line.comment, result.info, ctx)
+        )
+    return FileResult(tuple(records), tuple(errors), read=True)
+
+
+def _record(
+    kind: KeyKind,
+    user: str | None,
+    uid: int | None,
+    path: str,
+    line: int | None,
+    key: PublicKey,
+    comment: str,
+    info: FileInfo,
+    ctx: ScanContext,
+    encrypted: bool | None = None,
+) -> KeyRecord:
+    return KeyRecord(
+        kind=kind,
+        user=user,
+        uid=uid,
+        path=path,
+        line=line,
+        type=key.type,
+        bits=key.bits,
+        fingerprint=key.fingerprint,
+        fingerprint_md5=key.fingerprint_md5,
+        comment=comment,
+        certificate=key.certificate,
+        file_mtime=_mtime(info),
+        first_seen=ctx.first_seen.get((key.fingerprint, user, path)),
+        last_used=ctx.last_used.get((key.fingerprint, user)) if user else None,
+        encrypted=encrypted,
+    )
+
+
+def _read_identity_dir(fs: FileReads, target: Target, ctx: ScanContext) -> FileResult:
+    user = target.user
+    assert user is not None
+    names = fs.listdir(target.path)
+    records: list[KeyRecord] = []
+    errors: list[ScanError] = []
+    for name in names:
+        if name.endswith(".pub") or name.startswith(_NOT_IDENTITY):
+            continue
+        path = posixpath.join(target.path, name)
+        try:
+            result = fs.read(path, confine=target.confine)
+        except (UnsafePath, OSError) as exc:
+            if name.startswith("id_"):
+                errors.append(ScanError(path, user.name, failure_reason(exc)))
+            continue
+        head = result.data[:_IDENTITY_HEAD_BYTES]
+        if not looks_like_private_key(head):
+            continue
+        record_or_error = _identity_record(fs, path, result, user, target, ctx)
+        if isinstance(record_or_error, ScanError):
+            errors.append(record_or_error)
+        else:
+            records.append(record_or_error)
+    if not records and not errors:
+        return READ_NOTHING
+    return FileResult(tuple(records), tuple(errors), read=True)
+
+
+def _identity_record(
+    fs: FileReads, path: str, result: ReadResult, user: User, target: Target, ctx: ScanContext
+) -> KeyRecord | ScanError:
+    """The public half of a private key file; the private bytes go no further than here."""
+    try:
+        parsed = parse_private_key_file(result.data)
+    except ValueError as exc:
+        return ScanError(path, user.name, str(exc) or "unreadable private key")
+    comment = ""
+    key: PublicKey | None = None
+    try:
+        if parsed.public_blob is not None:
+            key = parse_public_blob(parsed.public_blob)
+        else:
+            # Encrypted PEM keys do not carry the public half in the clear: use the .pub beside it.
+            pub = fs.read(path + ".pub", confine=target.confine)
+            key, comment = parse_public_key_text(pub.text().strip())
+    except FileNotFoundError:
+        return ScanError(path, user.name, "encrypted private key without a .pub file; public key unknown")
+    except (InvalidKey, UnsafePath, OSError) as exc:
+        return ScanError(
+            path, user.name, failure_reason(exc) if not isinstance(exc, InvalidKey) else str(exc)
+        )
+    if not comment:
+        comment = _pub_comment(fs, path, target)
+    return _record(
+        "identity_key",
+        user.name,
+        user.uid,
+        path,
+        None,
+        key,
+        comment,
+        result.info,
+        ctx,
+        encrypted=parsed.encrypted,
+    )
+
+
+def _pub_comment(fs: FileReads, path: str, target: Target) -> str:
+    try:
+        pub = fs.read(path + ".pub", confine=target.confine)
+        _, comment = parse_public_key_text(pub.text().strip())
+        return comment
+    except (InvalidKey, UnsafePath, OSError):
+        return ""
+
+
+def read_targets(
+    fs: HostFS, targets: Iterable[Target], plan: Plan, ctx: ScanContext
+) -> dict[TargetKey, FileResult]:
+    """`read_target` for many targets, keyed by `target_key`. Targets come grouped by directory
+    (a user's files, then their ~/.ssh), so each directory is walked once (DirReads)."""
+    with DirReads(fs) as reads:
+        return {target_key(t): read_target(reads, t, plan, ctx) for t in targets}

@@ -1,0 +1,116 @@
+"""What the host says about a user's keys, asked at most once per unit of work.
+
+A unit of work is one instruction, one grant expiry, one journal entry to reconcile or one
+rollback: `UnitsOfWork.unit()` serialises them (one lock for every change to users' files) and
+gives each a fresh `HostView`, so the user database and sshd_config are read once per unit, not
+once per question, and never carried over from one unit to the next.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Iterator
+
+from agent.host.safefs import UnsafePath
+from agent.host.sshd_files import authorized_keys_confine, authorized_keys_paths
+from agent.host.users import User, UserSource
+from agent.instructions.errors import ApplyFailed
+from agent.instructions.ports import HostFiles
+from agent.ssh.authorized_keys import parse_authorized_keys
+from agent.ssh.sshd_config import MatchContext, ParsedSshdConfig, resolve
+
+
+class HostView:
+    """Users, their authorized keys files and the keys in them (read-only, memoised)."""
+
+    def __init__(self, files: HostFiles, users: UserSource, sshd_config_path: str) -> None:
+        self.files = files
+        self._users = users
+        self._sshd_config_path = sshd_config_path
+        self._user_memo: dict[str, User | None] = {}
+        self._parsed: ParsedSshdConfig | None = None
+
+    def user(self, name: str) -> User | None:
+        if name not in self._user_memo:
+            self._user_memo[name] = self._users.get(name)
+        return self._user_memo[name]
+
+    def user_exists(self, name: str) -> bool:
+        try:
+            return self.user(name) is not None
+        except (OSError, UnsafePath):
+            return False
+
+    def require_user(self, name: str) -> User:
+        user = self.user(name)
+        if user is None:
+            raise ApplyFailed("NOT_FOUND", "no such user")
+        return user
+
+    def paths(self, user: User, *, conditional: bool = True) -> list[str]:
+        """The authorized keys files sshd reads for `user` (as discovery resolves them)."""
+        if self._parsed is None:
+            self._parsed = self.files.sshd_config(self._sshd_config_path)
+        eff = resolve(self._parsed, MatchContext(user.name, user.groups))
+        return authorized_keys_paths(user, eff, conditional=conditional)
+
+    def first_path(self, user: User) -> str:
+        """Where a new key goes: the first file sshd always reads (else the first at all)."""
+        paths = self.paths(user, conditional=False) or self.paths(user)
+        if not paths:
+            raise ApplyFailed("NO_AUTHORIZED_KEYS_FILE", "sshd reads no authorized keys file for this user")
+        return paths[0]
+
+    def read_keys(self, user: User, path: str) -> bytes:
+        """One of the user's files, read-only (confined to the home when it is under it)."""
+        return self.files.read(path, confine=authorized_keys_confine(path, user.home))
+
+    def fingerprints_of(self, user: User) -> list[str]:
+        """Every key fingerprint in the user's authorized keys files (best effort)."""
+        out: list[str] = []
+        try:
+            paths = self.paths(user)
+        except (OSError, UnsafePath):
+            return out
+        for path in paths:
+            try:
+                data = self.read_keys(user, path)
+            except (OSError, UnsafePath):
+                continue
+            out += [ln.key.fingerprint for ln in parse_authorized_keys(data) if ln.kind == "key" and ln.key]
+        return list(dict.fromkeys(out))
+
+    def holds(self, user: User, paths: list[str], fingerprints: tuple[str, ...]) -> dict[str, bool]:
+        """Which of `fingerprints` any of `paths` holds (unreadable files hold nothing)."""
+        found = dict.fromkeys(fingerprints, False)
+        for path in paths:
+            try:
+                data = self.read_keys(user, path)
+            except (OSError, UnsafePath):
+                continue
+            for ln in parse_authorized_keys(data):
+                if ln.kind == "key" and ln.key is not None and ln.key.fingerprint in found:
+                    found[ln.key.fingerprint] = True
+        return found
+
+
+class UnitsOfWork:
+    """One lock for every change to users' files, and a fresh `HostView` for each unit."""
+
+    def __init__(self, files: HostFiles, users: UserSource, sshd_config_path: str) -> None:
+        self.files = files
+        self.users = users
+        self.sshd_config_path = sshd_config_path
+        self._lock = threading.RLock()
+
+    @contextlib.contextmanager
+    def unit(self) -> Iterator[HostView]:
+        with self._lock:
+            yield HostView(self.files, self.users, self.sshd_config_path)
+
+    @contextlib.contextmanager
+    def exclusive(self) -> Iterator[None]:
+        """No unit of work runs meanwhile (units started inside are fine: the lock is re-entrant)."""
+        with self._lock:
+            yield
