@@ -12,6 +12,8 @@ all: test
 
 # Exactly the locked set: the runtime pins the packages ship, the build backend, the test tools
 # (hash-checked, no resolution), then the agent itself, editable, without touching the pins.
+# The build backend goes first: sdnotify ships only an sdist, built with the pinned setuptools
+# (no build isolation, which would fetch an unpinned setuptools).
 # `pip check` proves the locks are a complete closure. The interpreter's bundled pip is used
 # as is: upgrading it would make the environment depend on what PyPI published today.
 LOCKS := packaging/requirements.lock packaging/build-requirements.lock packaging/test-requirements.lock
@@ -19,7 +21,9 @@ LOCKS := packaging/requirements.lock packaging/build-requirements.lock packaging
 $(STAMP): pyproject.toml $(LOCKS)
 	rm -rf $(VENV)
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --disable-pip-version-check --require-hashes --no-deps $(addprefix -r ,$(LOCKS))
+	$(BIN)/pip install --quiet --disable-pip-version-check --require-hashes --no-deps -r packaging/build-requirements.lock
+	$(BIN)/pip install --quiet --disable-pip-version-check --require-hashes --no-deps --no-build-isolation \
+	  $(addprefix -r ,$(LOCKS))
 	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
 	$(BIN)/pip check
 	touch $(STAMP)
