@@ -59,7 +59,7 @@ from agent.ssh.certificate import rfc3339
 from agent.ssh.sshd_config import MatchContext, resolve
 from agent.store.state import Grant, StateStore
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("sshklm.apply")
 
 JSON = dict[str, Any]
 Result = JSON
