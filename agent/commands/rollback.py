@@ -6,9 +6,11 @@ All or nothing: every file the rotation wrote must still hold exactly the bytes 
 
 from __future__ import annotations
 
+import os
 import sys
 from datetime import UTC, datetime
 
+from agent.commands import UsageError
 from agent.config import Config
 
 EXIT_OK = 0
@@ -20,9 +22,14 @@ def cmd_rollback(config: Config, rotation_id: str) -> int:
     from agent.host.safefs import HostFS, UnsafePath
     from agent.host.users import NssUserSource
     from agent.instructions.apply import Applier, RollbackRefused, backups_dir_for
-    from agent.store.db import StoreError, open_database
+    from agent.store.db import DB_NAME, StoreError, open_database
     from agent.store.state import StateStore
 
+    if not os.path.exists(os.path.join(config.state.dir, DB_NAME)):
+        raise UsageError(
+            f"rollback: no agent state in {config.state.dir}: the agent has not run here "
+            "(or state.dir names another directory)"
+        )
     try:
         db = open_database(config.state.dir)
     except StoreError as exc:
@@ -30,10 +37,16 @@ def cmd_rollback(config: Config, rotation_id: str) -> int:
         return EXIT_FAILED
     fs = HostFS("/")
     try:
+        store = StateStore(db)
+        if not store.backups_for(rotation_id):
+            raise UsageError(
+                f"rollback: no rotation {rotation_id} recorded on this host (a rotation id looks like "
+                "rot_…: see the control plane's rotation, or the instruction_applied events)"
+            )
         applier = Applier(
             fs,
             NssUserSource(),
-            StateStore(db),
+            store,
             sshd_config_path=config.discovery.sshd_config,
             public_keys=(),
             require_signature=True,

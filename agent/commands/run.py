@@ -48,9 +48,19 @@ def build_daemon(
 
 
 def cmd_run(config: Config, *, root: str | None, log_format: str | None, config_path: str | None) -> int:
+    from agent.commands import UsageError
+    from agent.commands.preflight import check_config, errors
+
+    # The checks `check-config` prints: a setting the daemon cannot use stops it here, in one line
+    # each, before anything starts; a warning (e.g. not enrolled yet) is logged once.
+    findings = check_config(config)
+    if errors(findings):
+        raise UsageError(*(f"configuration: {f}" for f in errors(findings)))
     setup_logging(config.logging.level, log_format or config.logging.format)  # type: ignore[arg-type]
     from agent.store.db import StoreError
 
+    for finding in findings:
+        log.warning("%s", finding)
     if not config.instructions.require_signature:
         log.warning(
             "!!! instructions.require_signature = false: UNSIGNED instructions will be applied. "

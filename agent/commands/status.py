@@ -8,6 +8,7 @@ import sys
 from datetime import UTC, datetime
 from typing import Any
 
+from agent.commands import UsageError
 from agent.config import Config
 from agent.inventory.model import parse_rfc3339
 
@@ -75,6 +76,9 @@ def render(status: dict[str, Any]) -> str:
 
 
 def cmd_status(config: Config, *, as_json: bool) -> int:
+    state_dir = config.state.dir
+    if os.path.isdir(state_dir) and not os.access(state_dir, os.R_OK | os.X_OK):
+        raise UsageError(f"cannot read the agent's state in {state_dir}: permission denied: run as root")
     try:
         status = read_status(config.state.dir)
     except Exception as exc:  # unreadable state is a status answer, not a crash
