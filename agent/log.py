@@ -144,6 +144,9 @@ def stream_is_journal(stream: TextIO, environ: dict[str, str] | None = None) -> 
 
 # Libraries that log every request / job run at INFO; quieter unless we are debugging.
 _CHATTY_LOGGERS = ("httpx", "httpcore", "apscheduler", "watchdog")
+# APScheduler warns when a run is skipped because the previous one still runs (max_instances=1)
+# or was missed (a suspend): both expected (coalesce), and during an outage one per period.
+_EXPECTED_WARNINGS = ("apscheduler.scheduler", "apscheduler.executors.default")
 
 
 def _parse_level(level: str | int) -> int:
@@ -189,6 +192,8 @@ def setup_logging(
     root.setLevel(levelno)
     for name in _CHATTY_LOGGERS:
         logging.getLogger(name).setLevel(logging.NOTSET if levelno <= logging.DEBUG else logging.WARNING)
+    for name in _EXPECTED_WARNINGS:
+        logging.getLogger(name).setLevel(logging.NOTSET if levelno <= logging.DEBUG else logging.ERROR)
     return handler
 
 

@@ -79,7 +79,11 @@ class UsageTracker:
     def start(self) -> None:
         self.follower.start()
         f = self.follower
-        log.info("key usage: source %s %s (%s)", f.mode, f.path or "", f.reason)
+        # Once per start, at one level: the follower itself does not log its choice.
+        if f.mode == "disabled":
+            log.warning("key usage: last-used tracking disabled: %s", f.reason)
+        else:
+            log.info("key usage: source %s %s(%s)", f.mode, f"{f.path} " if f.path else "", f.reason)
 
     def stop(self) -> None:
         self.follower.stop()
@@ -123,7 +127,7 @@ class InstructionHandler:
             backups_dir=backups_dir_for(cfg.state.dir),
             backups_per_file=cfg.apply.backups_per_file,
             clock=lambda: datetime.now(UTC),
-            on_event=lambda events: core.emit([_event_from_json(e) for e in events]),
+            on_event=lambda events: core.emit([_logged(_event_from_json(e)) for e in events]),
             run_scan=self.link.put_scan_result,
             note_managed=core.note_managed,
             schedule_once=core.schedule_once,
@@ -161,6 +165,49 @@ class InstructionHandler:
     def stop(self) -> None:
         if self.applier is not None:
             self.applier.stop()
+
+
+def _joined(value: object) -> str:
+    return ", ".join(str(v) for v in value) if isinstance(value, list) and value else "none"
+
+
+def describe_applied(event: Event) -> str | None:
+    """One line for the log about what an applied instruction changed: who, which key (by
+    fingerprint: never key material), what happened. None for events that are not applies. Pure."""
+    if event.type != "instruction_applied":
+        return None
+    d = event.detail
+    if d.get("action") == "ephemeral_expiry":
+        return (
+            f"ephemeral grant {d.get('grant_id')} expired: key {event.fingerprint} removed for "
+            f"{event.user} ({event.path})"
+        )
+    kind = d.get("kind")
+    if kind == "ephemeral":
+        what = "added" if d.get("added") else "already in place"
+        return (
+            f"ephemeral grant {d.get('grant_id')}: key {event.fingerprint} {what} for {event.user} "
+            f"until {d.get('expires_at')} ({event.path or _joined(d.get('changed_files'))})"
+        )
+    if kind == "revoke_ephemeral":
+        removed = d.get("removed")
+        what = f"key {_joined(removed)} removed" if removed else "nothing left to remove"
+        return f"ephemeral grant {d.get('grant_id')} revoked: {what}"
+    if kind == "rotation":
+        return (
+            f"rotation {d.get('rotation_id')} ({d.get('action')}) for {event.user}: "
+            f"added {_joined(d.get('added'))}, removed {_joined(d.get('removed'))}"
+        )
+    if kind == "scan":
+        return f"scan {d.get('scan_id')}: full scan done and sent"
+    return f"instruction {d.get('jti')} ({kind}) applied"
+
+
+def _logged(event: Event) -> Event:
+    line = describe_applied(event)
+    if line is not None:
+        log.info("%s", line)
+    return event
 
 
 def _event_from_json(event: JSON) -> Event:
