@@ -12,6 +12,7 @@ from typing import Any
 from agent.commands import UsageError
 from agent.config import Config
 from agent.inventory.model import parse_rfc3339
+from agent.timefmt import duration
 
 STALE_AFTER_S = 60  # the daemon writes its status every 10 s
 
@@ -58,19 +59,8 @@ def _ago(value: object, now: datetime) -> str:
     except ValueError:
         return value
     if seconds < 0:
-        return f"{value} (in {_span(-seconds)})"
-    return f"{value} ({_span(seconds)} ago)"
-
-
-def _span(seconds: float) -> str:
-    seconds = int(seconds)
-    if seconds < 120:
-        return f"{seconds} s"
-    if seconds < 3600:
-        return f"{seconds // 60} min"
-    if seconds < 172800:
-        return f"{seconds // 3600} h {seconds % 3600 // 60} min"
-    return f"{seconds // 86400} days"
+        return f"{value} (in {duration(-seconds)})"
+    return f"{value} ({duration(seconds)} ago)"
 
 
 LABEL = 14  # every row's value starts in this column

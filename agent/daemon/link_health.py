@@ -34,7 +34,7 @@ from typing import Any
 from agent.control.errors import RATE_LIMITED, SERVER_ERROR, TRANSPORT_ERROR, ApiError
 from agent.log import LogThrottle
 from agent.redact import redact
-from agent.timefmt import parse_rfc3339, rfc3339
+from agent.timefmt import duration, parse_rfc3339, rfc3339
 
 log = logging.getLogger("sshklm.link")
 
@@ -61,15 +61,6 @@ def describe(error: BaseException) -> tuple[str, int | None, str]:
     if isinstance(error, ApiError):
         return error.code, error.status, redact(error.message)[:MAX_MESSAGE]
     return type(error).__name__, None, redact(str(error))[:MAX_MESSAGE]
-
-
-def _duration(seconds: float) -> str:
-    seconds = int(seconds)
-    if seconds < 120:
-        return f"{seconds} s"
-    if seconds < 7200:
-        return f"{seconds // 60} min"
-    return f"{seconds // 3600} h {seconds % 3600 // 60} min"
 
 
 class LinkHealth:
@@ -121,14 +112,14 @@ class LinkHealth:
             if key == OUTAGE:
                 log.info(
                     "control plane answering again after %s (%d failed calls)",
-                    _duration(ended.duration_s),
+                    duration(ended.duration_s),
                     ended.occurrences,
                 )
             else:
                 log.info(
                     "%s: succeeded again after %s (%d failed calls)",
                     kind,
-                    _duration(ended.duration_s),
+                    duration(ended.duration_s),
                     ended.occurrences,
                 )
         if changed:
@@ -163,7 +154,7 @@ class LinkHealth:
         else:
             log.warning(
                 "control plane: still failing after %s, %d failed calls (%d since the last line); last: %s",
-                _duration((now - parse_rfc3339(streak["since"])).total_seconds()),
+                duration((now - parse_rfc3339(streak["since"])).total_seconds()),
                 verdict.occurrences,
                 verdict.held_back + 1,
                 what,

@@ -24,19 +24,11 @@ from agent.commands.preflight import check_config, errors
 from agent.config import Config, ConfigError, config_from_mapping
 from agent.control.client import Enrollment
 from agent.control.enroll import save_credentials
-from tests.fakeroot import FakeRoot, ed25519_line
+from tests.fakeroot import FakeRoot
 
 pytestmark = pytest.mark.slow
 
 PLACEHOLDER_KEY = "ssh-ed25519 AAAA... (the signing_public_key line it printed)"
-
-
-@pytest.fixture
-def root(tmp_path: Path) -> FakeRoot:
-    fr = FakeRoot(tmp_path / "root")
-    fr.add_user("alice", 1000)
-    fr.authorized_keys("alice", [ed25519_line("alice")])
-    return fr
 
 
 def _toml_value(value: Any) -> str:
@@ -133,7 +125,7 @@ def _materialise(tmp_path: Path, settings: dict[str, Any]) -> dict[str, dict[str
 
 @pytest.mark.parametrize(("what", "settings", "key"), KNOWN_BAD, ids=[w for w, _, _ in KNOWN_BAD])
 def test_a_setting_run_cannot_use_is_an_error_of_both(
-    what: str, settings: dict[str, Any], key: str, tmp_path: Path, root: FakeRoot
+    what: str, settings: dict[str, Any], key: str, tmp_path: Path, fr: FakeRoot
 ) -> None:
     config = tmp_path / "agent.toml"
     config.write_text(_toml(_materialise(tmp_path, settings)))
@@ -142,7 +134,7 @@ def test_a_setting_run_cannot_use_is_an_error_of_both(
     assert f"error: {key}: " in checked.stdout
     assert "ok" not in checked.stdout.split()
     finding = next(line for line in checked.stdout.splitlines() if line.startswith(f"error: {key}: "))
-    ran = _cli("run", "--config", str(config), "--root", str(root.root))
+    ran = _cli("run", "--config", str(config), "--root", str(fr.root))
     assert ran.returncode == 2, ran.stderr
     assert "Traceback" not in ran.stderr
     # The same finding, word for word, in one line: nothing started (no log line before it).
@@ -181,7 +173,7 @@ class _Errors(logging.Handler):
 
 
 def test_every_hostile_string_setting_that_breaks_the_start_is_an_error_of_check_config(
-    tmp_path: Path, root: FakeRoot
+    tmp_path: Path, fr: FakeRoot
 ) -> None:
     from agent.commands.run import build_daemon
 
@@ -216,7 +208,7 @@ def test_every_hostile_string_setting_that_breaks_the_start_is_an_error_of_check
         logging.getLogger().addHandler(handler)
         failure = None
         try:
-            daemon = build_daemon(config, root=str(root.root), config_path=None, install_signals=False)
+            daemon = build_daemon(config, root=str(fr.root), config_path=None, install_signals=False)
             try:
                 daemon.start()
             finally:

@@ -10,30 +10,16 @@ import signal
 import subprocess
 import sys
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
-import pytest
 
 from tests.controlplane import ControlPlane
 from tests.controlplane.keyview import apply_events, expired_grants
 from tests.integration.test_controlplane import agent, bearer
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture
-def cp() -> Iterator[ControlPlane]:
-    with ControlPlane.start() as server:
-        yield server
-
-
-@pytest.fixture
-def client(cp: ControlPlane) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=cp.url, timeout=5) as c:
-        yield c
 
 
 def _record(line: int, fingerprint: str = "SHA256:a", comment: str = "k") -> dict[str, Any]:
@@ -79,9 +65,12 @@ def test_key_view_applies_events_after_the_inventory_idempotently() -> None:
     assert inventory == [_record(1)]  # the input is not changed
 
 
-def test_an_appended_key_shows_in_the_admin_view_with_its_event(
-    cp: ControlPlane, client: httpx.Client
-) -> None:
+def test_an_appended_key_shows_in_the_admin_view_with_its_event() -> None:
+    with ControlPlane.start() as cp, httpx.Client(base_url=cp.url, timeout=5) as client:
+        _appended_key_shows(cp, client)
+
+
+def _appended_key_shows(cp: ControlPlane, client: httpx.Client) -> None:
     host_id, token = agent(client, cp)
     inventory = {"collected_at": "2026-12-04T12:00:00Z", "keys": [_record(1)], "errors": []}
     assert (
@@ -96,7 +85,12 @@ def test_an_appended_key_shows_in_the_admin_view_with_its_event(
     assert cp.inventory(host_id) == inventory  # what the agent PUT is kept as it came
 
 
-def test_a_grant_the_agent_expired_reads_expired(cp: ControlPlane, client: httpx.Client) -> None:
+def test_a_grant_the_agent_expired_reads_expired() -> None:
+    with ControlPlane.start() as cp, httpx.Client(base_url=cp.url, timeout=5) as client:
+        _grant_expires(cp, client)
+
+
+def _grant_expires(cp: ControlPlane, client: httpx.Client) -> None:
     host_id, token = agent(client, cp)
     admin = bearer(cp.admin_token())
     r = client.post(

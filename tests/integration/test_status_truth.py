@@ -19,8 +19,8 @@ from tests.fakeroot import FakeRoot, ed25519_line
 from tests.integration.daemon_support import (
     Agent,
     appended_fingerprints,
-    enroll,
     fingerprint_of,
+    start_enrolled,
     wait_for,
     write_config,
 )
@@ -43,12 +43,7 @@ def _warnings(text: str) -> list[str]:
 def test_an_outage_in_status_and_in_the_log(fr: FakeRoot, tmp_path: Path, agents: list[Agent]) -> None:
     with ControlPlane.start() as cp:
         cp.poll_interval = 1
-        state = tmp_path / "state"
-        host_id = enroll(cp, state)
-        config = write_config(tmp_path / "agent.toml", state, cp.url)
-        agent = Agent(config, fr.root).start()
-        agents.append(agent)
-        wait_for(lambda: cp.inventory(host_id) is not None, what="first inventory")
+        host_id, config, agent = start_enrolled(cp, fr, tmp_path, agents)
         wait_for(
             lambda: (status(config).get("reporting") or {}).get("deliveries", {}).get("inventory"),
             what="status",
