@@ -43,8 +43,21 @@ def build_daemon(
         link.handle_instructions_with(handler.handle)
         parts.append(handler)
     return Daemon(
-        config, root=root, config_path=config_path, link=link, parts=parts, install_signals=install_signals
+        config,
+        root=root,
+        config_path=config_path,
+        link=link,
+        parts=parts,
+        install_signals=install_signals,
+        check_config=_config_errors,
     )
+
+
+def _config_errors(config: Config) -> list[str]:
+    """What `check-config` calls an error: `run` refuses it at start, a reload refuses it too."""
+    from agent.commands.preflight import check_config, errors
+
+    return [str(finding) for finding in errors(check_config(config))]
 
 
 def cmd_run(config: Config, *, root: str | None, log_format: str | None, config_path: str | None) -> int:

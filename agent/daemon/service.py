@@ -82,6 +82,7 @@ class Daemon:
         notifier: Notifier | None = None,
         rng: random.Random | None = None,
         install_signals: bool = True,
+        check_config: Callable[[Config], list[str]] = lambda _config: [],
     ) -> None:
         """`link`: the control-plane link (enrolled mode), None in standalone mode; `parts`: the
         others (usage tracker, instruction handler). Both are driven here (see parts.py)."""
@@ -93,6 +94,9 @@ class Daemon:
         self.notifier = notifier or Notifier()
         self.rng = rng or random.Random()
         self.install_signals = install_signals
+        # The errors `check-config` would report (the composition root passes its checks): a reload
+        # refuses what `run` would refuse at start.
+        self.check_config = check_config
         self.started_at = datetime.now(UTC)
         self._stop = threading.Event()
         self._reload = threading.Event()
@@ -247,6 +251,9 @@ class Daemon:
         self.notifier.reloading()
         try:
             new, _ = load_config(self.config_path)
+            problems = self.check_config(new)
+            if problems:
+                raise ConfigError(problems)
         except ConfigError as exc:
             self._note_error("reload refused, keeping the running configuration: " + "; ".join(exc.problems))
             log.error("%s", self.last_error)

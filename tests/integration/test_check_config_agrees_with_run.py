@@ -225,3 +225,22 @@ def test_every_hostile_string_setting_that_breaks_the_start_is_an_error_of_check
             assert caught, f"{dotted} = {value!r}: run fails at start ({failure}) but check-config says ok"
     # The walk reaches the start: it meets the known ones.
     assert {"instructions.public_keys", "server.url", "server.ca_file"} <= set(broke_the_start)
+
+
+def test_a_reload_refuses_what_check_config_calls_an_error(tmp_path: Path, fr: FakeRoot) -> None:
+    from agent.commands.run import build_daemon
+
+    config_file = tmp_path / "agent.toml"
+    good = _toml(_base(tmp_path))
+    config_file.write_text(good)
+    config = config_from_mapping(_base(tmp_path))
+    daemon = build_daemon(config, root=str(fr.root), config_path=str(config_file), install_signals=False)
+    daemon.start()
+    try:
+        config_file.write_text(good + f'[instructions]\npublic_keys = ["{PLACEHOLDER_KEY}"]\n')
+        daemon.reload()
+        assert daemon.config is config  # the running configuration is kept
+        assert daemon.last_error is not None and "reload refused" in daemon.last_error
+        assert "instructions.public_keys[0]: not a public key" in daemon.last_error
+    finally:
+        daemon.stop()
