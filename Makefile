@@ -3,8 +3,9 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
-# Debian packages the tests drive for real: ssh-keygen (oracle), sshd (end-to-end), lintian/rpm (packages).
-DEB_TEST_PACKAGES := openssh-client openssh-server lintian rpm systemd procps python3-venv binutils util-linux
+# Debian packages the tests drive for real: ssh-keygen (oracle), sshd (end-to-end), lintian/rpm (packages),
+# curl and jq (the README walk-through, run as written by tests/integration/test_readme.py).
+DEB_TEST_PACKAGES := openssh-client openssh-server lintian rpm systemd procps python3-venv binutils util-linux curl jq
 
 .PHONY: all venv run test test-latest lint typecheck unit system-deps bench clean package package-test
 

@@ -2,7 +2,11 @@
 
 Each command imports only what it needs, so `--version` starts fast and `scan` never loads
 httpx, apscheduler or watchdog. Exit codes: 0 done (a scan that found problems is still done),
-1 the command failed (or check-config found errors), 2 bad arguments or unreadable config.
+1 the command failed (or check-config found errors), 2 a user mistake: bad arguments, a
+configuration file that cannot be read or that `run` cannot use, a `--root` that is not a root.
+A user mistake is never a traceback: one line per problem, naming it and the fix
+(agent.commands.UsageError; tests/unit/test_cli_mistakes.py walks a table of them through every
+command). `status` exits 3 when the agent is not running.
 """
 
 from __future__ import annotations
@@ -56,7 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
     add("check-config", "Validate the configuration file: prints ok or each problem with its key.")
 
     enroll = add("enroll", "Register this host with the control plane and store its credentials.")
-    enroll.add_argument("--server", required=True, metavar="URL")
+    enroll.add_argument("--server", metavar="URL", help="the control plane (default: server.url)")
+    enroll.add_argument("--root", metavar="DIR", help="take the host's facts and keys from DIR")
     tokens = enroll.add_mutually_exclusive_group(required=True)
     tokens.add_argument("--token-file", metavar="FILE", help="file holding the bootstrap token")
     tokens.add_argument("--token", metavar="-", help="'-' reads the bootstrap token from standard input")
@@ -67,22 +72,29 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _fail(message: str, code: int = EXIT_USAGE) -> int:
-    print(f"sshklm-agent: {message}", file=sys.stderr)
+    for line in message.splitlines() or [""]:
+        print(f"sshklm-agent: {line}", file=sys.stderr)
     return code
 
 
 def _load(path: str | None) -> Config:
+    from agent.commands import UsageError
     from agent.config import ConfigError, load_config
 
     try:
         config, _ = load_config(path)
     except ConfigError as exc:
-        raise _Usage("configuration: " + "; ".join(exc.problems)) from None
+        raise UsageError(*(f"configuration: {problem}" for problem in exc.problems)) from None
     return config
 
 
-class _Usage(Exception):
-    pass
+def _check_root(root: str | None) -> None:
+    from agent.commands import UsageError
+    from agent.commands.preflight import check_root
+
+    problem = check_root(root)
+    if problem is not None:
+        raise UsageError(str(problem))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -91,10 +103,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return EXIT_USAGE
+    from agent.commands import UsageError
+
     try:
         if args.command == "check-config":
             return cmd_check_config(args.config)
         config = _load(args.config)
+        _check_root(getattr(args, "root", None))
         if args.command == "scan":
             from agent.commands.scan import cmd_scan
 
@@ -111,15 +126,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             from agent.commands.enroll import cmd_enroll
 
             if args.token is not None and args.token != "-":  # noqa: S105 (not a password)
-                return _fail(
-                    "--token only accepts '-' (standard input); a token on the command line is visible in ps"
+                raise UsageError(
+                    "--token only accepts '-' (standard input); a token on the command line is visible "
+                    "in ps: use --token-file FILE, or --token - and the token on standard input"
                 )
-            return cmd_enroll(config, server=args.server, token_file=args.token_file or "-")
+            return cmd_enroll(config, server=args.server, token_file=args.token_file or "-", root=args.root)
         if args.command == "rollback":
             from agent.commands.rollback import cmd_rollback
 
             return cmd_rollback(config, args.rotation_id)
-    except _Usage as exc:
+    except UsageError as exc:
         return _fail(str(exc))
     except KeyboardInterrupt:
         return 130
@@ -127,13 +143,23 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def cmd_check_config(path: str | None) -> int:
-    from agent.config import ConfigError, load_config
+    """Prints each finding (`error: key: message`, `warning: ...`), then `ok` unless there is an
+    error. The same checks `run` makes before it starts (agent/commands/preflight.py)."""
+    from agent.commands.preflight import check_config
+    from agent.config import ConfigError, ConfigFileError, load_config
 
     try:
-        _, used = load_config(path)
+        config, used = load_config(path)
+    except ConfigFileError as exc:
+        return _fail("configuration: " + "; ".join(exc.problems))
     except ConfigError as exc:
         for problem in exc.problems:
             print(f"error: {problem}")
+        return EXIT_FAILED
+    findings = check_config(config)
+    for finding in findings:
+        print(f"{finding.severity}: {finding}")
+    if any(f.severity == "error" for f in findings):
         return EXIT_FAILED
     print("ok" if used else "ok (no configuration file: all defaults)")
     return EXIT_OK

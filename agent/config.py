@@ -28,6 +28,10 @@ class ConfigError(Exception):
         self.problems = problems
 
 
+class ConfigFileError(ConfigError):
+    """The configuration file itself cannot be read (missing, a directory, not UTF-8)."""
+
+
 def _positive(value: Any) -> str | None:
     return None if value > 0 else "must be greater than 0"
 
@@ -53,6 +57,16 @@ def _url(value: Any) -> str | None:
     return "must be an http(s) URL or empty"
 
 
+def _absolute(value: Any) -> str | None:
+    # The daemon runs with / as its working directory: a relative path would name another file
+    # there than for the command that checked it.
+    return None if value.startswith("/") else "must be an absolute path"
+
+
+def _absolute_or_empty(value: Any) -> str | None:
+    return None if value == "" else _absolute(value)
+
+
 def _check(fn: Callable[[Any], str | None]) -> dict[str, Any]:
     return {"check": fn}
 
@@ -61,8 +75,8 @@ def _check(fn: Callable[[Any], str | None]) -> dict[str, Any]:
 class ServerConfig:
     # Empty url: standalone mode (watch, scan and log changes; no network).
     url: str = field(default="", metadata=_check(_url))
-    ca_file: str = ""
-    api_key_file: str = ""
+    ca_file: str = field(default="", metadata=_check(_absolute_or_empty))
+    api_key_file: str = field(default="", metadata=_check(_absolute_or_empty))
     host_id: str = ""
     connect_timeout_s: float = field(default=5.0, metadata=_check(_positive))
     read_timeout_s: float = field(default=30.0, metadata=_check(_positive))
@@ -74,7 +88,7 @@ class ServerConfig:
 
 @dataclass(frozen=True)
 class DiscoveryConfig:
-    sshd_config: str = "/etc/ssh/sshd_config"
+    sshd_config: str = field(default="/etc/ssh/sshd_config", metadata=_check(_absolute))
     sshd_binary: str = "/usr/sbin/sshd"
     max_file_bytes: int = field(default=1 << 20, metadata=_check(_positive))
     host_keys: bool = True
@@ -103,7 +117,7 @@ class ScheduleConfig:
 
 @dataclass(frozen=True)
 class StateConfig:
-    dir: str = DEFAULT_STATE_DIR
+    dir: str = field(default=DEFAULT_STATE_DIR, metadata=_check(_absolute))
     outbox_max_events: int = field(default=50_000, metadata=_check(_positive))
 
 
@@ -143,7 +157,7 @@ class PolicyConfig:
 class UsageConfig:
     enabled: bool = True
     source: str = field(default="auto", metadata=_check(_one_of("auto", "journal", "file", "none")))
-    log_file: str = ""
+    log_file: str = field(default="", metadata=_check(_absolute_or_empty))
     journal_unit: str = ""
 
 
@@ -261,11 +275,11 @@ def load_config(path: str | None) -> tuple[Config, str | None]:
         text = target.read_text(encoding="utf-8")
     except FileNotFoundError:
         if explicit:
-            raise ConfigError([f"{target}: no such file"]) from None
+            raise ConfigFileError([f"{target}: no such file"]) from None
         return Config(), None
     except (OSError, UnicodeDecodeError) as exc:
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else "cannot be read"
-        raise ConfigError([f"{target}: {reason}"]) from None
+        raise ConfigFileError([f"{target}: {reason}"]) from None
     return parse_config_text(text), str(target)
 
 

@@ -26,6 +26,10 @@ import json
 import logging
 import os
 import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal, TextIO
 
@@ -140,6 +144,9 @@ def stream_is_journal(stream: TextIO, environ: dict[str, str] | None = None) -> 
 
 # Libraries that log every request / job run at INFO; quieter unless we are debugging.
 _CHATTY_LOGGERS = ("httpx", "httpcore", "apscheduler", "watchdog")
+# APScheduler warns when a run is skipped because the previous one still runs (max_instances=1)
+# or was missed (a suspend): both expected (coalesce), and during an outage one per period.
+_EXPECTED_WARNINGS = ("apscheduler.scheduler", "apscheduler.executors.default")
 
 
 def _parse_level(level: str | int) -> int:
@@ -185,4 +192,92 @@ def setup_logging(
     root.setLevel(levelno)
     for name in _CHATTY_LOGGERS:
         logging.getLogger(name).setLevel(logging.NOTSET if levelno <= logging.DEBUG else logging.WARNING)
+    for name in _EXPECTED_WARNINGS:
+        logging.getLogger(name).setLevel(logging.NOTSET if levelno <= logging.DEBUG else logging.ERROR)
     return handler
+
+
+# -- saying a repeating condition at growing intervals -----------------------------------------
+
+
+@dataclass(frozen=True)
+class ThrottleVerdict:
+    """`log`: say it now; `held_back`: occurrences not said since the previous line;
+    `occurrences`: all of them since the condition began; `since`: when it began (clock time)."""
+
+    log: bool
+    held_back: int
+    occurrences: int
+    since: float
+
+
+@dataclass(frozen=True)
+class ThrottleEnded:
+    occurrences: int
+    duration_s: float
+
+
+@dataclass
+class _Condition:
+    since: float
+    next_due: float
+    interval: float
+    occurrences: int = 0
+    held_back: int = 0
+
+
+class LogThrottle:
+    """A condition that repeats (the server is down: every call fails) is said once, then again
+    after `first_interval_s`, then at intervals growing by `factor` up to `max_interval_s`; each
+    later line can say how many occurrences it stands for. `end(key)` closes the condition (the
+    server answers again) so the caller can say so once, and the next occurrence is said at once.
+
+    Keys are independent conditions (e.g. one per error code). Thread-safe; the clock is injected.
+    """
+
+    def __init__(
+        self,
+        *,
+        first_interval_s: float = 60.0,
+        factor: float = 2.0,
+        max_interval_s: float = 3600.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._first = first_interval_s
+        self._factor = factor
+        self._max = max_interval_s
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._conditions: dict[str, _Condition] = {}
+
+    def allow(self, key: str) -> ThrottleVerdict:
+        """One more occurrence of `key`: whether to say it now."""
+        now = self._clock()
+        with self._lock:
+            condition = self._conditions.get(key)
+            if condition is None:
+                condition = _Condition(since=now, next_due=now + self._first, interval=self._first)
+                self._conditions[key] = condition
+                condition.occurrences = 1
+                return ThrottleVerdict(True, 0, 1, now)
+            condition.occurrences += 1
+            if now < condition.next_due:
+                condition.held_back += 1
+                return ThrottleVerdict(False, condition.held_back, condition.occurrences, condition.since)
+            held, condition.held_back = condition.held_back, 0
+            condition.interval = min(condition.interval * self._factor, self._max)
+            condition.next_due = now + condition.interval
+            return ThrottleVerdict(True, held, condition.occurrences, condition.since)
+
+    def end(self, key: str) -> ThrottleEnded | None:
+        """The condition is over; None when it was not going on."""
+        now = self._clock()
+        with self._lock:
+            condition = self._conditions.pop(key, None)
+        if condition is None:
+            return None
+        return ThrottleEnded(condition.occurrences, now - condition.since)
+
+    def active(self) -> set[str]:
+        with self._lock:
+            return set(self._conditions)

@@ -24,3 +24,15 @@ def parse_rfc3339(text: str) -> datetime:
     if value.tzinfo is None:
         raise ValueError("time without a zone")
     return value.astimezone(UTC)
+
+
+def duration(seconds: float) -> str:
+    """A span for people: `45 s`, `13 min`, `1 h 14 min`, `3 days` (status, log lines)."""
+    whole = int(seconds)
+    if whole < 120:
+        return f"{whole} s"
+    if whole < 3600:
+        return f"{whole // 60} min"
+    if whole < 172800:
+        return f"{whole // 3600} h {whole % 3600 // 60} min"
+    return f"{whole // 86400} days"

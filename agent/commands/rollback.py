@@ -6,9 +6,11 @@ All or nothing: every file the rotation wrote must still hold exactly the bytes 
 
 from __future__ import annotations
 
+import os
 import sys
 from datetime import UTC, datetime
 
+from agent.commands import UsageError
 from agent.config import Config
 
 EXIT_OK = 0
@@ -23,9 +25,14 @@ def cmd_rollback(config: Config, rotation_id: str) -> int:
     from agent.instructions.host_files import SafeHostFiles, backups_dir_for
     from agent.instructions.rollback import Rollback
     from agent.instructions.view import UnitsOfWork
-    from agent.store.db import StoreError, open_database
+    from agent.store.db import DB_NAME, StoreError, open_database
     from agent.store.state import StateStore
 
+    if not os.path.exists(os.path.join(config.state.dir, DB_NAME)):
+        raise UsageError(
+            f"rollback: no agent state in {config.state.dir}: the agent has not run here "
+            "(or state.dir names another directory)"
+        )
     try:
         db = open_database(config.state.dir)
     except StoreError as exc:
@@ -35,6 +42,11 @@ def cmd_rollback(config: Config, rotation_id: str) -> int:
     try:
         files = SafeHostFiles(fs, backups_dir_for(config.state.dir))
         store = StateStore(db)
+        if not store.backups_for(rotation_id):
+            raise UsageError(
+                f"rollback: no rotation {rotation_id} recorded on this host (a rotation id looks like "
+                "rot_…: see the control plane's rotation, or the instruction_applied events)"
+            )
         units = UnitsOfWork(files, NssUserSource(), config.discovery.sshd_config)
         backups = Backups(files, store, lambda: datetime.now(UTC), config.apply.backups_per_file)
         try:

@@ -43,14 +43,37 @@ def build_daemon(
         link.handle_instructions_with(handler.handle)
         parts.append(handler)
     return Daemon(
-        config, root=root, config_path=config_path, link=link, parts=parts, install_signals=install_signals
+        config,
+        root=root,
+        config_path=config_path,
+        link=link,
+        parts=parts,
+        install_signals=install_signals,
+        check_config=_config_errors,
     )
 
 
+def _config_errors(config: Config) -> list[str]:
+    """What `check-config` calls an error: `run` refuses it at start, a reload refuses it too."""
+    from agent.commands.preflight import check_config, errors
+
+    return [str(finding) for finding in errors(check_config(config))]
+
+
 def cmd_run(config: Config, *, root: str | None, log_format: str | None, config_path: str | None) -> int:
+    from agent.commands import UsageError
+    from agent.commands.preflight import check_config, errors
+
+    # The checks `check-config` prints: a setting the daemon cannot use stops it here, in one line
+    # each, before anything starts; a warning (e.g. not enrolled yet) is logged once.
+    findings = check_config(config)
+    if errors(findings):
+        raise UsageError(*(f"configuration: {f}" for f in errors(findings)))
     setup_logging(config.logging.level, log_format or config.logging.format)  # type: ignore[arg-type]
     from agent.store.db import StoreError
 
+    for finding in findings:
+        log.warning("%s", finding)
     if not config.instructions.require_signature:
         log.warning(
             "!!! instructions.require_signature = false: UNSIGNED instructions will be applied. "

@@ -58,9 +58,6 @@ def write_inventory(inventory: Inventory, fmt: str, out: TextIO, homes: dict[str
 
 
 def cmd_scan(config: Config, *, root: str | None, fmt: str | None) -> int:
-    if root is not None and not os.path.isdir(root):
-        print(f"sshklm-agent: --root {root}: not a directory", file=sys.stderr)
-        return 2
     fmt = fmt or ("table" if sys.stdout.isatty() else "json")
     try:
         if fmt in ("json", "ndjson") and usable_cpus() > 1:

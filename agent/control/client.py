@@ -376,11 +376,12 @@ class ApiClient:
                         log.warning("%s %s refused: %s details=%s", method, path, err, err.details)
                     raise err
             failures += 1
+            # Debug only: the caller (the daemon's LinkHealth) logs a failed call, throttled.
             if failures >= self.backoff.max_attempts:
-                log.warning("%s %s failed after %d attempts: %s", method, path, failures, err)
+                log.debug("%s %s failed after %d attempts: %s", method, path, failures, err)
                 raise err
             delay = self.backoff.transient_delay(failures - 1, self._rng)
-            log.warning(
+            log.debug(
                 "%s %s: %s; retry %d/%d in %.2f s",
                 method,
                 path,

@@ -80,7 +80,11 @@ class UsageTracker:
     def start(self) -> None:
         self.follower.start()
         f = self.follower
-        log.info("key usage: source %s %s (%s)", f.mode, f.path or "", f.reason)
+        # Once per start, at one level: the follower itself does not log its choice.
+        if f.mode == "disabled":
+            log.warning("key usage: last-used tracking disabled: %s", f.reason)
+        else:
+            log.info("key usage: source %s %s(%s)", f.mode, f"{f.path} " if f.path else "", f.reason)
 
     def stop(self) -> None:
         self.follower.stop()
@@ -140,7 +144,7 @@ class InstructionHandler:
         return self._prepared()[1].policy()
 
     def emit(self, events: Sequence[Event]) -> None:
-        self._prepared()[1].emit(events)
+        self._prepared()[1].emit([_logged(event) for event in events])
 
     def note_managed(
         self, fingerprint: str, user: str | None, path: str, managed_by: str, expires_at: datetime | None
@@ -181,3 +185,46 @@ class InstructionHandler:
     def stop(self) -> None:
         if self.applier is not None:
             self.applier.stop()
+
+
+def _joined(value: object) -> str:
+    return ", ".join(str(v) for v in value) if isinstance(value, list) and value else "none"
+
+
+def describe_applied(event: Event) -> str | None:
+    """One line for the log about what an applied instruction changed: who, which key (by
+    fingerprint: never key material), what happened. None for events that are not applies. Pure."""
+    if event.type != "instruction_applied":
+        return None
+    d = event.detail
+    if d.get("action") == "ephemeral_expiry":
+        return (
+            f"ephemeral grant {d.get('grant_id')} expired: key {event.fingerprint} removed for "
+            f"{event.user} ({event.path})"
+        )
+    kind = d.get("kind")
+    if kind == "ephemeral":
+        what = "added" if d.get("added") else "already in place"
+        return (
+            f"ephemeral grant {d.get('grant_id')}: key {event.fingerprint} {what} for {event.user} "
+            f"until {d.get('expires_at')} ({event.path or _joined(d.get('changed_files'))})"
+        )
+    if kind == "revoke_ephemeral":
+        removed = d.get("removed")
+        what = f"key {_joined(removed)} removed" if removed else "nothing left to remove"
+        return f"ephemeral grant {d.get('grant_id')} revoked: {what}"
+    if kind == "rotation":
+        return (
+            f"rotation {d.get('rotation_id')} ({d.get('action')}) for {event.user}: "
+            f"added {_joined(d.get('added'))}, removed {_joined(d.get('removed'))}"
+        )
+    if kind == "scan":
+        return f"scan {d.get('scan_id')}: full scan done and sent"
+    return f"instruction {d.get('jti')} ({kind}) applied"
+
+
+def _logged(event: Event) -> Event:
+    line = describe_applied(event)
+    if line is not None:
+        log.info("%s", line)
+    return event

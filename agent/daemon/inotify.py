@@ -33,7 +33,7 @@ import traceback
 from collections.abc import Callable
 from typing import Final, NamedTuple
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("sshklm.inotify")
 
 # Events (<sys/inotify.h>).
 IN_ACCESS: Final = 0x00000001

@@ -18,11 +18,12 @@ only these types.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
 
 from agent.config import ScheduleConfig
+from agent.daemon.link_health import LinkHealth
 from agent.daemon.sender import Destination
 from agent.host.safefs import HostFS
 from agent.host.users import UserSource
@@ -71,6 +72,9 @@ class Core:
     note_managed: Callable[[str, str | None, str, str, datetime | None], None]
     schedule_once: Callable[[str, Callable[[], None], datetime], None]
     reschedule: Callable[[str, float], None]  # a job's new interval in seconds
+    # Where the link records each call to the control plane (`with health.call(kind): ...`): the
+    # deliveries, failures and the server's last answer that `status` shows; it logs outages.
+    health: LinkHealth = field(default_factory=LinkHealth)
 
 
 class Part(Protocol):

@@ -117,9 +117,10 @@ class Jobs:
                     # The job outlived the stop (its client or database closed under it): expected.
                     log.debug("job %s ended by the stop: %s", job_id, type(exc).__name__)
                 elif isinstance(exc, ApiError):
-                    # Expected conversation failures (outage, auth, limits): one line, no traceback.
+                    # Expected conversation failures (outage, auth, limits): no traceback; the link's
+                    # LinkHealth logs them (once, then at growing intervals) and status has the detail.
                     self._note_error(f"job {job_id}: {exc}")
-                    log.warning("job %s: %s", job_id, exc)
+                    log.debug("job %s: %s", job_id, exc)
                 else:
                     self._note_error(f"job {job_id} failed: {type(exc).__name__}: {exc}")
                     log.exception("job %s failed", job_id)

@@ -18,6 +18,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 from agent.control.backoff import backoff_delay
+from agent.control.errors import ApiError
 from agent.store.outbox import Outbox
 
 log = logging.getLogger("sshklm.sender")
@@ -84,6 +85,7 @@ class Sender:
         self._failures = 0
         self._thread = threading.Thread(target=self._loop, name="sshklm-sender", daemon=True)
         self.last_delivery_at: float | None = None
+        self.retry_at: float | None = None  # wall time of the next attempt after a failure
 
     def start(self) -> None:
         self._thread.start()
@@ -106,7 +108,10 @@ class Sender:
 
     def _loop(self) -> None:
         while not self._stop.is_set():
-            self._wake.wait(self._delay())
+            delay = self._delay()
+            # When the next attempt goes while failing (status: "backoff remaining"); a wake() is sooner.
+            self.retry_at = time.time() + delay if self._failures else None
+            self._wake.wait(delay)
             self._wake.clear()
             if self._stop.is_set():
                 break
@@ -116,7 +121,9 @@ class Sender:
             except Exception as exc:  # a failed delivery must never end the loop
                 self._failures += 1
                 message = f"delivery failed ({type(exc).__name__}): {exc}"
-                log.warning("%s; retrying with backoff (attempt %d)", message, self._failures)
+                # The link's LinkHealth logs its failed calls (once, then at growing intervals).
+                level = logging.DEBUG if isinstance(exc, ApiError) else logging.WARNING
+                log.log(level, "%s; retrying with backoff (attempt %d)", message, self._failures)
                 self._on_error(message)
 
     def flush(self) -> int:

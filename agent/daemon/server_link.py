@@ -171,7 +171,9 @@ class ServerLink:
 
     def deliver(self, events: Sequence[JSON]) -> list[str]:
         client, host_id = self._require()
-        result = client.post_events(host_id, events)
+        with self._view().health.call("events") as delivered:
+            result = client.post_events(host_id, events)
+            delivered.count = len(result["accepted_ids"])
         return list(result["accepted_ids"]) + [str(d["id"]) for d in result["dropped"]]
 
     def send_full_inventory(self) -> None:
@@ -195,7 +197,8 @@ class ServerLink:
             "outbox": vitals.outbox,
         }
         try:
-            answer = client.heartbeat(host_id, body)
+            with core.health.call("heartbeat"):
+                answer = client.heartbeat(host_id, body)
         except ApiError as exc:
             if exc.code == "NOT_FOUND":
                 self.problem = "host unknown to the server: enroll again"
@@ -215,7 +218,8 @@ class ServerLink:
     def fetch_policy(self) -> None:
         client, host_id = self._require()
         core = self._view()
-        document, etag = client.get_policy(host_id, self._policy_etag)
+        with core.health.call("policy"):
+            document, etag = client.get_policy(host_id, self._policy_etag)
         self._policy_etag = etag
         if document is None:
             return
@@ -230,7 +234,8 @@ class ServerLink:
 
     def poll_instructions(self) -> None:
         client, host_id = self._require()
-        tokens, _ = client.get_instructions(host_id)
+        with self._view().health.call("instructions"):
+            tokens, _ = client.get_instructions(host_id)
         for token in tokens:
             if self._handle_instruction is None:
                 log.warning("instruction received but applying is disabled (apply.enabled = false)")
@@ -249,9 +254,10 @@ class ServerLink:
     def post_result(self, jti: str, result: JSON) -> None:
         client, _ = self._require()
         try:
-            client.post_instruction_result(
-                jti, result, idempotency_key=str(uuid.uuid5(uuid.NAMESPACE_URL, jti))
-            )
+            with self._view().health.call("results"):
+                client.post_instruction_result(
+                    jti, result, idempotency_key=str(uuid.uuid5(uuid.NAMESPACE_URL, jti))
+                )
         except ApiError as exc:
             if exc.code != "NOT_FOUND":  # unknown instruction: drop its result (contract table)
                 raise
@@ -270,7 +276,8 @@ class ServerLink:
             return
         text = inventory.to_json_text(host_id=host_id)
         try:
-            client.put_inventory(host_id, text)
+            with core.health.call("inventory"):
+                client.put_inventory(host_id, text)
         finally:
             del text
             release_free_memory()  # the JSON text and its request: ~15 MB at 10,000 keys
@@ -281,7 +288,8 @@ class ServerLink:
         client, host_id = self._require()
         inventory = self._view().rescan()
         if inventory is not None:
-            client.put_scan_result(scan_id, inventory.to_json_text(host_id=host_id))
+            with self._view().health.call("scan_result"):
+                client.put_scan_result(scan_id, inventory.to_json_text(host_id=host_id))
 
     def refresh_token(self) -> None:
         """Keep the access token fresh ahead of expiry even when nothing else calls."""

@@ -30,6 +30,7 @@ from agent import __version__
 from agent.config import Config, ConfigError, load_config
 from agent.daemon.discovery import LiveDiscovery
 from agent.daemon.history import KeyHistory
+from agent.daemon.link_health import LinkHealth
 from agent.daemon.memory import release_free_memory, tune_allocator
 from agent.daemon.notify import Notifier
 from agent.daemon.parts import Core, Link, Part, Vitals
@@ -49,6 +50,24 @@ from agent.store.state import StateStore
 log = logging.getLogger("sshklm.daemon")
 
 STATUS_EVERY_S = 10.0
+CHANGE_LINES = 20  # at most this many log lines per burst of changes; the rest are counted
+
+
+def log_changes(changes: Sequence[Change]) -> None:
+    """One INFO line per detected change: type, user, file, fingerprint (never key material)."""
+    for change in changes[:CHANGE_LINES]:
+        log.info(
+            "change detected: %s user=%s path=%s fingerprint=%s",
+            change.type,
+            change.user,
+            change.path,
+            change.fingerprint,
+        )
+    if len(changes) > CHANGE_LINES:
+        log.info(
+            "change detected: %d more in this burst (every one goes to the outbox)",
+            len(changes) - CHANGE_LINES,
+        )
 
 
 class Daemon:
@@ -63,6 +82,7 @@ class Daemon:
         notifier: Notifier | None = None,
         rng: random.Random | None = None,
         install_signals: bool = True,
+        check_config: Callable[[Config], list[str]] = lambda _config: [],
     ) -> None:
         """`link`: the control-plane link (enrolled mode), None in standalone mode; `parts`: the
         others (usage tracker, instruction handler). Both are driven here (see parts.py)."""
@@ -74,6 +94,9 @@ class Daemon:
         self.notifier = notifier or Notifier()
         self.rng = rng or random.Random()
         self.install_signals = install_signals
+        # The errors `check-config` would report (the composition root passes its checks): a reload
+        # refuses what `run` would refuse at start.
+        self.check_config = check_config
         self.started_at = datetime.now(UTC)
         self._stop = threading.Event()
         self._reload = threading.Event()
@@ -93,6 +116,9 @@ class Daemon:
         self.watcher: Watcher | None = None
         self.sender: Sender | None = None
         self.jobs: Jobs | None = None
+        # The server conversation as status shows it (the link records into it through Core).
+        self.health = LinkHealth()
+        self.health.on_change = self._publish_soon
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -103,6 +129,9 @@ class Daemon:
         self.store = StateStore(self.db)
         self.outbox = Outbox(self.db)
         self.history = KeyHistory(self.store)
+        previous = self.store.get_status()
+        if isinstance(previous, dict):
+            self.health.restore(previous.get("reporting"))  # deliveries survive a restart
         self._sshd_version = None if self.root else sshd_version(cfg.discovery.sshd_binary)
         self.fs, self.users = open_host(cfg, self.root)
         self.discovery = LiveDiscovery(self.fs, self.users, settings_from(cfg), self._context)
@@ -162,6 +191,7 @@ class Daemon:
             note_managed=self.history.note_managed,
             schedule_once=self._schedule_once,
             reschedule=self._reschedule,
+            health=self.health,
         )
 
     def run(self) -> int:
@@ -221,6 +251,9 @@ class Daemon:
         self.notifier.reloading()
         try:
             new, _ = load_config(self.config_path)
+            problems = self.check_config(new)
+            if problems:
+                raise ConfigError(problems)
         except ConfigError as exc:
             self._note_error("reload refused, keeping the running configuration: " + "; ".join(exc.problems))
             log.error("%s", self.last_error)
@@ -322,6 +355,8 @@ class Daemon:
             return
         self._changes += 1
         self._baseline_stale = True
+        if self.link is not None:  # standalone: the log is the destination, it writes each change
+            log_changes(changes)
         events = to_events(changes, at=datetime.now(UTC), new_id=lambda: str(uuid.uuid4()))
         self._queue(events, bounded=True)
 
@@ -343,6 +378,8 @@ class Daemon:
     def _note_error(self, message: str) -> None:
         if self.stopping:
             return  # calls abandoned by the stop are not the agent's last error
+        if self.link is not None and self.link.host_id is None:
+            return  # not connected (not enrolled...): status's link_problem says why, once
         self.last_error = f"{rfc3339(datetime.now(UTC))} {message}"
 
     # -- scheduling ------------------------------------------------------------------------
@@ -405,6 +442,7 @@ class Daemon:
     # -- status ----------------------------------------------------------------------------
 
     def status(self, *, running: bool = True) -> dict[str, Any]:
+        retry_at = self.sender.retry_at if self.sender is not None else None
         return status_document(
             running=running,
             pid=os.getpid(),
@@ -413,11 +451,23 @@ class Daemon:
             last_scan_at=self.last_scan_at,
             inventory=self.discovery.inventory if hasattr(self, "discovery") else None,
             outbox=self.outbox.depth() if self.db is not None else None,
+            outbox_oldest_at=self.outbox.oldest_at() if self.db is not None else None,
             watch=dataclasses.asdict(self.watcher.stats()) if self.watcher is not None else {},
             last_error=self.last_error,
             next_jobs=self.jobs.next_runs() if self.jobs is not None else {},
             link=self.link.status() if self.link is not None else None,
+            reporting=self.health.snapshot() if self.link is not None else None,
+            retry_at=datetime.fromtimestamp(retry_at, UTC) if retry_at is not None else None,
         )
+
+    def _publish_soon(self) -> None:
+        """The server conversation changed (first delivery, failing, recovered): status now."""
+        if self.stopping or self.db is None:
+            return
+        try:
+            self.publish_status()
+        except Exception as exc:  # never fail the call that was recorded
+            log.debug("status not published: %s", type(exc).__name__)
 
     def publish_status(self, running: bool = True) -> None:
         status = self.status(running=running)

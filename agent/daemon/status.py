@@ -1,5 +1,8 @@
 """The daemon's status: the document `sshklm-agent status` reads from the state store and the one
-line systemd shows (sd_notify STATUS). Pure: every value is passed in. Never a secret."""
+line systemd shows (sd_notify STATUS). Pure: every value is passed in. Never a secret.
+
+Every field is described in docs/status.md (a test keeps the two in step).
+"""
 
 from __future__ import annotations
 
@@ -11,6 +14,14 @@ from agent import __version__
 from agent.inventory.model import Inventory, rfc3339
 
 JSON = dict[str, Any]
+
+
+def mode_of(link: Mapping[str, Any] | None) -> str:
+    """standalone (no server.url), enrolled (credentials in use), or not connected (a server.url,
+    but no usable credentials or URL: `link_problem` says why)."""
+    if link is None:
+        return "standalone"
+    return "enrolled" if link.get("host_id") else "not connected"
 
 
 def status_document(
@@ -26,24 +37,44 @@ def status_document(
     last_error: str | None,
     next_jobs: Mapping[str, str | None],
     link: Mapping[str, Any] | None,
+    outbox_oldest_at: datetime | None = None,
+    reporting: Mapping[str, Any] | None = None,
+    retry_at: datetime | None = None,
 ) -> JSON:
-    """`link`: the server link's own fields (enrolled mode), None in standalone mode."""
+    """`link`: the server link's own fields (enrolled mode), None in standalone mode; `reporting`:
+    the LinkHealth snapshot (deliveries, failures, the server's last answer); `retry_at`: when the
+    sender tries again after a failed delivery."""
     return {
         "running": running,
         "pid": pid,
         "version": __version__,
-        "mode": "enrolled" if link is not None else "standalone",
+        "mode": mode_of(link),
         "started_at": rfc3339(started_at),
         "updated_at": rfc3339(now),
         "last_scan_at": rfc3339(last_scan_at),
         "keys": len(inventory.keys) if inventory else 0,
         "problems": len(inventory.errors) if inventory else 0,
         "outbox": outbox,
+        "outbox_oldest_at": rfc3339(outbox_oldest_at),
         "watch": _jsonable(dict(watch)),
         "last_error": last_error,
         "next_jobs": dict(next_jobs),
+        "last_delivery_at": _last_delivery(reporting),
+        "reporting": (
+            {**_jsonable(dict(reporting)), "next_retry_at": rfc3339(retry_at)}
+            if reporting is not None
+            else None
+        ),
         **(link or {}),
     }
+
+
+def _last_delivery(reporting: Mapping[str, Any] | None) -> str | None:
+    """When the server last accepted anything from this host (any kind), or None."""
+    reporting = reporting or {}
+    records = (reporting.get("deliveries") or {}).values()
+    times: list[str] = [v["at"] for v in records if isinstance(v, dict) and isinstance(v.get("at"), str)]
+    return max(times) if times else None
 
 
 def summary_line(status: Mapping[str, Any]) -> str:
@@ -51,8 +82,15 @@ def summary_line(status: Mapping[str, Any]) -> str:
     watch = status.get("watch") or {}
     watched = watch.get("targets_inotify", 0) + watch.get("targets_polled", 0) if watch else 0
     parts = [f"{watched} files watched", f"{status['keys']} keys", f"outbox {status['outbox']}"]
-    if status.get("last_report_at"):
-        parts.append(f"last report {status['last_report_at']}")
+    reporting = status.get("reporting") or {}
+    failing = reporting.get("failing") or {}
+    if failing:
+        since = min(str(v.get("since")) for v in failing.values() if isinstance(v, dict))
+        parts.append(f"control plane failing since {since}")
+    elif status.get("last_delivery_at"):
+        parts.append(f"last delivery {status['last_delivery_at']}")
+    if status.get("mode") == "not connected" and status.get("link_problem"):
+        parts.append(str(status["link_problem"]))
     if status.get("last_error"):
         parts.append(f"last error: {status['last_error']}")
     return "; ".join(parts)

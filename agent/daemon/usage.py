@@ -294,9 +294,7 @@ class UsageFollower:
         choice = self._choose()
         self.mode, self.path, self.reason = choice.mode, choice.path, choice.reason
         if choice.mode == "disabled":
-            log.warning("usage: last-used tracking disabled: %s", choice.reason)
-            return
-        log.info("usage: following sshd's log (%s)", choice.reason)
+            return  # the usage tracker (extensions.py) says so, once
         if choice.mode == "journal":
             target: Callable[[], None] = self._run_journal
         else:

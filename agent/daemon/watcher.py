@@ -101,7 +101,7 @@ from agent.daemon.watch_poll import Snapshot, changed_targets, listed_dir, poll_
 from agent.daemon.watch_targets import NO_TARGETS, Targets, build_targets, child_toward, join_path, parent_of
 from agent.host.mounts import Mount, fstype_of, is_network_fstype, parse_mountinfo
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("sshklm.watcher")
 
 # Content, existence, mode and owner changes of names in a directory and of the directory itself.
 # Deliberately without IN_OPEN, IN_ACCESS and IN_CLOSE_NOWRITE.

@@ -51,7 +51,7 @@ from agent.store.state import StateStore
 
 __all__ = ["Applier", "ApplierSettings", "ApplyFailed", "RollbackRefused"]
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("sshklm.apply")
 
 # (job id, function, interval in seconds or None for a one-off, first run or None for "now + interval")
 Job = tuple[str, Callable[[], None], float | None, datetime | None]

@@ -24,7 +24,7 @@ from agent.instructions.view import HostView, UnitsOfWork
 from agent.inventory.model import rfc3339
 from agent.store.state import Grant, StateStore
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("sshklm.apply")
 
 
 def ephemeral_tag(grant_id: str) -> str:

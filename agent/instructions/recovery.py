@@ -29,7 +29,7 @@ from agent.instructions.view import HostView, UnitsOfWork
 from agent.inventory.model import parse_rfc3339
 from agent.store.state import PendingApply, StateStore
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("sshklm.apply")
 
 JSON = dict[str, Any]
 UNKNOWN_EXP_S = 86400  # how long to remember a jti whose journal entry has no exp

@@ -22,7 +22,7 @@ from agent.instructions.verify import Instruction
 from agent.inventory.model import Event, EventType, rfc3339
 from agent.store.state import Grant
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("sshklm.apply")
 
 JSON = dict[str, Any]
 Result = JSON

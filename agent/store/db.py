@@ -87,6 +87,15 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
+def state_dir_problem(path: str, st: os.stat_result) -> str | None:
+    """Why an existing state directory (its lstat) cannot be used, or None. Also `check-config`'s."""
+    if stat.S_ISLNK(st.st_mode) or not stat.S_ISDIR(st.st_mode):
+        return f"state directory {path} is not a plain directory"
+    if st.st_uid != os.geteuid():
+        return f"state directory {path} is owned by uid {st.st_uid}, not by us"
+    return None
+
+
 def prepare_state_dir(state_dir: str | os.PathLike[str]) -> Path:
     """Create the state directory 0700 if absent; refuse a symlink, a non-directory, or a
     directory owned by another uid (we run as root: a directory someone else controls could

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from .errors import ApiError
+from .keyview import apply_events, expired_grants
 from .messages import Request, Response
 from .ratelimit import SlidingWindowLimiter
 from .signing import InstructionSigner, generate_ssh_keypair
@@ -452,7 +453,18 @@ class App:
                 accepted += 1
         if duplicates:
             self.store.add_duplicates(host_id, duplicates)
+        self._follow_events(host_id, events)
         return Response(200, {"accepted": accepted, "duplicates": duplicates})
+
+    def _follow_events(self, host_id: str, events: list[dict[str, Any]]) -> None:
+        """A grant whose key the agent removed at expiry reads `expired` (a revoked one follows its
+        result). The key view follows the events when it is read (`list_keys`)."""
+        for grant_id in expired_grants(events):
+            doc = self.store.get_object("grant", grant_id)
+            if doc is None or doc.get("host_id") != host_id or doc.get("status") not in ("pending", "active"):
+                continue
+            doc.update(status="expired", updated_at=rfc3339(self.clock()))
+            self.store.put_object("grant", grant_id, host_id, doc)
 
     # -- instructions -------------------------------------------------------------------------------
     def issue_instruction(
@@ -595,7 +607,7 @@ class App:
         algorithm = q.get("algorithm", "").lower()
         out = []
         for host in hosts:
-            for key in (host["inventory"] or {}).get("keys") or []:
+            for key in self._key_view(host):
                 if not isinstance(key, dict):
                     continue
                 if q.get("user") and key.get("user") != q["user"]:
@@ -607,6 +619,13 @@ class App:
                     continue
                 out.append({**key, "host_id": host["host_id"], "hostname": host["hostname"]})
         return Response(200, {"keys": out})
+
+    def _key_view(self, host: dict[str, Any]) -> list[dict[str, Any]]:
+        """The host's last inventory with the key events since applied (keyview.py): an appended
+        key shows here as soon as its event arrived, not at the next full inventory."""
+        inventory = host["inventory"] or {}
+        keys = [k for k in inventory.get("keys") or [] if isinstance(k, dict)]
+        return apply_events(keys, self.store.events(host["host_id"]), inventory.get("collected_at"))
 
     def start_scans(self, principal: Principal, params: dict[str, str], req: Request) -> Response:
         refs = req.json_object().get("hosts")

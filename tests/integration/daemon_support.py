@@ -109,6 +109,20 @@ def enroll(cp: ControlPlane, state: Path) -> str:
     return enroll_host(cp.url, cp.bootstrap_token, str(state), facts).host_id
 
 
+def start_enrolled(
+    cp: ControlPlane, fr: FakeRoot, tmp_path: Path, agents: list[Agent]
+) -> tuple[str, Path, Agent]:
+    """A host enrolled with `cp` and its agent running on `fr`, its first inventory received:
+    (host_id, its config file, the agent)."""
+    state = tmp_path / "state"
+    host_id = enroll(cp, state)
+    config = write_config(tmp_path / "agent.toml", state, cp.url)
+    agent = Agent(config, fr.root).start()
+    agents.append(agent)
+    wait_for(lambda: cp.inventory(host_id) is not None, what="first inventory")
+    return host_id, config, agent
+
+
 def appended_fingerprints(cp: ControlPlane, host_id: str, kind: str = "key_added") -> list[str]:
     return [e["fingerprint"] for e in cp.events(host_id) if e["type"] == kind]
 

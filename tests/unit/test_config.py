@@ -67,7 +67,11 @@ def test_int_accepted_for_float() -> None:
 
 def test_check_config_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     good = tmp_path / "good.toml"
-    good.write_text(EXAMPLE.read_text())
+    # The example as is, but for its state directory: check-config also checks that the daemon could
+    # create it, which /var/lib allows only root (and `make unit` runs unprivileged).
+    example = EXAMPLE.read_text()
+    assert 'dir = "/var/lib/sshklm-agent"' in example
+    good.write_text(example.replace('dir = "/var/lib/sshklm-agent"', f'dir = "{tmp_path / "state"}"'))
     assert main(["check-config", "--config", str(good)]) == 0
     assert capsys.readouterr().out.strip() == "ok"
     bad = tmp_path / "bad.toml"

@@ -1,0 +1,190 @@
+"""What `run` checks before it starts and `check-config` prints: one validation for both.
+
+agent/config.py checks each setting on its own (type, range, choice). This module checks what needs
+more than the value: a pinned key that must parse, a server URL the agent will really use, files
+that must be readable, a state directory the daemon can own, and `--root`. Each finding names the
+setting and says what to do.
+
+- error:   `run` refuses to start (exit 2, one line per finding); `check-config` exits 1.
+- warning: `run` starts and logs it once; `check-config` prints it and still exits 0.
+
+A test walks a table of bad settings through both commands (tests/unit/test_preflight.py): every
+setting that makes `run` stop or misbehave at start must be reported here first.
+"""
+
+from __future__ import annotations
+
+import os
+import ssl
+from dataclasses import dataclass
+from typing import Literal
+from urllib.parse import urlsplit
+
+from agent.config import Config
+
+Severity = Literal["error", "warning"]
+
+
+@dataclass(frozen=True)
+class Finding:
+    severity: Severity
+    key: str  # the dotted setting, or the command-line option
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.key}: {self.message}"
+
+
+def _error(key: str, message: str) -> Finding:
+    return Finding("error", key, message)
+
+
+def _warning(key: str, message: str) -> Finding:
+    return Finding("warning", key, message)
+
+
+def errors(findings: list[Finding]) -> list[Finding]:
+    return [f for f in findings if f.severity == "error"]
+
+
+def check_root(root: str | None) -> Finding | None:
+    """`--root DIR`: an existing directory holding a user database (etc/passwd)."""
+    if root is None:
+        return None
+    if not os.path.exists(root):
+        return _error("--root", f"{root}: no such directory (give the directory that holds the image's etc/)")
+    if not os.path.isdir(root):
+        return _error("--root", f"{root}: not a directory")
+    if not os.path.isfile(os.path.join(root, "etc", "passwd")):
+        return _error(
+            "--root",
+            f"{root}: no etc/passwd in it: a root must hold its user database "
+            "(`python -m tests.demoroot DIR` creates a demo root)",
+        )
+    return None
+
+
+def check_state_dir(path: str) -> Finding | None:
+    """The state directory as the daemon will need it: usable if it exists, creatable if not. The
+    checks once it exists are store/db.py's (one rule for both)."""
+    from agent.store.db import state_dir_problem
+
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        parent = os.path.dirname(os.path.abspath(path))
+        while not os.path.exists(parent):
+            parent = os.path.dirname(parent)
+        if not os.path.isdir(parent):
+            return _error("state.dir", f"{path}: cannot be created: {parent} is not a directory")
+        if not os.access(parent, os.W_OK | os.X_OK):
+            return _error(
+                "state.dir",
+                f"{path}: cannot be created (no write access to {parent}): run as root, "
+                "or set state.dir to a directory you own",
+            )
+        return None
+    except OSError as exc:
+        return _error("state.dir", f"{path}: {exc.strerror}")
+    problem = state_dir_problem(path, st)
+    if problem is not None:
+        return _error("state.dir", problem)
+    if not os.access(path, os.R_OK | os.W_OK | os.X_OK):
+        return _error("state.dir", f"{path}: no read/write access: run as root")
+    return None
+
+
+def _check_public_keys(config: Config) -> list[Finding]:
+    from agent.instructions.verify import load_public_keys
+
+    out: list[Finding] = []
+    for index, text in enumerate(config.instructions.public_keys):
+        try:
+            load_public_keys([text])
+        except ValueError as exc:
+            reason = str(exc).partition(": ")[2] or "not a public key"
+            out.append(
+                _error(
+                    f"instructions.public_keys[{index}]",
+                    f"{reason}: paste the control plane's signing key (`ssh-ed25519 AAAA…` or PEM)",
+                )
+            )
+    return out
+
+
+def _check_server(config: Config) -> list[Finding]:
+    from agent.control.connect import plain_http_allowed
+
+    s = config.server
+    out: list[Finding] = []
+    parts = urlsplit(s.url)
+    if not parts.hostname:
+        return [_error("server.url", f"{s.url}: no host name in it")]
+    if not plain_http_allowed(s.url, s.allow_plain_http_loopback):
+        if parts.scheme == "http" and s.allow_plain_http_loopback:
+            reason = "plain http is allowed only to a loopback address: use https://"
+        elif parts.scheme == "http":
+            reason = (
+                "plain http is refused: use https:// (only a loopback address may use http, "
+                "with server.allow_plain_http_loopback = true)"
+            )
+        else:
+            reason = "must be https://"
+        out.append(_error("server.url", reason))
+    if s.ca_file:
+        try:
+            ssl.create_default_context(cafile=s.ca_file)
+        except FileNotFoundError:
+            out.append(_error("server.ca_file", f"{s.ca_file}: no such file"))
+        except OSError as exc:
+            out.append(_error("server.ca_file", f"{s.ca_file}: {exc.strerror or 'cannot be read'}"))
+        except ssl.SSLError:
+            out.append(_error("server.ca_file", f"{s.ca_file}: no PEM certificate in it"))
+    if bool(s.api_key_file) != bool(s.host_id):
+        out.append(
+            _error(
+                "server.api_key_file" if s.api_key_file else "server.host_id",
+                "server.api_key_file and server.host_id go together: set both, or neither "
+                "(then the credentials `enroll` stored are used)",
+            )
+        )
+    elif not out:
+        out.extend(_check_credentials(config))
+    if config.apply.enabled and config.instructions.require_signature and not config.instructions.public_keys:
+        out.append(
+            _warning(
+                "instructions.public_keys",
+                "empty: every instruction from the control plane will be rejected "
+                "(paste its signing key, or set apply.enabled = false)",
+            )
+        )
+    return out
+
+
+def _check_credentials(config: Config) -> list[Finding]:
+    """Missing or unreadable credentials do not stop the daemon (it waits for them: docs/choices.md),
+    so they are warnings."""
+    from agent.control.connect import NOT_ENROLLED, host_credentials
+    from agent.control.enroll import EnrollmentError
+
+    try:
+        credentials = host_credentials(config)
+    except EnrollmentError as exc:
+        return [_warning("server", f"credentials unreadable: {exc}")]
+    except (OSError, ValueError) as exc:
+        return [_warning("server", f"credentials unreadable: {type(exc).__name__}")]
+    if credentials is None:
+        return [_warning("server", NOT_ENROLLED)]
+    return []
+
+
+def check_config(config: Config, *, daemon: bool = True) -> list[Finding]:
+    """Every finding for `config`. `daemon`: also what only the daemon needs (the state directory)."""
+    out = _check_public_keys(config)
+    if config.server.url:
+        out.extend(_check_server(config))
+    if daemon:
+        problem = check_state_dir(config.state.dir)
+        if problem is not None:
+            out.append(problem)
+    return out
