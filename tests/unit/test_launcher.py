@@ -1,0 +1,138 @@
+"""The packaged launcher's interpreter choice (packaging/runtime/python.sh), over fake /usr/bin and
+/usr/lib/sshklm-agent trees: the distribution's python3 when the package has modules for it, else the
+newest python3.N that has them, else exit 5 with the command to run. And main.py's own guard."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+RUNTIME = Path(__file__).resolve().parents[2] / "packaging" / "runtime"
+ALL = ("11", "12", "13", "14")
+
+
+class Host:
+    def __init__(self, tmp: Path, shipped: tuple[str, ...] = ALL) -> None:
+        self.bin = tmp / "bin"
+        self.lib = tmp / "lib"
+        self.bin.mkdir()
+        self.lib.mkdir()
+        for minor in shipped:
+            (self.lib / f"python3.{minor}").mkdir()
+
+    def interpreter(self, name: str, answer: str = "") -> Path:
+        """A fake interpreter; `answer` is what it prints when asked for its minor version."""
+        path = self.bin / name
+        path.write_text(f"#!/bin/sh\necho '{answer}'\n" if answer else "#!/bin/sh\nexit 0\n")
+        path.chmod(0o755)
+        return path
+
+    def python3_to(self, target: str) -> None:
+        (self.bin / "python3").symlink_to(target)
+
+    def pick(self) -> subprocess.CompletedProcess[str]:
+        script = (
+            f'SSHKLM_LIB="{self.lib}"; SSHKLM_BIN="{self.bin}"; . "{RUNTIME}/python.sh"; '
+            'sshklm_pick_python || exit $?; echo "$SSHKLM_PYTHON $SSHKLM_PYTHON_MINOR"'
+        )
+        return subprocess.run(["sh", "-c", script], capture_output=True, text=True, check=False)
+
+
+@pytest.fixture
+def host(tmp_path: Path) -> Host:
+    return Host(tmp_path)
+
+
+def test_the_distribution_python3_when_supported(host: Host) -> None:
+    host.interpreter("python3.13")
+    host.interpreter("python3.11")
+    host.python3_to("python3.13")  # Debian 13
+    done = host.pick()
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == [str(host.bin / "python3.13"), "13"]
+
+
+def test_an_older_python3_gives_way_to_the_newest_supported(host: Host) -> None:
+    host.interpreter("python3.9")
+    host.interpreter("python3.11")
+    host.interpreter("python3.12")
+    host.python3_to("python3.9")  # RHEL 9 with python3.11 and python3.12 installed beside it
+    done = host.pick()
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == [str(host.bin / "python3.12"), "12"]
+
+
+def test_a_python3_newer_than_the_build_falls_back_to_an_older_one_present(host: Host) -> None:
+    host.interpreter("python3.15")
+    host.interpreter("python3.13")
+    host.python3_to("python3.15")
+    done = host.pick()
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == [str(host.bin / "python3.13"), "13"]
+
+
+def test_a_python3_that_is_no_symlink_is_asked_its_version(host: Host) -> None:
+    host.interpreter("python3", answer="12")
+    done = host.pick()
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == [str(host.bin / "python3"), "12"]
+
+
+def test_a_free_threaded_or_debug_build_is_not_taken_for_the_normal_abi(host: Host) -> None:
+    host.interpreter("python3.14t")  # answers nothing: sys.abiflags is "t"
+    host.python3_to("python3.14t")
+    done = host.pick()
+    assert done.returncode == 5
+    assert "install python3.11" in done.stderr
+
+
+def test_too_old_says_what_to_install(host: Host) -> None:
+    host.interpreter("python3.10")
+    host.python3_to("python3.10")  # Ubuntu 22.04 before python3.11 is installed
+    done = host.pick()
+    assert done.returncode == 5
+    assert done.stdout == ""
+    assert "python3 is 3.10" in done.stderr
+    assert "3.11, 3.12, 3.13, 3.14" in done.stderr
+    assert "run: " in done.stderr and " install python3.11" in done.stderr
+
+
+def test_too_new_says_to_upgrade_the_agent(host: Host) -> None:
+    host.interpreter("python3.15")
+    host.python3_to("python3.15")
+    done = host.pick()
+    assert done.returncode == 5
+    assert "python3 is 3.15, newer than this sshklm-agent build supports" in done.stderr
+    assert "sshklm-agent" in done.stderr.split("run: ")[1].splitlines()[0]
+    assert "python3.14" in done.stderr
+
+
+def test_no_python_at_all(host: Host) -> None:
+    done = host.pick()
+    assert done.returncode == 5
+    assert "there is no" in done.stderr and "python3" in done.stderr
+
+
+def test_modules_missing_for_the_interpreter_present(tmp_path: Path) -> None:
+    host = Host(tmp_path, shipped=("11", "12"))
+    host.interpreter("python3.13")
+    host.python3_to("python3.13")
+    done = host.pick()
+    assert done.returncode == 5
+    assert "python3 is 3.13, newer than this sshklm-agent build supports (CPython 3.11, 3.12)" in done.stderr
+
+
+def test_main_py_refuses_an_interpreter_it_has_no_modules_for(tmp_path: Path) -> None:
+    (tmp_path / "main.py").write_text((RUNTIME / "main.py").read_text())
+    (tmp_path / "common").mkdir()
+    done = subprocess.run(
+        [sys.executable, "-I", "-S", str(tmp_path / "main.py"), "--version"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 5
+    assert "has no modules for Python {}.{}".format(*sys.version_info[:2]) in done.stderr
