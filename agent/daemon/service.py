@@ -33,7 +33,7 @@ from agent.config import Config, ConfigError, load_config
 from agent.control.errors import ApiError
 from agent.daemon.discovery import LiveDiscovery
 from agent.daemon.memory import release_free_memory, tune_allocator
-from agent.daemon.notify import Notifier
+from agent.daemon.notify import Notifier, monotonic_usec
 from agent.daemon.sender import LogDestination, Sender
 from agent.daemon.watcher import Watcher
 from agent.host.scan import ScanContext
@@ -75,6 +75,9 @@ class Daemon:
         self._emit_lock = threading.Lock()
         self._last_used_lock = threading.Lock()  # the usage follower adds while a scan re-keys
         self.last_error: str | None = None
+        # Reloads applied since start (0: the file read at start) and the outcome of the last one.
+        self.config_generation = 0
+        self.last_reload: dict[str, Any] | None = None
         # Anything changed since the last full inventory report (the first report always goes).
         self.changed_since_report = True
         self.stopping = False  # set by stop(): what fails after it is expected, not an error
@@ -196,25 +199,51 @@ class Daemon:
 
         Applied at once: discovery settings (with a full rescan), local policy, schedule
         intervals, log level. Read only at start (restart to change): [server], [state],
-        [watch] and [apply], which own connections, files and threads."""
+        [watch] and [apply], which own connections, files and threads.
+
+        The outcome is published in the status before READY=1 (`last_reload`, with the
+        CLOCK_MONOTONIC time the file was read, and `config_generation`): `sshklm-agent reload`,
+        the unit's ExecReload, waits for it, so `systemctl reload` returns once the new
+        configuration is in force, or fails when it was refused."""
+        started_usec = monotonic_usec()
         self.notifier.reloading()
         try:
-            new, _ = load_config(self.config_path)
-        except ConfigError as exc:
-            self._note_error("reload refused, keeping the running configuration: " + "; ".join(exc.problems))
-            log.error("%s", self.last_error)
-            self.notifier.ready(self.status_line())
+            try:
+                new, _ = load_config(self.config_path)
+            except ConfigError as exc:
+                refused = "reload refused, keeping the running configuration: " + "; ".join(exc.problems)
+                self._note_error(refused)
+                log.error("%s", refused)
+                self._finish_reload(started_usec, "refused", refused)
+                return
+            self.config = new
+            self.policy = policy_from(new)
+            logging.getLogger().setLevel(new.logging.level.upper())
+            previous = self.discovery.inventory
+            self.discovery = LiveDiscovery(self.fs, self.users, settings_from(new), self._context)
+            self._emit(self.discovery.full_scan(previous))
+            self._after_scan(full=True)
+            if self.scheduler is not None:
+                self._schedule_jobs(self.scheduler, first_delay=0.0)
+        except Exception as exc:  # the daemon goes on with what was applied; the caller is told
+            failed = f"reload failed: {type(exc).__name__}: {exc}"
+            self._note_error(failed)
+            log.exception("reload failed")
+            self._finish_reload(started_usec, "failed", failed)
             return
-        self.config = new
-        self.policy = policy_from(new)
-        logging.getLogger().setLevel(new.logging.level.upper())
-        previous = self.discovery.inventory
-        self.discovery = LiveDiscovery(self.fs, self.users, settings_from(new), self._context)
-        self._emit(self.discovery.full_scan(previous))
-        self._after_scan(full=True)
-        if self.scheduler is not None:
-            self._schedule_jobs(self.scheduler, first_delay=0.0)
-        log.info("configuration reloaded")
+        self.config_generation += 1
+        log.info("configuration reloaded (generation %d)", self.config_generation)
+        self._finish_reload(started_usec, "applied", None)
+
+    def _finish_reload(self, started_usec: int, result: str, detail: str | None) -> None:
+        self.last_reload = {
+            "started_usec": started_usec,
+            "finished_at": rfc3339(datetime.now(UTC)),
+            "result": result,
+            "detail": detail,
+            "generation": self.config_generation,
+        }
+        self.publish_status()
         self.notifier.ready(self.status_line())
 
     # -- discovery and events --------------------------------------------------------------
@@ -488,6 +517,8 @@ class Daemon:
             "outbox": self.outbox.depth() if self.db is not None else None,
             "watch": _jsonable(watch),
             "last_error": self.last_error,
+            "config_generation": self.config_generation,
+            "last_reload": self.last_reload,
             "next_jobs": next_jobs,
             **link,
         }
