@@ -3,10 +3,12 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
-# Debian packages the tests drive for real: ssh-keygen (oracle), sshd (end-to-end), lintian/rpm (packages).
-DEB_TEST_PACKAGES := openssh-client openssh-server lintian rpm systemd procps python3-venv binutils util-linux
+# Debian packages the tests drive for real: ssh-keygen (oracle), sshd (end-to-end), lintian/rpm/rpmlint
+# (packages), systemd-container/debootstrap (the system test: Debian 12 and 13 under a real systemd).
+DEB_TEST_PACKAGES := openssh-client openssh-server lintian rpm rpmlint systemd procps python3-venv binutils \
+                     util-linux systemd-container debootstrap
 
-.PHONY: all venv run test test-latest lint typecheck unit system-deps bench clean package package-test
+.PHONY: all venv run test test-latest lint typecheck unit system-deps bench clean
 
 all: test
 
@@ -47,9 +49,16 @@ typecheck: venv
 unit: venv
 	$(BIN)/pytest -q tests
 
+# As root, also the packages: installed on this machine (package-test) and, when systemd-nspawn
+# and debootstrap are there (system-deps installs them), under a real systemd (system-test).
 test: system-deps venv lint typecheck
 	$(BIN)/pytest -q -n 2 --dist loadfile tests
-	@if [ "$$(id -u)" = 0 ] && [ -f mk/package.mk ]; then $(MAKE) --no-print-directory package-test; fi
+	@if [ "$$(id -u)" = 0 ] && [ -f mk/package.mk ]; then \
+	  if command -v systemd-nspawn >/dev/null && command -v debootstrap >/dev/null; then \
+	    $(MAKE) --no-print-directory package-test system-test; \
+	  else echo "systemd-nspawn or debootstrap missing: skipping system-test"; \
+	    $(MAKE) --no-print-directory package-test; fi; \
+	fi
 
 # The newest releases pyproject.toml allows, in a throw-away environment: how a lock bump is
 # prepared (run it before editing the pins, and now and then to hear of upstream changes early).

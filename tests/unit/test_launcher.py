@@ -97,7 +97,7 @@ def test_too_old_says_what_to_install(host: Host) -> None:
     assert done.stdout == ""
     assert "python3 is 3.10" in done.stderr
     assert "3.11, 3.12, 3.13, 3.14" in done.stderr
-    assert "run: " in done.stderr and " install python3.11" in done.stderr
+    assert "run: " in done.stderr and " install python3.11 && systemctl restart sshklm-agent" in done.stderr
 
 
 def test_too_new_says_to_upgrade_the_agent(host: Host) -> None:
@@ -116,13 +116,32 @@ def test_no_python_at_all(host: Host) -> None:
     assert "there is no" in done.stderr and "python3" in done.stderr
 
 
-def test_modules_missing_for_the_interpreter_present(tmp_path: Path) -> None:
+def test_a_build_for_older_versions_says_to_upgrade_it(tmp_path: Path) -> None:
     host = Host(tmp_path, shipped=("11", "12"))
     host.interpreter("python3.13")
     host.python3_to("python3.13")
     done = host.pick()
     assert done.returncode == 5
     assert "python3 is 3.13, newer than this sshklm-agent build supports (CPython 3.11, 3.12)" in done.stderr
+
+
+def test_a_missing_version_directory_says_to_reinstall(tmp_path: Path) -> None:
+    host = Host(tmp_path, shipped=("11", "12", "14"))
+    host.interpreter("python3.13")
+    host.python3_to("python3.13")
+    done = host.pick()
+    assert done.returncode == 5
+    assert f"the installation is damaged ({host.lib}/python3.13 is missing)" in done.stderr
+    assert "reinstall sshklm-agent && systemctl restart sshklm-agent" in done.stderr
+
+
+def test_no_version_directory_at_all_says_to_reinstall(tmp_path: Path) -> None:
+    host = Host(tmp_path, shipped=())
+    host.interpreter("python3.11")
+    host.python3_to("python3.11")
+    done = host.pick()
+    assert done.returncode == 5
+    assert "has no python3.N directory" in done.stderr
 
 
 def test_main_py_refuses_an_interpreter_it_has_no_modules_for(tmp_path: Path) -> None:
