@@ -28,6 +28,7 @@
 #   python3.N/    per target CPython minor version: the contents of the wheels built for it
 #                 (cffi's _cffi_backend), unpacked
 #   main.py, python.sh   the entry point and the interpreter choice (packaging/runtime/)
+#   python-versions      the target versions ("3.11 3.12 3.13 3.14"), read by python.sh
 # and /usr/bin/sshklm-agent runs the distribution's interpreter on them. Every file comes from
 # the hash-locked wheels in requirements.lock; sdists (sdnotify) are built offline with the
 # pinned setuptools from build-requirements.lock.
@@ -140,7 +141,7 @@ cmd_relock() {
 			# Build and test tools run on the build host only.
 			"$pip" download -q --no-deps -d "$tmp/dl" -r "$tmp/pins"
 		fi
-		"$(host_python)" "$here/locktool.py" relock "$lock" "$tmp/dl" || die "relock of $lock failed"
+		"$(host_python)" "$here/buildtool.py" relock "$lock" "$tmp/dl" || die "relock of $lock failed"
 	done
 	say "lock files rewritten"
 }
@@ -175,7 +176,7 @@ cmd_build() {
 		selections="$selections $WORK/select/$v"
 	done
 	# shellcheck disable=SC2086
-	"$(host_python)" "$here/locktool.py" split $selections >"$WORK/split" || die "wheel selection inconsistent"
+	"$(host_python)" "$here/buildtool.py" split $selections >"$WORK/split" || die "wheel selection inconsistent"
 
 	# 2. The agent wheel, from a copy of the sources (the tree is shared with other builds and
 	#    editors; setuptools writes build/ and *.egg-info next to its input), and wheels of the
@@ -218,6 +219,10 @@ cmd_build() {
 		"$pip" install -q --no-deps --no-compile --target "$lib/python$v" $(target_tags "$v") \
 			$(for f in $files; do echo "$WORK/select/$v/$f"; done)
 	done
+	# The versions the build is for: the launcher tells a missing directory (a damaged tree) from a
+	# version this build never had (an older sshklm-agent than the distribution's Python).
+	echo "$TARGET_PYTHONS" >"$lib/python-versions"
+	chmod 0644 "$lib/python-versions"
 	install -m 0644 "$here/runtime/main.py" "$lib/main.py"
 	install -m 0644 "$here/runtime/python.sh" "$lib/python.sh"
 	install -D -m 0755 "$here/runtime/sshklm-agent" "$nf/usr/bin/sshklm-agent"
@@ -238,7 +243,7 @@ cmd_build() {
 	# common/ once: each python3.N/ keeps only what differs (_cffi_backend.cpython-3N-*.so and
 	# the wheel's dist-info).
 	# shellcheck disable=SC2046
-	"$(host_python)" "$here/locktool.py" hoist "$lib/common" $(for v in $TARGET_PYTHONS; do echo "$lib/python$v"; done) >&2 ||
+	"$(host_python)" "$here/buildtool.py" hoist "$lib/common" $(for v in $TARGET_PYTHONS; do echo "$lib/python$v"; done) >&2 ||
 		die "cannot share the version-independent files"
 	find "$lib" -depth -type d -empty -delete
 	# A version without extensions still has its directory: the launcher looks for it.

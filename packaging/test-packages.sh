@@ -85,6 +85,7 @@ installed_layout() {
 		[ -d "/usr/lib/sshklm-agent/python$v" ] || { echo "no /usr/lib/sshklm-agent/python$v"; ok=1; }
 	done
 	[ -n "$(find /usr/lib/sshklm-agent/python3.12 -name '_cffi_backend.cpython-312-*.so')" ] || { echo "no cp312 _cffi_backend"; ok=1; }
+	[ "$(cat /usr/lib/sshklm-agent/python-versions)" = "3.11 3.12 3.13 3.14" ] || { echo "python-versions: $(cat /usr/lib/sshklm-agent/python-versions)"; ok=1; }
 	[ ! -e /opt/sshklm-agent ] || { echo "/opt/sshklm-agent exists"; ok=1; }
 	[ "$(stat -c %a /var/lib/sshklm-agent)" = 700 ] || { echo "/var/lib/sshklm-agent not 0700"; ok=1; }
 	dpkg -L sshklm-agent | grep -qx /usr/lib/systemd/system/sshklm-agent.service || { echo "unit not in /usr/lib/systemd/system"; ok=1; }

@@ -4,7 +4,7 @@
 #
 # The package ships its dependencies once (pure-Python and abi3 wheels, in common/) plus one small
 # directory per CPython minor version it was built for (python3.N/: the version-specific extension
-# wheels, e.g. cffi's _cffi_backend). It runs on the distribution's own interpreter:
+# wheels, e.g. cffi's _cffi_backend), and the list of those versions (python-versions). It runs on the distribution's own interpreter:
 #   1. /usr/bin/python3, when it is a CPython 3.N this package has python3.N/ for;
 #   2. else the newest /usr/bin/python3.N that has one (RHEL 8/9, Amazon Linux 2023 and Ubuntu
 #      22.04 install python3.11/python3.12 beside an older python3).
@@ -33,14 +33,23 @@ if sys.implementation.name == "cpython" and sys.version_info[0] == 3 and not sys
 	return 0
 }
 
-# sshklm_supported: the minor versions this package has a directory for, ascending ("11 12 13 14";
-# the glob sorts them, all having two digits).
+# sshklm_supported: the minor versions this package was built for, ascending ("11 12 13 14"), from
+# the list the build wrote (packaging/build.sh TARGET_PYTHONS): so a missing python3.N directory is
+# told apart from a version the build never had. Nothing when the list itself is gone.
 sshklm_supported() {
+	_line=""
+	{ read -r _line <"$SSHKLM_LIB/python-versions"; } 2>/dev/null || [ -n "$_line" ] || return 0
 	_list=""
-	for _d in "$SSHKLM_LIB"/python3.[0-9][0-9]; do
-		[ -d "$_d" ] && _list="${_list:+$_list }${_d##*/python3.}"
+	for _v in $_line; do
+		_list="${_list:+$_list }${_v#3.}"
 	done
 	echo "$_list"
+}
+
+# sshklm_has "LIST" ITEM: is ITEM one of the words of LIST?
+sshklm_has() {
+	case " $1 " in *" $2 "*) return 0 ;; esac
+	return 1
 }
 
 # sshklm_pick_python: sets SSHKLM_PYTHON (the interpreter's real path) and SSHKLM_PYTHON_MINOR,
@@ -52,13 +61,14 @@ sshklm_pick_python() {
 	_default=""
 	if [ -e "$SSHKLM_BIN/python3" ]; then
 		_default=$(sshklm_minor "$SSHKLM_BIN/python3")
-		if [ -n "$_default" ] && [ -d "$SSHKLM_LIB/python3.$_default" ]; then
+		if [ -n "$_default" ] && sshklm_has "$_supported" "$_default" && [ -d "$SSHKLM_LIB/python3.$_default" ]; then
 			SSHKLM_PYTHON=$(readlink -f "$SSHKLM_BIN/python3")
 			SSHKLM_PYTHON_MINOR=$_default
 			return 0
 		fi
 	fi
 	for _m in $_supported; do # ascending: the last one present is the newest
+		[ -d "$SSHKLM_LIB/python3.$_m" ] || continue
 		if [ -x "$SSHKLM_BIN/python3.$_m" ] && [ "$(sshklm_minor "$SSHKLM_BIN/python3.$_m")" = "$_m" ]; then
 			SSHKLM_PYTHON=$SSHKLM_BIN/python3.$_m
 			SSHKLM_PYTHON_MINOR=$_m
@@ -67,6 +77,19 @@ sshklm_pick_python() {
 	[ -n "$SSHKLM_PYTHON" ] && return 0
 	sshklm_explain_no_python "$_default" "$_supported" >&2
 	return $SSHKLM_EXIT_NO_PYTHON
+}
+
+# sshklm_lost_directory DEFAULT_MINOR SUPPORTED: prints a built-for version whose interpreter is here
+# (python3 or python3.N) but whose directory is not: the tree is damaged, not the host unsuitable.
+sshklm_lost_directory() {
+	for _m in $2; do
+		[ -d "$SSHKLM_LIB/python3.$_m" ] && continue
+		if [ "$_m" = "$1" ] || [ -x "$SSHKLM_BIN/python3.$_m" ]; then
+			echo "$_m"
+			return 0
+		fi
+	done
+	return 1
 }
 
 # sshklm_explain_no_python DEFAULT_MINOR SUPPORTED: why nothing fits, and the command that fixes it.
@@ -94,15 +117,15 @@ sshklm_explain_no_python() {
 	fi
 	_restart="systemctl restart sshklm-agent"
 	if [ -z "$2" ]; then
-		echo "sshklm-agent: cannot start: the installation is damaged ($SSHKLM_LIB has no python3.N directory)"
+		echo "sshklm-agent: cannot start: the installation is damaged ($SSHKLM_LIB/python-versions is missing)"
+		echo "sshklm-agent: run: $_reinstall && $_restart"
+	elif _lost=$(sshklm_lost_directory "$1" "$2"); then
+		echo "sshklm-agent: cannot start: the installation is damaged ($SSHKLM_LIB/python3.$_lost is missing)"
 		echo "sshklm-agent: run: $_reinstall && $_restart"
 	elif [ -n "$1" ] && [ "$1" -gt "$_newest" ]; then
 		echo "sshklm-agent: cannot start: this host's python3 is 3.$1, newer than this sshklm-agent build supports (CPython $_versions)"
 		echo "sshklm-agent: run: $_upgrade && $_restart    (a release built for Python 3.$1)"
 		echo "sshklm-agent:  or: $_install python3.$_newest && $_restart    (if the distribution still offers it)"
-	elif [ -n "$1" ] && [ "$1" -ge "$_oldest" ]; then
-		echo "sshklm-agent: cannot start: the installation is damaged ($SSHKLM_LIB/python3.$1 is missing)"
-		echo "sshklm-agent: run: $_reinstall && $_restart"
 	else
 		if [ -n "$1" ]; then _have="python3 is 3.$1"; else _have="there is no $SSHKLM_BIN/python3"; fi
 		echo "sshklm-agent: cannot start: no supported Python: this build runs on CPython $_versions from $SSHKLM_BIN, and $_have"

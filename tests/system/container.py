@@ -69,10 +69,16 @@ def _container_init(nspawn_pid: int) -> int | None:
 
 
 class Container:
-    def __init__(self, suite: str, root: Path, name: str, mirror: str, log: IO[str]) -> None:
+    def __init__(
+        self, suite: str, root: Path, name: str, mirror: str, log: IO[str], options: tuple[str, ...] = ()
+    ) -> None:
         self.suite, self.root, self.name, self.mirror, self.log = suite, root, name, mirror, log
+        self.options = options  # more debootstrap options (Ubuntu: --keyring, --components)
+        self.ubuntu = "ubuntu" in mirror
         self.nspawn: subprocess.Popen[bytes] | None = None
         self.pid: int | None = None  # the container's init, as the host sees it
+        self.debootstrap: subprocess.Popen[bytes] | None = None
+        self.closed = False  # destroyed: nothing may start in it any more
 
     # -- the root --------------------------------------------------------------------------
 
@@ -83,20 +89,22 @@ class Container:
         if tarball is not None and tarball.exists():
             subprocess.run(["tar", "-C", str(self.root), "-xf", str(tarball)], check=True)
             return f"unpacked {tarball}"
-        cmd = [
-            "debootstrap",
-            "--variant=minbase",
-            f"--include={INCLUDE}",
-            self.suite,
-            str(self.root),
-            self.mirror,
-        ]
+        cmd = ["debootstrap", "--variant=minbase", f"--include={INCLUDE}", *self.options, self.suite]
+        cmd += [str(self.root), self.mirror]
+        if not Path("/usr/share/debootstrap/scripts", self.suite).exists():
+            # A suite newer than this debootstrap (Debian testing, Ubuntu 24.04): the script of its family.
+            cmd.append("/usr/share/debootstrap/scripts/" + ("gutsy" if self.ubuntu else "sid"))
         for attempt in (1, 2):  # a mirror hiccup should not fail CI on its own
-            done = subprocess.run(cmd, stdout=self.log, stderr=subprocess.STDOUT, check=False)
-            if done.returncode == 0:
+            self._open()
+            # Its own process group: destroy() ends debootstrap and the dpkg it runs in the root.
+            self.debootstrap = subprocess.Popen(
+                cmd, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True
+            )
+            returncode = self.debootstrap.wait()
+            if returncode == 0:
                 break
             if attempt == 2:
-                raise CommandFailed(f"debootstrap {self.suite} failed (exit {done.returncode}); see the log")
+                raise CommandFailed(f"debootstrap {self.suite} failed (exit {returncode}); see the log")
             self.destroy()
             self.root.mkdir(parents=True)
         # The downloaded .debs are not needed any more (~40 MB).
@@ -117,13 +125,35 @@ class Container:
     def prepare(self) -> None:
         self.write("/etc/hostname", self.name + "\n")
         self.write("/etc/machine-id", uuid.uuid4().hex + "\n", 0o444)
+        if self.ubuntu:
+            # As on any Ubuntu host: the -updates and -security pockets (22.04's python3.11 is there).
+            components = next(
+                (o.split("=", 1)[1] for o in self.options if o.startswith("--components=")), "main"
+            )
+            pockets = "".join(
+                f"deb {self.mirror} {self.suite}-{pocket} {components.replace(',', ' ')}\n"
+                for pocket in ("updates", "security")
+            )
+            self.write("/etc/apt/sources.list.d/ubuntu-pockets.list", pockets)
 
     # -- running ---------------------------------------------------------------------------
 
+    def _open(self) -> None:
+        if self.closed:
+            raise CommandFailed("the container was destroyed (interrupted)")
+
     def boot(self, timeout: float = 90.0) -> str:
+        self._open()
+        env = dict(os.environ)
+        if self.suite in ("forky", "sid"):
+            # systemd >= 258 (Debian testing) no longer runs on this host's hybrid cgroup v1 tree:
+            # nspawn gives such a container the unified (v2) hierarchy only.
+            env["SYSTEMD_NSPAWN_UNIFIED_HIERARCHY"] = "1"
         self.nspawn = subprocess.Popen(
             ["systemd-nspawn", "-D", str(self.root), "-b", "--register=no", "--keep-unit", "--console=pipe"]
-            + ["-M", self.name],
+            # The host's resolver, also where the root's resolv.conf points at a stub (Ubuntu).
+            + ["-M", self.name, "--resolv-conf=replace-host"],
+            env=env,
             stdin=subprocess.DEVNULL,
             stdout=self.log,
             stderr=subprocess.STDOUT,
@@ -136,9 +166,13 @@ class Container:
                 raise CommandFailed("the container's init did not appear")
             self.pid = _container_init(self.nspawn.pid)
             time.sleep(0.1)
-        state = self.run(
-            "systemctl", "is-system-running", "--wait", check=False, timeout=timeout
-        ).stdout.strip()
+        # PID 1 needs a moment before its private bus socket exists; until then systemctl fails.
+        while True:
+            done = self.run("systemctl", "is-system-running", "--wait", check=False, timeout=timeout)
+            state = done.stdout.strip()
+            if state or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
         if state not in ("running", "degraded"):
             raise CommandFailed(f"system state {state!r}")
         if state == "degraded":
@@ -154,6 +188,7 @@ class Container:
         timeout: float = 120.0,
     ) -> subprocess.CompletedProcess[str]:
         """CMD inside the container (all its namespaces), with a clean environment."""
+        self._open()
         if self.pid is None:
             raise CommandFailed("the container is not running")
         done = subprocess.run(
@@ -203,6 +238,11 @@ class Container:
 
     def destroy(self) -> None:
         """Stop whatever still runs, unmount what is left under the root, delete it."""
+        self.closed = True
+        if self.debootstrap is not None and self.debootstrap.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.debootstrap.pid, signal.SIGKILL)
+            self.debootstrap.wait(15)
         self.kill()
         for point in _mounts_under(self.root):
             subprocess.run(["umount", "-l", point], check=False)

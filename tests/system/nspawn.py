@@ -48,7 +48,18 @@ from typing import NoReturn
 from tests.system.container import Container, default_mirror
 from tests.system.operator import Operator
 
-SUITES = {"bookworm": "debian-12", "trixie": "debian-13"}
+# CI runs Debian 12 and 13 (the default). Opt-in with --suites: forky (Debian testing, python3 3.14:
+# a moving target must not turn CI red) and Ubuntu 24.04 (python3 3.12) and 22.04 (python3 3.10, so
+# the package's python3.11 alternative from universe), which need --ubuntu-keyring (README).
+SUITES = {
+    "bookworm": "debian-12",
+    "trixie": "debian-13",
+    "forky": "debian-testing",
+    "noble": "ubuntu-24.04",
+    "jammy": "ubuntu-22.04",
+}
+DEFAULT_SUITES = ["bookworm", "trixie"]
+UBUNTU_COMPONENTS = {"noble": "main", "jammy": "main,universe"}
 _print_lock = threading.Lock()
 
 
@@ -64,7 +75,13 @@ class Suite:
         self.args = args
         self.log_path = workdir / f"{self.label}.log"
         self.log = self.log_path.open("w")
-        self.container = Container(suite, workdir / self.label, f"sshklm-{self.label}", args.mirror, self.log)
+        mirror, options = args.mirror, ()
+        if suite in UBUNTU_COMPONENTS:
+            mirror = args.ubuntu_mirror
+            options = (f"--keyring={args.ubuntu_keyring}", f"--components={UBUNTU_COMPONENTS[suite]}")
+        self.container = Container(
+            suite, workdir / self.label, f"sshklm-{self.label}", mirror, self.log, options
+        )
         self.passed = 0
         self.failed: list[str] = []
         self.started = time.monotonic()
@@ -131,8 +148,10 @@ def _stop_on_signals() -> None:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m tests.system.nspawn", description=__doc__.split("\n")[0])
     p.add_argument("--packages", type=Path, required=True, help="DIR with x/ (version X) and y/ (X+1)")
-    p.add_argument("--suites", nargs="+", default=list(SUITES), choices=list(SUITES))
+    p.add_argument("--suites", nargs="+", default=DEFAULT_SUITES, choices=list(SUITES))
     p.add_argument("--mirror", default=default_mirror())
+    p.add_argument("--ubuntu-mirror", default="http://archive.ubuntu.com/ubuntu")
+    p.add_argument("--ubuntu-keyring", type=Path, help="ubuntu-archive-keyring.gpg (Ubuntu suites only)")
     p.add_argument("--max-exposure", type=float, default=3.0)
     p.add_argument("--workdir", type=Path, default=Path("/var/tmp"), help="where the roots are made")
     p.add_argument("--roots-cache", type=Path, help="reuse (or save) the debootstrap result as DIR/SUITE.tar")
@@ -145,6 +164,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if set(args.suites) & set(UBUNTU_COMPONENTS) and not (
+        args.ubuntu_keyring and args.ubuntu_keyring.exists()
+    ):
+        print("Ubuntu suites need --ubuntu-keyring FILE (ubuntu-archive-keyring.gpg)", file=sys.stderr)
+        return 2
     for name in ("x", "y"):
         if not list((args.packages / name).glob("sshklm-agent_*_amd64.deb")):
             print(f"no .deb in {args.packages / name} (make test-packages builds them)", file=sys.stderr)
@@ -153,7 +177,9 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     workdir = Path(tempfile.mkdtemp(prefix="sshklm-system-test.", dir=args.workdir))
     suites = [Suite(s, args, workdir) for s in args.suites]
-    threads = [threading.Thread(target=s.run, name=s.label) for s in suites]
+    # Daemon threads: after an interruption the main thread destroys the containers (which ends
+    # every command running in them) and the process exits without waiting for the suites.
+    threads = [threading.Thread(target=s.run, name=s.label, daemon=True) for s in suites]
     try:
         for t in threads:
             t.start()
@@ -161,6 +187,12 @@ def main(argv: list[str] | None = None) -> int:
                 t.join()
         for t in threads:
             t.join()
+    except BaseException:
+        print(
+            f"system-test: interrupted; stopping the containers, deleting the roots (logs: {workdir})",
+            file=sys.stderr,
+        )
+        raise
     finally:
         for s in suites:  # after an interruption: nothing left running or mounted
             with contextlib.suppress(Exception):

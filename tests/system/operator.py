@@ -47,9 +47,12 @@ BindReadOnlyPaths=/run/sshklm-test-boot-id:/proc/sys/kernel/random/boot_id
 """
 
 Check = Callable[..., bool]
-CGROUP_KILL_EIO = re.compile(
-    r"^sshklm-agent\.service: Failed to kill control group \S+, ignoring: Input/output error$"
+JAMMY_UNIT_DIR = (
+    "dpkg: warning: while removing sshklm-agent, directory '/usr/lib/systemd/system' not empty so not removed"
 )
+# systemd's own complaints about this host's hybrid cgroup tree in a container (cgroup.kill gives
+# EIO under 252; pids.max is missing under 262, TasksMax= is not enforced there): "ignoring".
+CGROUP_ARTIFACT = re.compile(r"^sshklm-agent\.service: Failed to .* control group \S+, ignoring: .*$")
 
 
 def wait_for(predicate: Callable[[], Any], what: str, timeout: float = 60.0) -> Any:
@@ -217,6 +220,9 @@ class Operator:
             "PasswordAuthentication no\nKbdInteractiveAuthentication no\n",
         )
         self.c.write(f"/etc/systemd/system/{UNIT}.d/system-test.conf", TEST_DROPIN)
+        if self.c.suite not in ("bookworm", "trixie"):
+            # Debian testing's Release expires after a week; this machine's mirror may be older.
+            self.c.write("/etc/apt/apt.conf.d/99sshklm-system-test", 'Acquire::Check-Valid-Until "false";\n')
         self.publish(self.deb_x)
         return f"sshd on 127.0.0.1:{self.ssh_port}; packages {self.version_x} and {self.version_y}"
 
@@ -271,13 +277,17 @@ class Operator:
             self.c.write(f"/etc/systemd/system/{UNIT}.d/system-test-boot-id.conf", BOOT_ID_DROPIN)
             self.c.run("systemctl", "daemon-reload")
             self.facts.append("boot-id bind drop-in (sandboxed /proc shows another boot id)")
-        self.c.run("apt-get", "update", "-q", timeout=600)
+        self.c.run("apt-get", "update", "-q", "--error-on=any", timeout=600)
         self.apt("install", "sshklm-agent")
         got = self.c.run("dpkg-query", "-W", "-f=${Status} ${Version}", "sshklm-agent").stdout
         assert got == f"install ok installed {self.version_x}-1", got
-        python = self.c.run("dpkg-query", "-W", "-f=${Version}", "python3").stdout
-        self.facts.append(f"python3 {python}")
-        return f"python3 {python} installed as the dependency"
+        names = ["python3"] + [f"python3.{m}" for m in range(10, 16)]
+        listed = self.c.run(
+            "dpkg-query", "-W", "-f=${db:Status-Abbrev}${Package} ${Version}\n", *names, check=False
+        )
+        pythons = ", ".join(line[3:] for line in listed.stdout.splitlines() if line.startswith("ii "))
+        self.facts.append(pythons)
+        return f"{pythons} installed with it"
 
     def started(self) -> str:
         p = self.wait_active()
@@ -419,9 +429,11 @@ class Operator:
         found = re.search(r"Overall exposure level for \S+: ([0-9.]+)", out)
         assert found, out[-500:]
         verify = self.c.run("systemd-analyze", "verify", UNIT, check=False)
-        assert verify.returncode == 0 and not (verify.stdout + verify.stderr).strip(), (
-            verify.stdout + verify.stderr
-        )
+        # verify also loads the units ours depends on; what it says about the distribution's own
+        # (Ubuntu 22.04: "Suspicious symlink ... treating as alias") is noted, not ours to fail on.
+        said = (verify.stdout + verify.stderr).strip().splitlines()
+        ours = [line for line in said if "sshklm" in line]
+        assert verify.returncode == 0 and not ours, "\n".join(said)
         exposure = float(found.group(1))
         assert exposure <= self.args.max_exposure, f"exposure {exposure}"
         # The agent's own view of the file system (its mount namespace): configuration read-only
@@ -435,9 +447,10 @@ class Operator:
         }
         assert "Read-only file system" in view["/etc/sshklm-agent"], view
         assert view["/var/lib/sshklm-agent"] == "writable", view
-        return (
-            f"exposure {exposure}; /etc/sshklm-agent read-only, /var/lib/sshklm-agent writable for the agent"
+        others = (
+            f"; verify said {len(said)} lines about the distribution's units, none about ours" if said else ""
         )
+        return f"exposure {exposure}; /etc/sshklm-agent read-only, /var/lib/sshklm-agent writable{others}"
 
     def stop_quietly(self) -> str:
         cursor = self.journal_cursor()
@@ -450,19 +463,17 @@ class Operator:
             everything = self.journal(cursor)
             assert "stopping" in everything, f"the stop was not logged at all:\n{everything}"
             lines = self.journal(cursor, "-p", "warning").splitlines()
-            # systemd 252 in this container sometimes fails to write cgroup.kill on the hybrid
-            # cgroup v1 host (EIO) when it sweeps the stopped unit's cgroup: systemd's own message
-            # about this machine, not the agent's; every other warning fails the check.
-            host_artifact = [line for line in lines if CGROUP_KILL_EIO.search(line)]
+            # systemd in this container sometimes cannot handle the stopped unit's cgroup on the
+            # hybrid cgroup v1 host (CGROUP_ARTIFACT): systemd's own message about this machine,
+            # not the agent's; every other warning fails the check.
+            host_artifact = [line for line in lines if CGROUP_ARTIFACT.search(line)]
             warnings = [line for line in lines if line not in host_artifact]
             assert not warnings, "warnings logged during the stop:\n" + "\n".join(warnings)
         finally:  # the next checks need it running, whatever this one found
             self.c.run("systemctl", "start", UNIT)
             self.wait_active()
         note = (
-            f" (systemd: {len(host_artifact)} cgroup.kill EIO on this host, not the agent's)"
-            if host_artifact
-            else ""
+            f" (systemd about this host's cgroups, not the agent: {host_artifact})" if host_artifact else ""
         )
         return "nothing at warning or above" + note
 
@@ -472,7 +483,7 @@ class Operator:
         fp = self.append_key("queued")
         wait_for(lambda: (self.status().get("outbox") or 0) >= 1, "the event queued in the outbox")
         self.publish(self.deb_x, self.deb_y)
-        self.c.run("apt-get", "update", "-q", timeout=600)
+        self.c.run("apt-get", "update", "-q", "--error-on=any", timeout=600)
         self.apt("install", "--only-upgrade", "sshklm-agent")
         got = self.c.run("dpkg-query", "-W", "-f=${Version}", "sshklm-agent").stdout
         assert got == f"{self.version_y}-1", got
@@ -492,7 +503,7 @@ class Operator:
     def python_swap(self) -> str:
         mirror = self.args.mirror
         self.c.write("/etc/apt/sources.list.d/trixie.list", f"deb {mirror} trixie main\n")
-        self.c.run("apt-get", "update", "-q", timeout=600)
+        self.c.run("apt-get", "update", "-q", "--error-on=any", timeout=600)
         before = self.interpreter()
         out = self.apt("install", "-t", "trixie", "python3")
         assert "sshklm-agent: restarting on /usr/bin/python3.13" in out, (
@@ -548,6 +559,11 @@ class Operator:
         assert self.props("LoadState")["LoadState"] == "not-found"
         assert not self.exists("/usr/lib/sshklm-agent")
         out = self.apt("purge", "sshklm-agent")
+        tolerated = ""
+        if self.c.suite == "jammy" and JAMMY_UNIT_DIR in out:
+            # Documented (docs/choices.md, Packaging): on Ubuntu 22.04 no other package owns the
+            # /usr/lib spelling of the merged unit directory, so dpkg tries to remove it.
+            out, tolerated = out.replace(JAMMY_UNIT_DIR, ""), f"; known on Ubuntu 22.04: {JAMMY_UNIT_DIR}"
         assert "warning" not in out.lower() and "not empty" not in out, out
         for gone in (
             "/etc/sshklm-agent",
@@ -556,7 +572,7 @@ class Operator:
             "/usr/bin/sshklm-agent",
         ):
             assert not self.exists(gone), f"{gone} left after purge"
-        return "remove kept /etc/sshklm-agent and /var/lib/sshklm-agent; purge removed them"
+        return "remove kept /etc/sshklm-agent and /var/lib/sshklm-agent; purge removed them" + tolerated
 
     def rpm_scriptlets(self) -> str:
         return rpm_scriptlets(self.c.root, self.rpm_x, self.rpm_y, self.log)

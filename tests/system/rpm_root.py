@@ -34,9 +34,10 @@ def rpm_scriptlets(root: Path, rpm_x: Path, rpm_y: Path, log: IO[str]) -> str:
     wants = root / "etc/systemd/system/multi-user.target.wants" / UNIT
     rpm("--initdb")
     rpm("-i", "--nodeps", str(rpm_x))
-    minor = (root / "usr/bin/python3").resolve().name.removeprefix("python3.")
-    pyc = list((root / "usr/lib/sshklm-agent/common/agent/__pycache__").glob(f"*.cpython-3{minor}.pyc"))
-    assert pyc, f"%post compiled no bytecode for python3.{minor}"
+    cache = root / "usr/lib/sshklm-agent/common/agent/__pycache__"
+    tags = {pyc.name.split(".")[-2] for pyc in cache.glob("*.pyc")}
+    assert len(tags) == 1, f"%post compiled bytecode for {sorted(tags) or 'no interpreter'}"
+    minor = tags.pop().removeprefix("cpython-3")
     assert wants.is_symlink(), "%post did not enable the unit"
     assert (root / "var/lib/sshklm-agent").stat().st_mode & 0o777 == 0o700
     config = root / "etc/sshklm-agent/agent.toml"

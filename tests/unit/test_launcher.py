@@ -15,12 +15,19 @@ ALL = ("11", "12", "13", "14")
 
 
 class Host:
-    def __init__(self, tmp: Path, shipped: tuple[str, ...] = ALL) -> None:
+    """A fake /usr/bin and /usr/lib/sshklm-agent: `built` is the build's version list (python-versions,
+    None: no list), `dirs` the python3.N directories present (default: those of `built`)."""
+
+    def __init__(
+        self, tmp: Path, built: tuple[str, ...] | None = ALL, dirs: tuple[str, ...] | None = None
+    ) -> None:
         self.bin = tmp / "bin"
         self.lib = tmp / "lib"
         self.bin.mkdir()
         self.lib.mkdir()
-        for minor in shipped:
+        if built is not None:
+            (self.lib / "python-versions").write_text(" ".join(f"3.{m}" for m in built) + "\n")
+        for minor in dirs if dirs is not None else built or ():
             (self.lib / f"python3.{minor}").mkdir()
 
     def interpreter(self, name: str, answer: str = "") -> Path:
@@ -117,7 +124,7 @@ def test_no_python_at_all(host: Host) -> None:
 
 
 def test_a_build_for_older_versions_says_to_upgrade_it(tmp_path: Path) -> None:
-    host = Host(tmp_path, shipped=("11", "12"))
+    host = Host(tmp_path, built=("11", "12"))
     host.interpreter("python3.13")
     host.python3_to("python3.13")
     done = host.pick()
@@ -125,23 +132,46 @@ def test_a_build_for_older_versions_says_to_upgrade_it(tmp_path: Path) -> None:
     assert "python3 is 3.13, newer than this sshklm-agent build supports (CPython 3.11, 3.12)" in done.stderr
 
 
-def test_a_missing_version_directory_says_to_reinstall(tmp_path: Path) -> None:
-    host = Host(tmp_path, shipped=("11", "12", "14"))
-    host.interpreter("python3.13")
-    host.python3_to("python3.13")
+@pytest.mark.parametrize("missing", ["13", "14"])
+def test_a_missing_version_directory_says_to_reinstall(tmp_path: Path, missing: str) -> None:
+    # The build's newest version too (seen on Debian testing, python3 3.14): damaged, not "too new".
+    host = Host(tmp_path, dirs=tuple(m for m in ALL if m != missing))
+    host.interpreter(f"python3.{missing}")
+    host.python3_to(f"python3.{missing}")
     done = host.pick()
     assert done.returncode == 5
-    assert f"the installation is damaged ({host.lib}/python3.13 is missing)" in done.stderr
+    assert f"the installation is damaged ({host.lib}/python3.{missing} is missing)" in done.stderr
     assert "reinstall sshklm-agent && systemctl restart sshklm-agent" in done.stderr
 
 
-def test_no_version_directory_at_all_says_to_reinstall(tmp_path: Path) -> None:
-    host = Host(tmp_path, shipped=())
+def test_a_missing_directory_of_an_extra_interpreter_says_to_reinstall(tmp_path: Path) -> None:
+    # Ubuntu 22.04: no python3 >= 3.11, the package's python3.11 beside it; its directory lost.
+    host = Host(tmp_path, dirs=("12", "13", "14"))
+    host.interpreter("python3.10")
+    host.interpreter("python3.11")
+    host.python3_to("python3.10")
+    done = host.pick()
+    assert done.returncode == 5
+    assert f"the installation is damaged ({host.lib}/python3.11 is missing)" in done.stderr
+
+
+def test_a_missing_version_directory_falls_back_to_another_interpreter(tmp_path: Path) -> None:
+    host = Host(tmp_path, dirs=("11", "12", "14"))
+    host.interpreter("python3.13")
+    host.interpreter("python3.12")
+    host.python3_to("python3.13")
+    done = host.pick()
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == [str(host.bin / "python3.12"), "12"]
+
+
+def test_no_version_list_says_to_reinstall(tmp_path: Path) -> None:
+    host = Host(tmp_path, built=None, dirs=ALL)
     host.interpreter("python3.11")
     host.python3_to("python3.11")
     done = host.pick()
     assert done.returncode == 5
-    assert "has no python3.N directory" in done.stderr
+    assert "python-versions is missing" in done.stderr
 
 
 def test_main_py_refuses_an_interpreter_it_has_no_modules_for(tmp_path: Path) -> None:

@@ -1,16 +1,16 @@
 """Helpers of packaging/build.sh that are easier in Python than in sh (run by the build host's python3).
 
-  locktool.py split DIR...            DIR = one selection per target CPython (the files pip picked for
+  buildtool.py split DIR...            DIR = one selection per target CPython (the files pip picked for
                                       it from the wheelhouse). Prints `common FILE` for each file every
                                       selection holds, `only DIR FILE` for the others (version-specific
                                       extension wheels), and fails if a file that is not tagged for one
                                       CPython version (cpXY-cpXY) differs between versions.
-  locktool.py hoist COMMON DIR...     after unpacking: a top-level entry (module or package directory) that
+  buildtool.py hoist COMMON DIR...     after unpacking: a top-level entry (module or package directory) that
                                       every DIR holds byte for byte is moved to COMMON, so that each DIR
                                       keeps only what differs per CPython version (the extension modules
                                       and the *.dist-info, which stay whole with their wheel's RECORD).
                                       Whole entries only: a package split over two sys.path entries breaks.
-  locktool.py relock LOCK DIR         rewrite LOCK's hashes from the files in DIR: every file of a pinned
+  buildtool.py relock LOCK DIR         rewrite LOCK's hashes from the files in DIR: every file of a pinned
                                       name==version gets a --hash (several when the wheels differ per
                                       CPython version), sorted so that a relock without changes is a no-op.
 """
@@ -49,7 +49,7 @@ def split(dirs: list[Path]) -> int:
     for d, files in zip(dirs, selections, strict=True):
         for name in sorted(files - common):
             if not _version_specific(name):
-                print(f"locktool: {name} is not version-specific but not chosen for every target", file=sys.stderr)
+                print(f"buildtool: {name} is not version-specific but not chosen for every target", file=sys.stderr)
                 bad = True
             print(f"only {d} {name}")
     return 1 if bad else 0
@@ -77,7 +77,7 @@ def hoist(common: Path, dirs: list[Path]) -> int:
         if not all(_same_tree(entry, d / name) for d in rest):
             continue
         if (common / name).exists():
-            print(f"locktool: {name} is both shared and version-specific", file=sys.stderr)
+            print(f"buildtool: {name} is both shared and version-specific", file=sys.stderr)
             return 1
         shutil.move(str(entry), str(common / name))
         for d in rest:
@@ -102,7 +102,7 @@ def relock(lock: Path, dl: Path) -> int:
             continue
         found = hashes.get((_norm(m.group(1)), m.group(2)))
         if not found:
-            print(f"locktool: no file downloaded for {m.group(1)}=={m.group(2)}", file=sys.stderr)
+            print(f"buildtool: no file downloaded for {m.group(1)}=={m.group(2)}", file=sys.stderr)
             return 1
         lines = [f"{m.group(1)}=={m.group(2)}"] + [f"    --hash=sha256:{h}" for h in sorted(set(found))]
         out.append(" \\\n".join(lines) + "\n")
