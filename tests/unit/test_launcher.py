@@ -40,6 +40,14 @@ class Host:
     def python3_to(self, target: str) -> None:
         (self.bin / "python3").symlink_to(target)
 
+    def installed(self, *names: str, python3: str | None = None) -> Host:
+        """Fake interpreters `names`, and /usr/bin/python3 pointing at `python3`."""
+        for name in names:
+            self.interpreter(name)
+        if python3 is not None:
+            self.python3_to(python3)
+        return self
+
     def pick(self) -> subprocess.CompletedProcess[str]:
         script = (
             f'SSHKLM_LIB="{self.lib}"; SSHKLM_BIN="{self.bin}"; . "{RUNTIME}/python.sh"; '
@@ -53,32 +61,27 @@ def host(tmp_path: Path) -> Host:
     return Host(tmp_path)
 
 
-def test_the_distribution_python3_when_supported(host: Host) -> None:
-    host.interpreter("python3.13")
-    host.interpreter("python3.11")
-    host.python3_to("python3.13")  # Debian 13
-    done = host.pick()
+@pytest.mark.parametrize(
+    ("installed", "python3", "chosen"),
+    [
+        pytest.param(
+            ["python3.13", "python3.11"], "python3.13", "13", id="python3 when supported (Debian 13)"
+        ),
+        pytest.param(
+            ["python3.9", "python3.11", "python3.12"],
+            "python3.9",
+            "12",
+            id="newest python3.N beside (RHEL 9)",
+        ),
+        pytest.param(
+            ["python3.15", "python3.13"], "python3.15", "13", id="an older one when python3 is too new"
+        ),
+    ],
+)
+def test_the_interpreter_chosen(host: Host, installed: list[str], python3: str, chosen: str) -> None:
+    done = host.installed(*installed, python3=python3).pick()
     assert done.returncode == 0, done.stderr
-    assert done.stdout.split() == [str(host.bin / "python3.13"), "13"]
-
-
-def test_an_older_python3_gives_way_to_the_newest_supported(host: Host) -> None:
-    host.interpreter("python3.9")
-    host.interpreter("python3.11")
-    host.interpreter("python3.12")
-    host.python3_to("python3.9")  # RHEL 9 with python3.11 and python3.12 installed beside it
-    done = host.pick()
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.split() == [str(host.bin / "python3.12"), "12"]
-
-
-def test_a_python3_newer_than_the_build_falls_back_to_an_older_one_present(host: Host) -> None:
-    host.interpreter("python3.15")
-    host.interpreter("python3.13")
-    host.python3_to("python3.15")
-    done = host.pick()
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.split() == [str(host.bin / "python3.13"), "13"]
+    assert done.stdout.split() == [str(host.bin / f"python3.{chosen}"), chosen]
 
 
 def test_a_python3_that_is_no_symlink_is_asked_its_version(host: Host) -> None:
@@ -89,17 +92,13 @@ def test_a_python3_that_is_no_symlink_is_asked_its_version(host: Host) -> None:
 
 
 def test_a_free_threaded_or_debug_build_is_not_taken_for_the_normal_abi(host: Host) -> None:
-    host.interpreter("python3.14t")  # answers nothing: sys.abiflags is "t"
-    host.python3_to("python3.14t")
-    done = host.pick()
+    done = host.installed("python3.14t", python3="python3.14t").pick()  # answers nothing: abiflags "t"
     assert done.returncode == 5
     assert "install python3.11" in done.stderr
 
 
 def test_too_old_says_what_to_install(host: Host) -> None:
-    host.interpreter("python3.10")
-    host.python3_to("python3.10")  # Ubuntu 22.04 before python3.11 is installed
-    done = host.pick()
+    done = host.installed("python3.10", python3="python3.10").pick()  # Ubuntu 22.04, no python3.11 yet
     assert done.returncode == 5
     assert done.stdout == ""
     assert "python3 is 3.10" in done.stderr
@@ -108,9 +107,7 @@ def test_too_old_says_what_to_install(host: Host) -> None:
 
 
 def test_too_new_says_to_upgrade_the_agent(host: Host) -> None:
-    host.interpreter("python3.15")
-    host.python3_to("python3.15")
-    done = host.pick()
+    done = host.installed("python3.15", python3="python3.15").pick()
     assert done.returncode == 5
     assert "python3 is 3.15, newer than this sshklm-agent build supports" in done.stderr
     assert "sshklm-agent" in done.stderr.split("run: ")[1].splitlines()[0]
@@ -124,10 +121,7 @@ def test_no_python_at_all(host: Host) -> None:
 
 
 def test_a_build_for_older_versions_says_to_upgrade_it(tmp_path: Path) -> None:
-    host = Host(tmp_path, built=("11", "12"))
-    host.interpreter("python3.13")
-    host.python3_to("python3.13")
-    done = host.pick()
+    done = Host(tmp_path, built=("11", "12")).installed("python3.13", python3="python3.13").pick()
     assert done.returncode == 5
     assert "python3 is 3.13, newer than this sshklm-agent build supports (CPython 3.11, 3.12)" in done.stderr
 
@@ -136,9 +130,7 @@ def test_a_build_for_older_versions_says_to_upgrade_it(tmp_path: Path) -> None:
 def test_a_missing_version_directory_says_to_reinstall(tmp_path: Path, missing: str) -> None:
     # The build's newest version too (seen on Debian testing, python3 3.14): damaged, not "too new".
     host = Host(tmp_path, dirs=tuple(m for m in ALL if m != missing))
-    host.interpreter(f"python3.{missing}")
-    host.python3_to(f"python3.{missing}")
-    done = host.pick()
+    done = host.installed(f"python3.{missing}", python3=f"python3.{missing}").pick()
     assert done.returncode == 5
     assert f"the installation is damaged ({host.lib}/python3.{missing} is missing)" in done.stderr
     assert "reinstall sshklm-agent && systemctl restart sshklm-agent" in done.stderr
@@ -147,29 +139,20 @@ def test_a_missing_version_directory_says_to_reinstall(tmp_path: Path, missing: 
 def test_a_missing_directory_of_an_extra_interpreter_says_to_reinstall(tmp_path: Path) -> None:
     # Ubuntu 22.04: no python3 >= 3.11, the package's python3.11 beside it; its directory lost.
     host = Host(tmp_path, dirs=("12", "13", "14"))
-    host.interpreter("python3.10")
-    host.interpreter("python3.11")
-    host.python3_to("python3.10")
-    done = host.pick()
+    done = host.installed("python3.10", "python3.11", python3="python3.10").pick()
     assert done.returncode == 5
     assert f"the installation is damaged ({host.lib}/python3.11 is missing)" in done.stderr
 
 
 def test_a_missing_version_directory_falls_back_to_another_interpreter(tmp_path: Path) -> None:
-    host = Host(tmp_path, dirs=("11", "12", "14"))
-    host.interpreter("python3.13")
-    host.interpreter("python3.12")
-    host.python3_to("python3.13")
+    host = Host(tmp_path, dirs=("11", "12", "14")).installed("python3.13", "python3.12", python3="python3.13")
     done = host.pick()
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == [str(host.bin / "python3.12"), "12"]
 
 
 def test_no_version_list_says_to_reinstall(tmp_path: Path) -> None:
-    host = Host(tmp_path, built=None, dirs=ALL)
-    host.interpreter("python3.11")
-    host.python3_to("python3.11")
-    done = host.pick()
+    done = Host(tmp_path, built=None, dirs=ALL).installed("python3.11", python3="python3.11").pick()
     assert done.returncode == 5
     assert "python-versions is missing" in done.stderr
 
