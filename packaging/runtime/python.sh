@@ -4,7 +4,8 @@
 #
 # The package ships its dependencies once (pure-Python and abi3 wheels, in common/) plus one small
 # directory per CPython minor version it was built for (python3.N/: the version-specific extension
-# wheels, e.g. cffi's _cffi_backend), and the list of those versions (python-versions). It runs on the distribution's own interpreter:
+# wheels, e.g. cffi's _cffi_backend), and the list of those versions (python-versions). It runs on
+# the distribution's own interpreter:
 #   1. /usr/bin/python3, when it is a CPython 3.N this package has python3.N/ for;
 #   2. else the newest /usr/bin/python3.N that has one (RHEL 8/9, Amazon Linux 2023 and Ubuntu
 #      22.04 install python3.11/python3.12 beside an older python3).
