@@ -3,11 +3,13 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
-# Debian packages the tests drive for real: ssh-keygen (oracle), sshd (end-to-end), lintian/rpm (packages),
+# Debian packages the tests drive for real: ssh-keygen (oracle), sshd (end-to-end), lintian/rpm/rpmlint
+# (packages), systemd-container/debootstrap (the system test: Debian 12 and 13 under a real systemd),
 # curl and jq (the README walk-through, run as written by tests/integration/test_readme.py).
-DEB_TEST_PACKAGES := openssh-client openssh-server lintian rpm systemd procps python3-venv binutils util-linux curl jq
+DEB_TEST_PACKAGES := openssh-client openssh-server lintian rpm rpmlint systemd procps python3-venv binutils \
+                     util-linux systemd-container debootstrap curl jq
 
-.PHONY: all venv run test test-latest lint typecheck unit system-deps bench clean package package-test
+.PHONY: all venv run test test-latest lint typecheck unit system-deps bench clean
 
 all: test
 
@@ -58,9 +60,16 @@ typecheck: venv
 unit: venv
 	$(BIN)/pytest -q -n 2 --dist loadfile -rs tests
 
+# As root, also the packages: installed on this machine (package-test) and, when systemd-nspawn
+# and debootstrap are there (system-deps installs them), under a real systemd (system-test).
 test: system-deps venv lint typecheck
 	$(BIN)/pytest -q -n 2 --dist loadfile tests
-	@if [ "$$(id -u)" = 0 ] && [ -f mk/package.mk ]; then $(MAKE) --no-print-directory package-test; fi
+	@if [ "$$(id -u)" = 0 ] && [ -f mk/package.mk ]; then \
+	  if command -v systemd-nspawn >/dev/null && command -v debootstrap >/dev/null; then \
+	    $(MAKE) --no-print-directory package-test system-test; \
+	  else echo "systemd-nspawn or debootstrap missing: skipping system-test"; \
+	    $(MAKE) --no-print-directory package-test; fi; \
+	fi
 
 # The newest releases pyproject.toml allows, in a throw-away environment: how a lock bump is
 # prepared (run it before editing the pins, and now and then to hear of upstream changes early).

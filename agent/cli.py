@@ -1,4 +1,4 @@
-"""Command line: `sshklm-agent {scan,run,status,check-config,enroll,rollback}`.
+"""Command line: `sshklm-agent {scan,run,reload,status,check-config,enroll,rollback}`.
 
 Each command imports only what it needs, so `--version` starts fast and `scan` never loads
 httpx, apscheduler or watchdog. Exit codes: 0 done (a scan that found problems is still done),
@@ -54,6 +54,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--root", metavar="DIR", help="treat DIR as the filesystem root")
     run.add_argument("--log-format", choices=("auto", "plain", "json", "journal"))
 
+    reload = add("reload", "Make the running agent re-read its configuration; wait until it is in force.")
+    reload.add_argument("--pid", type=int, metavar="PID", help="the agent's process (default: its status)")
+    reload.add_argument(
+        "--timeout", type=float, default=300.0, metavar="SECONDS", help="give up after this long (300)"
+    )
+
     status = add("status", "Show what the running agent reports about itself (no server call).")
     status.add_argument("--json", action="store_true", help="machine-readable output")
 
@@ -108,6 +114,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "check-config":
             return cmd_check_config(args.config)
+        if args.command == "reload":
+            # Loads and checks the file itself: a broken one is refused before the daemon is signalled.
+            from agent.commands.reload import cmd_reload
+
+            return cmd_reload(args.config, pid=args.pid, timeout_s=args.timeout)
         config = _load(args.config)
         _check_root(getattr(args, "root", None))
         if args.command == "scan":

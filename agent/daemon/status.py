@@ -40,10 +40,13 @@ def status_document(
     outbox_oldest_at: datetime | None = None,
     reporting: Mapping[str, Any] | None = None,
     retry_at: datetime | None = None,
+    config_generation: int = 0,
+    last_reload: Mapping[str, Any] | None = None,
 ) -> JSON:
     """`link`: the server link's own fields (enrolled mode), None in standalone mode; `reporting`:
     the LinkHealth snapshot (deliveries, failures, the server's last answer); `retry_at`: when the
-    sender tries again after a failed delivery."""
+    sender tries again after a failed delivery; `config_generation` and `last_reload`: SIGHUP
+    reloads applied since start and the outcome of the last one (what `sshklm-agent reload` waits for)."""
     return {
         "running": running,
         "pid": pid,
@@ -59,6 +62,8 @@ def status_document(
         "watch": _jsonable(dict(watch)),
         "last_error": last_error,
         "next_jobs": dict(next_jobs),
+        "config_generation": config_generation,
+        "last_reload": dict(last_reload) if last_reload is not None else None,
         "last_delivery_at": _last_delivery(reporting),
         "reporting": (
             {**_jsonable(dict(reporting)), "next_retry_at": rfc3339(retry_at)}

@@ -84,6 +84,7 @@ MISTAKES: list[tuple[str, list[str], list[str]]] = [
             ("check-config", []),
             ("enroll", ["--token", "-"]),
             ("rollback", ["rot_x"]),
+            ("reload", []),
         )
     ],
     *[
@@ -159,6 +160,13 @@ MISTAKES: list[tuple[str, list[str], list[str]]] = [
         ["rollback", "--config", "{good}", "rot_nope"],
         ["no agent state", "state.dir"],
     ),
+    # reload: refused before the daemon is signalled, with the checks run makes
+    (
+        "reload: placeholder signing key",
+        ["reload", "--config", "{placeholder}"],
+        ["reload refused", "instructions.public_keys[0]", "not a public key"],
+    ),
+    ("reload: TOML syntax error", ["reload", "--config", "{broken}"], ["TOML syntax error", "line 1"]),
     # arguments
     ("scan: bad format", ["scan", "--format", "xml"], ["--format", "invalid choice"]),
     ("no such command", ["frobnicate"], ["invalid choice"]),

@@ -162,6 +162,15 @@ def _fields(value: object, prefix: str = "") -> set[str]:
 def test_every_field_of_status_json_is_documented() -> None:
     documented = set(re.findall(r"^\| `([A-Za-z_.]+)` \|", DOCS.read_text(), re.M))
     fields = _fields(_document(LINK, FAILING)) | _fields({"reporting": {"next_retry_at": None}})
+    # After a reload, its record (agent/daemon/service.py Daemon._finish_reload).
+    reload_record = {
+        "started_usec": 1,
+        "finished_at": "…",
+        "result": "applied",
+        "detail": None,
+        "generation": 1,
+    }
+    fields |= _fields({"last_reload": reload_record})
     # The per-kind records: one documented shape each.
     fields |= {f"reporting.deliveries.KIND.{k}" for k in FAILING["deliveries"]["events"]}  # type: ignore[index]
     fields |= {f"reporting.failing.KIND.{k}" for k in FAILING["failing"]["events"]}  # type: ignore[index]
