@@ -87,7 +87,7 @@ class Applier:
         self.hooks = hooks
         self.clock = clock
         self.keys = load_public_keys(settings.public_keys)  # ValueError names a bad key by index
-        self.units = UnitsOfWork(files, users, settings.sshd_config)
+        self.units = UnitsOfWork(files, users, settings.sshd_config, clock)
         self.reporter = Reporter(hooks, clock)
         self.backups = Backups(files, store, clock, settings.backups_per_file)
         self.editor = FileEditor(files, store, self.backups, hooks)
@@ -190,6 +190,7 @@ class Applier:
                     policy=policy,
                     now=now,
                     max_ttl_s=policy.ephemeral_max_ttl_s,
+                    local_tz=view.local_tz,
                 )
                 check_root_from(body, self._uid_of(view, body), policy)
             except Rejected as exc:
@@ -205,6 +206,12 @@ class Applier:
             except ApplyFailed as exc:
                 self.store.complete_apply(ins.jti, jti=(ins.jti, "failed", ins.exp))
                 return ins.jti, self.reporter.not_applied(ins.jti, "failed", exc.code, exc.message, ins)
+            if outcome.unmet:  # written, but read back it is not what was asked: never `applied`
+                self.store.complete_apply(ins.jti, jti=(ins.jti, "failed", ins.exp), backups=outcome.backups)
+                message = "not in effect after the write: " + "; ".join(outcome.unmet)
+                return ins.jti, self.reporter.not_applied(
+                    ins.jti, "failed", "KEY_NOT_IN_EFFECT", message, ins
+                )
             self.store.complete_apply(ins.jti, jti=(ins.jti, "applied", ins.exp), backups=outcome.backups)
             self.reporter.applied(ins, body, outcome)
             return ins.jti, self.reporter.result("applied", None, outcome.fingerprints_after)
