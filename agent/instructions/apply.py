@@ -171,14 +171,20 @@ class Applier:
             if not host_id:
                 raise Rejected("this host has no host id yet", "AUTH_INVALID", peek_jti(token))
             now = self.clock()
-            ins = verify_instruction(
-                token,
-                keys=self.keys,
-                host_id=host_id,
-                now=now.timestamp(),
-                leeway=self.settings.leeway_s,
-                require_signature=self.settings.require_signature,
-            )
+            try:
+                ins = verify_instruction(
+                    token,
+                    keys=self.keys,
+                    host_id=host_id,
+                    now=now.timestamp(),
+                    leeway=self.settings.leeway_s,
+                    require_signature=self.settings.require_signature,
+                )
+            except Rejected as exc:
+                # Signed but not valid yet: the answer is final (a later re-send is a replay).
+                if exc.jti is not None and exc.final_until is not None and not self.store.jti_seen(exc.jti):
+                    self.store.record_jti(exc.jti, exc.status, exc.final_until)
+                raise
             seen = self.store.jti_seen(ins.jti)
             if seen is not None:
                 return ins.jti, self._replayed(view, ins, seen)

@@ -316,14 +316,16 @@ class ControlPlane:
         alg: str = "EdDSA",
         aud: str | None = None,
         key: object | None = None,
+        claims: dict[str, Any] | None = None,
     ) -> str:
-        """Queue an instruction (maybe forged: unsigned, other alg/aud/key); returns its compact JWS."""
+        """Queue an instruction (maybe forged: unsigned, other alg/aud/key, odd `claims` such as
+        `nbf` or `exp=10**400`); returns its compact JWS."""
         store = self._app.store
         with store.lock, store.transaction():
             if store.host(host_id) is None:
                 raise KeyError(host_id)
             _, jws = self._app.issue_instruction(
-                host_id, kind, body, exp_s=exp_s, sign=sign, alg=alg, aud=aud, key=key
+                host_id, kind, body, exp_s=exp_s, sign=sign, alg=alg, aud=aud, key=key, claims=claims
             )
         return jws
 
