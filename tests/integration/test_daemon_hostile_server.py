@@ -82,3 +82,123 @@ def test_time_claims_nbf_and_absurd_numbers(tmp_path: Path, agents: list[Agent])
         assert agent.stop() == 0
     with open_database(state) as db:
         assert StateStore(db).unfinished_applies() == []
+
+
+def _vm_hwm_kib(pid: int) -> int:
+    """The process's peak resident set size (VmHWM), in KiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmHWM")
+
+
+def _start(
+    tmp_path: Path, agents: list[Agent], cp: ControlPlane, fr: FakeRoot, server_extra: str, before: Any = None
+) -> tuple[Agent, str]:
+    """An enrolled agent (full report every 2 s when something is unreported); `before(host_id)`
+    runs before it starts (faults for its first calls)."""
+    state = tmp_path / "state"
+    host_id = enroll(cp, state)
+    if before is not None:
+        before(host_id)
+    config = write_config(tmp_path / "agent.toml", state, cp.url)
+    text = config.read_text().replace("[server]\n", "[server]\n" + server_extra)
+    config.write_text(text.replace("[schedule]\n", "[schedule]\nfull_report_s = 2.0\n"))
+    agent = Agent(config, fr.root).start()
+    agents.append(agent)
+    return agent, host_id
+
+
+def _fingerprint(line: str) -> str:
+    from tests.integration.daemon_support import fingerprint_of
+
+    return fingerprint_of(line)
+
+
+def test_redirected_events_and_inventory_stay_queued_and_arrive_later(
+    tmp_path: Path, agents: list[Agent]
+) -> None:
+    """A 302/307 on PUT inventory or POST events used to count as delivered: the inventory was
+    taken as accepted, the events left the outbox and were lost. Now they wait and arrive once
+    the server answers properly; the log names the status and the redirect's host, never its
+    query."""
+    fr = _owned_root(tmp_path)
+    with ControlPlane.start() as cp:
+        cp.poll_interval = 1
+
+        def redirect_first_inventory(host_id: str) -> None:
+            cp.faults.redirect_next(1, status=307, path_prefix=f"/v1/hosts/{host_id}/inventory")
+
+        agent, host_id = _start(tmp_path, agents, cp, fr, "max_attempts = 1\n", redirect_first_inventory)
+        inventory = f"/v1/hosts/{host_id}/inventory"
+        wait_for(
+            lambda: cp.inventory(host_id) is not None, timeout=60, what="the inventory, after the redirect"
+        )
+        assert [r.status for r in cp.requests if r.path == inventory][0] == 307
+
+        events = f"/v1/hosts/{host_id}/events"
+        cp.faults.redirect_next(3, status=302, path_prefix=events)
+        new = ed25519_line("redirected")
+        with fr.path("/home/alice/.ssh/authorized_keys").open("a") as f:
+            f.write(new + "\n")
+        fp = _fingerprint(new)
+        wait_for(
+            lambda: sum(1 for r in cp.requests if r.path == events and r.status == 302) == 3,
+            timeout=30,
+            what="three redirected event posts",
+        )
+        wait_for(
+            lambda: any(e["type"] == "key_added" and e["fingerprint"] == fp for e in cp.events(host_id)),
+            timeout=60,
+            what="the event, delivered after the redirects",
+        )
+        log = agent.text()
+        assert "302" in log and "307" in log and "elsewhere.example" in log
+        assert "not-for-logs" not in log and "/v1/moved" not in log
+        assert agent.stop() == 0
+
+
+def test_a_huge_or_dribbling_answer_does_not_hold_or_bloat_the_daemon(
+    tmp_path: Path, agents: list[Agent]
+) -> None:
+    """A 200 MiB instructions answer used to be read whole (RSS up by as much, for good) and a
+    server dribbling a byte at a time held the sender for ever. Now the answer is refused at its
+    cap and the dribble at the call's deadline; the daemon's peak RSS does not grow with the size
+    of the refused answer, and events still arrive."""
+    fr = _owned_root(tmp_path)
+    with ControlPlane.start() as cp:
+        cp.poll_interval = 1
+        agent, host_id = _start(tmp_path, agents, cp, fr, "max_attempts = 1\ndeadline_s = 2.0\n")
+        assert agent.proc is not None
+        wait_for(lambda: cp.inventory(host_id) is not None, what="first inventory")
+        time.sleep(1)
+        peak_before = _vm_hwm_kib(agent.proc.pid)
+        instructions = f"/v1/hosts/{host_id}/instructions"
+        since = len(cp.requests)
+        cp.faults.huge_answer_next(2, 200 << 20, path_prefix=instructions, declare=False)
+        wait_for(
+            lambda: sum(1 for r in cp.requests[since:] if r.path == instructions) >= 3,
+            timeout=60,
+            what="two huge answers refused, then a normal poll",
+        )
+        peak_after = _vm_hwm_kib(agent.proc.pid)
+        before_mib, after_mib = peak_before / 1024, peak_after / 1024
+        print(
+            f"\ndaemon peak RSS: {before_mib:.1f} MiB before, {after_mib:.1f} MiB after two 200 MiB answers"
+        )
+        assert peak_after - peak_before < 64 * 1024, (peak_before, peak_after)  # the cap is 16 MiB
+        assert "ANSWER_TOO_LARGE" in agent.text()
+
+        events = f"/v1/hosts/{host_id}/events"
+        cp.faults.dribble_next(1, interval=0.1, path_prefix=events)
+        new = ed25519_line("after-dribble")
+        with fr.path("/home/alice/.ssh/authorized_keys").open("a") as f:
+            f.write(new + "\n")
+        fp = _fingerprint(new)
+        wait_for(
+            lambda: any(e["type"] == "key_added" and e["fingerprint"] == fp for e in cp.events(host_id)),
+            timeout=60,
+            what="the event, delivered after the dribbling answer was given up",
+        )
+        assert "deadline passed" in agent.text()
+        assert agent.stop() == 0
