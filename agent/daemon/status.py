@@ -26,8 +26,10 @@ def status_document(
     last_error: str | None,
     next_jobs: Mapping[str, str | None],
     link: Mapping[str, Any] | None,
+    outbox_dropped: Mapping[str, Any] | None = None,
 ) -> JSON:
-    """`link`: the server link's own fields (enrolled mode), None in standalone mode."""
+    """`link`: the server link's own fields (enrolled mode), None in standalone mode.
+    `outbox_dropped`: what the outbox bound has cost (store/outbox.py `dropped()`)."""
     return {
         "running": running,
         "pid": pid,
@@ -39,6 +41,7 @@ def status_document(
         "keys": len(inventory.keys) if inventory else 0,
         "problems": len(inventory.errors) if inventory else 0,
         "outbox": outbox,
+        "outbox_dropped": _jsonable(dict(outbox_dropped)) if outbox_dropped is not None else None,
         "watch": _jsonable(dict(watch)),
         "last_error": last_error,
         "next_jobs": dict(next_jobs),
