@@ -55,7 +55,8 @@ def test_key_used_events_keep_the_outbox_bound_during_an_outage(
             for i in range(LINES):  # each from its own address: nothing to merge
                 f.write(
                     f"2026-11-27T01:02:{i % 60:02d}.000000+00:00 host sshd[{1000 + i}]: "
-                    f"Accepted publickey for alice from 198.51.{i // 250}.{i % 250} port 52144 ssh2: ED25519 {FP}\n"
+                    f"Accepted publickey for alice from 198.51.{i // 250}.{i % 250} port 52144 "
+                    f"ssh2: ED25519 {FP}\n"
                 )
         seen: list[tuple[int, int]] = []
 
