@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta, tzinfo
+from datetime import UTC, datetime, tzinfo
 from typing import Any
 
 from agent.instructions.verify import Instruction, Rejected
@@ -251,7 +251,8 @@ def _ephemeral(
         expires_at = parse_rfc3339(expires_text)
     except (ValueError, OverflowError):
         raise Rejected("malformed expires_at") from None
-    if expires_at > now + timedelta(seconds=max_ttl_s):
+    # Compared as seconds: now + timedelta(max_ttl_s) overflows for a policy's absurd TTL.
+    if (expires_at - now).total_seconds() > max_ttl_s:
         raise Rejected("grant lasts longer than ephemeral_max_ttl_s")
     key_field = _field(body, "public_key")
     assert key_field is not None

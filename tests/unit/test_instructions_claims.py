@@ -174,3 +174,18 @@ def test_the_applier_never_leaves_a_journal_entry_for_any_claims(
     assert world.store.unfinished_applies() == []
     if result["status"] != "applied":
         assert world.files.writes == []
+
+
+def test_an_absurd_policy_ttl_from_the_server_is_no_internal_error(tmp_path: Path) -> None:
+    """The policy comes from the server too: an `ephemeral_max_ttl_s` of 10**20 used to raise
+    OverflowError (`now + timedelta(...)`) and fail the grant as an internal error."""
+    from dataclasses import replace
+
+    from tests.integration.apply_support import POLICY
+
+    world = make_world(tmp_path / "state", policy=replace(POLICY, ephemeral_max_ttl_s=10**20))
+    key, _ = public_line()
+    body = {"grant_id": "eph_1", "user": "alice", "public_key": key, "expires_at": "2026-03-01T13:00:00Z"}
+    assert world.apply("ephemeral", body)["status"] == "applied"
+    far = {**body, "grant_id": "eph_2", "expires_at": "9999-12-31T23:59:59Z"}
+    assert world.apply("ephemeral", far)["status"] == "applied"  # within that (absurd) policy
