@@ -4,7 +4,6 @@ each problem shown where it showed, over real HTTP on loopback."""
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -16,7 +15,15 @@ from agent.store.db import open_database
 from agent.store.state import StateStore
 from tests.controlplane import ControlPlane
 from tests.fakeroot import FakeRoot, ed25519_line
-from tests.integration.daemon_support import Agent, enroll, wait_for, write_config
+from tests.integration.daemon_support import (
+    Agent,
+    append_key,
+    enroll,
+    key_added_arrived,
+    owned_root,
+    wait_for,
+    write_config,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -30,22 +37,11 @@ def _result(cp: ControlPlane, jti: str) -> dict[str, Any] | None:
     return found[0]["result"] if found else None
 
 
-def _owned_root(tmp_path: Path) -> FakeRoot:
-    uid = os.geteuid() or 1000
-    fr = FakeRoot(tmp_path / "root")
-    home = fr.add_user("alice", uid)
-    fr.authorized_keys("alice", [ed25519_line("initial")])
-    if os.geteuid() == 0:
-        for p in (home, home / ".ssh", home / ".ssh/authorized_keys"):
-            os.chown(p, uid, uid)
-    return fr
-
-
 def test_time_claims_nbf_and_absurd_numbers(tmp_path: Path, agents: list[Agent]) -> None:
     """An instruction not valid yet (`nbf`) is rejected NOT_YET_VALID, not applied at once; absurd
     numbers (exp=10**400, a negative iat, a boolean nbf) are rejected before anything is written:
     no file changes, no journal entry is left, and nothing stays pending to be polled in a loop."""
-    fr = _owned_root(tmp_path)
+    fr = owned_root(tmp_path)
     ak = fr.path("/home/alice/.ssh/authorized_keys")
     before = ak.read_bytes()
     with ControlPlane.start() as cp:
@@ -109,12 +105,6 @@ def _start(
     return agent, host_id
 
 
-def _fingerprint(line: str) -> str:
-    from tests.integration.daemon_support import fingerprint_of
-
-    return fingerprint_of(line)
-
-
 def test_redirected_events_and_inventory_stay_queued_and_arrive_later(
     tmp_path: Path, agents: list[Agent]
 ) -> None:
@@ -122,7 +112,7 @@ def test_redirected_events_and_inventory_stay_queued_and_arrive_later(
     taken as accepted, the events left the outbox and were lost. Now they wait and arrive once
     the server answers properly; the log names the status and the redirect's host, never its
     query."""
-    fr = _owned_root(tmp_path)
+    fr = owned_root(tmp_path)
     with ControlPlane.start() as cp:
         cp.poll_interval = 1
 
@@ -138,17 +128,14 @@ def test_redirected_events_and_inventory_stay_queued_and_arrive_later(
 
         events = f"/v1/hosts/{host_id}/events"
         cp.faults.redirect_next(3, status=302, path_prefix=events)
-        new = ed25519_line("redirected")
-        with fr.path("/home/alice/.ssh/authorized_keys").open("a") as f:
-            f.write(new + "\n")
-        fp = _fingerprint(new)
+        fp = append_key(fr, "redirected")
         wait_for(
             lambda: sum(1 for r in cp.requests if r.path == events and r.status == 302) == 3,
             timeout=30,
             what="three redirected event posts",
         )
         wait_for(
-            lambda: any(e["type"] == "key_added" and e["fingerprint"] == fp for e in cp.events(host_id)),
+            lambda: key_added_arrived(cp, host_id, fp),
             timeout=60,
             what="the event, delivered after the redirects",
         )
@@ -165,7 +152,7 @@ def test_a_huge_or_dribbling_answer_does_not_hold_or_bloat_the_daemon(
     server dribbling a byte at a time held the sender for ever. Now the answer is refused at its
     cap and the dribble at the call's deadline; the daemon's peak RSS does not grow with the size
     of the refused answer, and events still arrive."""
-    fr = _owned_root(tmp_path)
+    fr = owned_root(tmp_path)
     with ControlPlane.start() as cp:
         cp.poll_interval = 1
         agent, host_id = _start(tmp_path, agents, cp, fr, "max_attempts = 1\ndeadline_s = 2.0\n")
@@ -191,12 +178,9 @@ def test_a_huge_or_dribbling_answer_does_not_hold_or_bloat_the_daemon(
 
         events = f"/v1/hosts/{host_id}/events"
         cp.faults.dribble_next(1, interval=0.1, path_prefix=events)
-        new = ed25519_line("after-dribble")
-        with fr.path("/home/alice/.ssh/authorized_keys").open("a") as f:
-            f.write(new + "\n")
-        fp = _fingerprint(new)
+        fp = append_key(fr, "after-dribble")
         wait_for(
-            lambda: any(e["type"] == "key_added" and e["fingerprint"] == fp for e in cp.events(host_id)),
+            lambda: key_added_arrived(cp, host_id, fp),
             timeout=60,
             what="the event, delivered after the dribbling answer was given up",
         )

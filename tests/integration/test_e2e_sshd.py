@@ -384,25 +384,15 @@ def test_add_with_options_restricts_a_key_already_present(env: Env) -> None:
     assert env.login("opt", source="127.0.0.2")
     assert env.login("bystander")
 
-    # Present only as an expired line: the key is added for real.
-    expired = _new_key(env, "expired")
-    _append_by_hand(env, f'expiry-time="20200101Z" {expired}')
-    assert not env.login("expired")
-    result = env.apply(
-        "rotation", {"rotation_id": "rot_e2e5", "user": env.user, "action": "add", "new_key": expired}
-    )
-    assert result["status"] == "applied", result
-    assert env.login("expired")
-
-    # Present only as a cert-authority line: the key itself is added.
-    ca = _new_key(env, "ca")
-    _append_by_hand(env, f"cert-authority {ca}")
-    assert not env.login("ca")
-    result = env.apply(
-        "rotation", {"rotation_id": "rot_e2e6", "user": env.user, "action": "add", "new_key": ca}
-    )
-    assert result["status"] == "applied", result
-    assert env.login("ca")
+    # Present only as an expired line, or only as a cert-authority line: the key is added for real.
+    for name, prefix in (("expired", 'expiry-time="20200101Z"'), ("ca", "cert-authority")):
+        line = _new_key(env, name)
+        _append_by_hand(env, f"{prefix} {line}")
+        assert not env.login(name)
+        body = {"rotation_id": f"rot_e2e_{name}", "user": env.user, "action": "add", "new_key": line}
+        result = env.apply("rotation", body)
+        assert result["status"] == "applied", result
+        assert env.login(name)
 
 
 def test_replace_with_options_when_the_new_key_is_already_there(env: Env) -> None:
