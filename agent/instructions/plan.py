@@ -227,8 +227,9 @@ def plan_key_change(
     - With the old key: every line of it is removed; in each file that holds it, the new line takes
       the place of its first line (options: those asked for, else that old line's), unless the file
       already has a satisfying line. Keeping options takes them only from an old line sshd
-      honours; when no file has one, `KEY_NOT_IN_EFFECT` (give options). Lines of the new key
-      contradicting the options written are removed in every file.
+      honours; when no file has one, the old lines go if the new key is in effect already, else
+      `KEY_NOT_IN_EFFECT` (give options). Lines of the new key contradicting the options written
+      are removed in every file.
     """
     rules = _Rules(change, honours)
     parsed = [_File(path, data, parse_authorized_keys(data)) for path, data in files]
@@ -258,6 +259,10 @@ def _place_replacement(parsed: list[_File], change: KeyChange, rules: _Rules) ->
         if not any(rules.satisfies(ln, f.wanted) for ln in f.lines):
             f.insert_at = anchor
     if first is None:
+        # No old line sshd honours: no options to keep. The old lines go; the new key must already
+        # be in effect (with whatever options), else the server has to say which options it wants.
+        if any(rules.satisfies(ln, _ANY) for f in parsed for ln in f.lines):
+            return
         raise PlanError(
             "KEY_NOT_IN_EFFECT",
             "the old key is only in lines sshd does not honour (expired, cert-authority, certificate "

@@ -196,6 +196,16 @@ def test_replace_keeping_options_of_an_old_key_sshd_does_not_honour_fails(world:
     assert world.files.text(AK) == before and world.files.writes == []
 
 
+def test_replace_keeping_options_of_a_dead_old_key_when_the_new_key_is_in_effect(world: World) -> None:
+    """Nothing to keep, but nothing missing either: the dead old lines go, the new line stays."""
+    old, old_fp = public_line("o")
+    new, new_fp = public_line("n")
+    put(world, AK, f'{PAST} {old}\nfrom="10.0.0.1" {new}\n')
+    result = world.apply("rotation", rotation("replace", old_fingerprint=old_fp, new_key=new))
+    assert result["status"] == "applied"
+    assert lines_of(world, old_fp) == [] and lines_of(world, new_fp) == [(AK, 'from="10.0.0.1"')]
+
+
 def test_replace_keeps_the_honoured_old_line_options_not_an_expired_one(world: World) -> None:
     old, old_fp = public_line("o")
     new, new_fp = public_line("n")

@@ -13,7 +13,15 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agent.instructions.plan import EditPlan, KeyChange, PlanError, honours_at, plan_key_change, plan_remove
+from agent.instructions.plan import (
+    EditPlan,
+    KeyChange,
+    PlanError,
+    honours_at,
+    plan_key_change,
+    plan_remove,
+    same_options,
+)
 from agent.instructions.validate import EPHEMERAL_TAG
 from agent.ssh.authorized_keys import (
     DEFAULT_OPTIONS,
@@ -208,3 +216,92 @@ def test_add_keeps_every_line(data: bytes) -> None:
         assert after == before or (after.rstrip(b"\r\n") == before and not before.endswith(b"\n"))
     assert new[-1].rstrip(b"\r\n") == NEW.encode()
     assert plan_add(plan.new_data, NEW, NEW_FP).already_applied
+
+
+# -- plan_key_change: whatever the files hold, the plan puts the change in effect -------------------
+
+_K_FORMS = [
+    NEW,  # plain
+    f"no-pty {NEW}",
+    f'from="10.0.0.0/8",restrict {NEW}',
+    f'RESTRICT,from="10.0.0.0/8" {NEW}',
+    f'expiry-time="20200101Z" {NEW}',  # expired (HONOURS is at 2026-03-01)
+    f'expiry-time="20300101Z" {NEW}',
+    f"cert-authority {NEW}",
+    f'principals="x" {NEW}',
+    f"bogus-option {NEW}",
+    f'expiry-time="20300101Z" {NEW.split()[0]} {NEW.split()[1]} {EPHEMERAL_TAG}:eph_1',
+]
+_OLD_FORMS = [B, f'from="10.0.0.1" {B}', f'expiry-time="20200101Z" {B}', f"cert-authority {B}"]
+_OTHERS = [A, f"# {NEW}", "garbage", "", f"no-pty {C}"]
+
+
+@st.composite
+def _key_files(draw: st.DrawFn) -> list[tuple[str, bytes]]:
+    lines = st.sampled_from(_K_FORMS + _OLD_FORMS + _OTHERS)
+    return [
+        (f"/home/u/.ssh/f{i}", "".join(line + "\n" for line in draw(st.lists(lines, max_size=6))).encode())
+        for i in range(draw(st.integers(min_value=1, max_value=2)))
+    ]
+
+
+_OPTIONS = [None, "no-pty", 'from="10.0.0.0/8",restrict', 'expiry-time="20300101Z"']
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    files=_key_files(),
+    options=st.sampled_from(_OPTIONS),
+    action=st.sampled_from(["add", "replace", "replace-keep"]),
+)
+def test_a_key_change_is_in_effect_after_its_plan_and_touches_nothing_else(
+    files: list[tuple[str, bytes]], options: str | None, action: str
+) -> None:
+    from agent.instructions.plan import unmet
+
+    parsed = parse_authorized_line(f"{options} {NEW}".encode(), 1).options if options else None
+    change = KeyChange(
+        NEW_FP,
+        NEW,
+        None if action == "replace-keep" else options,
+        parsed if parsed and action != "replace-keep" else DEFAULT_OPTIONS,
+        keep_old_options=action == "replace-keep",
+        old_fingerprint=None if action == "add" else B_FP,
+        target=files[0][0],
+    )
+    try:
+        plans = plan_key_change(files, change, HONOURS)
+    except PlanError as exc:
+        assert exc.code in ("KEY_NOT_FOUND", "KEY_NOT_IN_EFFECT")
+        return
+    after = [
+        (p, d if plan.new_data is None else plan.new_data) for (p, d), plan in zip(files, plans, strict=True)
+    ]
+    assert unmet(after, change, HONOURS) == []  # planning again changes nothing
+    honoured_new = [
+        ln
+        for _, data in after
+        for ln in parse_authorized_keys(data)
+        if ln.key is not None
+        and ln.key.fingerprint == NEW_FP
+        and HONOURS(ln)
+        and ln.options is not None
+        and not ln.options.cert_authority
+        and EPHEMERAL_TAG not in ln.comment
+    ]
+    assert honoured_new  # the key is in effect
+    if action != "replace-keep":  # every permanent line of it that sshd honours has the options asked
+        wanted = parsed or DEFAULT_OPTIONS
+        assert all(same_options(ln.options, wanted) for ln in honoured_new if ln.options is not None)
+    for (_, before), (_, data) in zip(files, after, strict=True):
+
+        def others(raw: bytes) -> list[bytes]:
+            return [
+                ln.raw
+                for ln in parse_authorized_keys(raw)
+                if ln.key is None or ln.key.fingerprint not in (NEW_FP, B_FP)
+            ]
+
+        assert others(data) == others(before)  # every other line, byte for byte, in order
+        if action != "add":
+            assert B_FP not in _fps(data)
