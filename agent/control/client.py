@@ -358,9 +358,11 @@ class ApiClient:
         wait: bool = True,
         max_answer: int = MAX_ANSWER_BYTES,
         not_modified_ok: bool = False,
+        deadline_s: float | None = None,
     ) -> httpx.Response:
         """`max_answer`: the answer's cap in bytes; `not_modified_ok`: a conditional GET, for which
-        a 304 is an answer."""
+        a 304 is an answer; `deadline_s`: each attempt's deadline (default `Timeouts.total`; a call
+        the server may hold, such as a long-poll, needs more than it may be held)."""
         cls = classify(method, path)
         send_headers = dict(headers or {})
         if content is not None:
@@ -375,7 +377,7 @@ class ApiClient:
             if token is not None:
                 send_headers["Authorization"] = f"Bearer {token}"
             try:
-                response = self._exchange(method, path, json, content, send_headers, max_answer)
+                response = self._exchange(method, path, json, content, send_headers, max_answer, deadline_s)
             except httpx.UnsupportedProtocol as exc:
                 raise ApiError(TRANSPORT_ERROR, f"unsupported URL: {exc}") from None
             except httpx.TransportError as exc:  # timeouts (the deadline too), connection and protocol errors
@@ -440,13 +442,15 @@ class ApiClient:
         content: bytes | None,
         headers: Mapping[str, str],
         max_answer: int,
+        deadline_s: float | None = None,
     ) -> httpx.Response:
         """One attempt under the call's deadline (grown for a large upload), its answer read up to
         `max_answer` bytes (an error answer up to MAX_ERROR_BODY_BYTES, cut there): transfer.py.
         Raises httpx.TransportError (the deadline passed: a timeout) or ApiError (too large)."""
         request = self._http.build_request(method, path, json=json, content=content, headers=headers)
         upload = len(request.content)
-        with deadline(self._deadline_s + upload / UPLOAD_FLOOR_BYTES_PER_S):
+        base = self._deadline_s if deadline_s is None else deadline_s
+        with deadline(base + upload / UPLOAD_FLOOR_BYTES_PER_S):
             streamed = self._http.send(request, stream=True)
             try:
                 if 200 <= streamed.status_code < 300:
