@@ -31,6 +31,7 @@ _ID = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
 _CREDENTIAL = re.compile(r"[\x21-\x7e]{1,16384}")
 _HOST = re.compile(r"[A-Za-z0-9.\-:\[\]]{1,255}")
 MAX_INTERVAL_S = 86_400  # a poll interval past a day is not believed
+MAX_RETRY_AFTER_S = 3600.0  # a 429's wait is held to an hour (as an X-RateLimit-Reset is, backoff.py)
 MAX_COUNT = 2**53  # counters (versions, pending instructions) fit a JSON number exactly
 
 
@@ -101,6 +102,14 @@ def number_in(value: object, low: float, high: float) -> bool:
 def interval_s(value: object) -> int | float | None:
     """A poll interval from the server: seconds in 1..86400, else None."""
     return value if number_in(value, 1, MAX_INTERVAL_S) else None  # type: ignore[return-value]
+
+
+def retry_after_s(value: object) -> float | None:
+    """A 429's wait (seconds, from the header as parsed or from `details.retry_after`): a number
+    held to 0..MAX_RETRY_AFTER_S ("centuries" is an hour, not for ever), else None."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or value != value:  # NaN
+        return None
+    return MAX_RETRY_AFTER_S if value > MAX_RETRY_AFTER_S else max(0.0, float(value))
 
 
 def count(value: object) -> int | None:

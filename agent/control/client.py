@@ -39,6 +39,7 @@ from agent.control.answers import (
     json_object,
     judge_status,
     redirect_error,
+    retry_after_s,
     unexpected_status_error,
 )
 from agent.control.backoff import (
@@ -48,7 +49,6 @@ from agent.control.backoff import (
     classify,
     exhausted_budget_wait,
     parse_retry_after,
-    retry_after_from_details,
 )
 from agent.control.errors import (
     AUTH_INVALID,
@@ -471,11 +471,12 @@ class ApiClient:
             log.info("%s budget spent on the server; next %s call in %.0f s", cls, cls, wait)
 
     def _throttle(self, cls: RequestClass, err: ApiError, response: httpx.Response, failures: int) -> None:
-        """A 429: block the whole class for at least Retry-After (header, else details, else exponential)."""
+        """A 429: block the whole class for at least Retry-After (header, else details, else
+        exponential), held to an hour (answers.retry_after_s)."""
         now_wall = datetime.fromtimestamp(self._clock(), UTC)
-        retry_after = parse_retry_after(response.headers.get("Retry-After"), now_wall)
+        retry_after = retry_after_s(parse_retry_after(response.headers.get("Retry-After"), now_wall))
         if retry_after is None:
-            retry_after = retry_after_from_details(err.details)
+            retry_after = retry_after_s(err.details.get("retry_after"))
         delay = self.backoff.rate_limited_delay(retry_after, failures - 1, self._rng)
         self.budget.block_until(cls, self._monotonic() + delay)
         err.details.setdefault("retry_after", round(delay, 3))

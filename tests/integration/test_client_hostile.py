@@ -382,3 +382,26 @@ def test_a_dribbling_server_cannot_hold_a_call_past_its_deadline(
     assert isinstance(error, ApiError) and error.transient, error
     assert "deadline" in str(error)
     assert client.heartbeat(host, {"status": "ok"})  # the next call is fine
+
+
+@pytest.mark.parametrize(
+    ("header", "details"),
+    [("1" + "0" * 400, None), ("99999999999", None), (None, b"1e308"), (None, b"1" + b"0" * 400)],
+)
+def test_an_absurd_retry_after_does_not_silence_the_agent_for_ever(
+    cp: ControlPlane, tmp_path: Path, header: str | None, details: bytes | None
+) -> None:
+    """A 429 whose Retry-After (header or details) says "centuries" holds the class for at most
+    an hour (like an X-RateLimit-Reset past an hour, it is not believed)."""
+    client, host = enrolled(cp, tmp_path, backoff=ONE_TRY)
+    body = b'{"error": {"code": "RATE_LIMITED", "message": "slow down", "details": {"retry_after": %s}}}' % (
+        details or b"null"
+    )
+    cp.faults.answer_next(
+        1, 429, body, {"Retry-After": header} if header else {}, path_prefix=f"/v1/hosts/{host}/heartbeat"
+    )
+    with pytest.raises(ApiError) as info:
+        client.heartbeat(host, {"status": "ok"})
+    assert info.value.code == "RATE_LIMITED"
+    held = client.budget.blocked_until("write") - time.monotonic()
+    assert 0 < held <= 3600 * 1.1 + 1, held
