@@ -149,6 +149,14 @@ def enrollment_fields(answer: JSONDict) -> tuple[str, str, str]:
     return host_id, agent_id, api_key
 
 
+_ETAG = re.compile(r"[\x21-\x7e](?:[\x20-\x7e]{0,254}[\x21-\x7e])?")
+
+
+def etag(value: str | None) -> str | None:
+    """An ETag that can go back in If-None-Match (visible ASCII, up to 256 characters), or None."""
+    return value if value is not None and _ETAG.fullmatch(value) else None
+
+
 def credential(value: object) -> str | None:
     """A token as it may be sent in an Authorization header (visible ASCII, no blanks), or None."""
     return value if isinstance(value, str) and _CREDENTIAL.fullmatch(value) else None

@@ -42,6 +42,9 @@ from agent.control.answers import (
     retry_after_s,
     unexpected_status_error,
 )
+from agent.control.answers import (
+    etag as answer_etag,
+)
 from agent.control.backoff import (
     BackoffPolicy,
     RateBudget,
@@ -334,7 +337,7 @@ class ApiClient:
         )
         if response.status_code == 304:
             return None, etag
-        return _json_object(response), response.headers.get("ETag", etag)
+        return _json_object(response), answer_etag(response.headers.get("ETag", etag))
 
     # -- the request engine --
 

@@ -405,3 +405,14 @@ def test_an_absurd_retry_after_does_not_silence_the_agent_for_ever(
     assert info.value.code == "RATE_LIMITED"
     held = client.budget.blocked_until("write") - time.monotonic()
     assert 0 < held <= 3600 * 1.1 + 1, held
+
+
+def test_an_etag_that_cannot_be_sent_back_is_not_kept(cp: ControlPlane, tmp_path: Path) -> None:
+    """The policy's ETag goes back in If-None-Match: one with control characters would make every
+    later policy call fail before it leaves (h11 refuses the header)."""
+    client, host = enrolled(cp, tmp_path, backoff=ONE_TRY)
+    policy = f"/v1/hosts/{host}/policy"
+    cp.faults.answer_next(1, 200, b'{"version": 1}', {"ETag": '"a\x01b"'}, path_prefix=policy)
+    document, etag = client.get_policy(host, None)
+    assert document == {"version": 1} and etag is None
+    assert client.get_policy(host, etag)[0] is not None  # the next call works
