@@ -80,6 +80,8 @@ class ServerConfig:
     host_id: str = ""
     connect_timeout_s: float = field(default=5.0, metadata=_check(_positive))
     read_timeout_s: float = field(default=30.0, metadata=_check(_positive))
+    # Total time of one attempt of a call, connect to last byte (an upload: plus 1 s per 64 KiB).
+    deadline_s: float = field(default=120.0, metadata=_check(_positive))
     max_connections: int = field(default=4, metadata=_check(_positive))
     max_attempts: int = field(default=5, metadata=_check(_positive))
     # Lets tests and the README demo talk plain http to the reference control plane on loopback.

@@ -167,6 +167,9 @@ def render(status: dict[str, Any], now: datetime | None = None) -> str:
     waiting = f"{status.get('outbox')} events waiting"
     if status.get("outbox") and isinstance(oldest, str):
         waiting += f", the oldest since {_ago(oldest, now)}"
+    dropped = status.get("outbox_dropped")
+    if isinstance(dropped, dict) and dropped.get("total"):
+        waiting += f"; {dropped['total']} dropped over its bound (state.outbox_max_events)"
     rows.append(("outbox:", waiting))
     lines = _rows(rows)
     if mode == "enrolled":

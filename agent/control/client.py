@@ -3,10 +3,17 @@
 One ``httpx.Client`` per ApiClient with explicit timeouts, pool limits and verified TLS. Every
 call goes through ``_call``, which: waits for the request class's rate budget; attaches a bearer
 token from the TokenManager (refreshing once on a 401); gives every POST/PUT an Idempotency-Key
-that all retries of that logical request reuse; retries 5xx/timeouts/connection errors with
-exponential backoff and full jitter up to ``max_attempts``; honours 429 Retry-After for the whole
-class; and raises ApiError for everything else (403 and validation errors are never retried).
-Time, sleep and randomness are injected so every branch is testable without waiting.
+that all retries of that logical request reuse; runs each attempt through ``_exchange`` (a
+deadline on its total time, the answer read up to the call's cap: transfer.py); takes only a 2xx
+(or an asked-for 304) as an answer (``judge_status``, answers.py): retries 3xx, 5xx, timeouts,
+connection errors and refused answers with exponential backoff and full jitter up to
+``max_attempts``; honours 429 Retry-After for the whole class; and raises ApiError for everything
+else (403 and validation errors are never retried). Bodies and the fields the agent reads are
+checked in answers.py. Time, sleep and randomness are injected so every branch is testable
+without waiting.
+
+(Over 500 lines: one class for the contract's calls and the request engine they all share; the
+pure parts live in answers.py, backoff.py and tokens.py, the bounded exchange in transfer.py.)
 """
 
 from __future__ import annotations
@@ -25,6 +32,19 @@ from urllib.parse import quote
 import httpx
 
 from agent import __version__
+from agent.control.answers import (
+    enrollment_fields,
+    heartbeat_answer,
+    instructions_answer,
+    json_object,
+    judge_status,
+    redirect_error,
+    retry_after_s,
+    unexpected_status_error,
+)
+from agent.control.answers import (
+    etag as answer_etag,
+)
 from agent.control.backoff import (
     BackoffPolicy,
     RateBudget,
@@ -32,23 +52,30 @@ from agent.control.backoff import (
     classify,
     exhausted_budget_wait,
     parse_retry_after,
-    retry_after_from_details,
 )
 from agent.control.errors import (
     AUTH_INVALID,
     RATE_LIMITED,
-    SERVER_ERROR,
     TRANSPORT_ERROR,
     VALIDATION_ERROR,
     ApiError,
     error_from_response,
 )
 from agent.control.tokens import AuthState, TokenManager
+from agent.control.transfer import BoundedTransport, deadline, read_capped
 
 log = logging.getLogger("sshklm.control")
 
 USER_AGENT = f"sshklm-agent/{__version__}"
 MAX_EVENTS_PER_CALL = 500
+# Answer caps per call (docs/api.md): every answer of the contract is a few KiB, except the list
+# of pending instructions (each JWS up to 64 KiB). Error answers are read only for their message.
+MAX_ANSWER_BYTES = 1 << 20
+MAX_INSTRUCTIONS_ANSWER_BYTES = 16 << 20
+MAX_ERROR_BODY_BYTES = 64 << 10
+# An upload's deadline grows with its size: the deadline plus a second per 64 KiB (a large
+# inventory over a slow link is not a stuck server).
+UPLOAD_FLOOR_BYTES_PER_S = 64 << 10
 _WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 
 JSONDict = dict[str, Any]
@@ -67,6 +94,7 @@ class Timeouts:
     read: float = 30.0
     write: float = 30.0
     pool: float = 10.0
+    total: float = 120.0  # the deadline of one attempt, connect to last byte (transfer.py)
 
 
 class DroppedEvent(TypedDict):
@@ -143,14 +171,14 @@ class ApiClient:
         self._rng = rng if rng is not None else random.Random()
         self.backoff = backoff
         self.budget = RateBudget(rate_limits)
+        self._deadline_s = timeouts.total
         if transport is None:
             # With transport= given httpx ignores its own verify/limits, so they go on the transport.
-            transport = httpx.HTTPTransport(
+            transport = BoundedTransport(
                 verify=verify if verify is not None else tls_context(ca_file),
                 limits=httpx.Limits(
                     max_connections=max_connections, max_keepalive_connections=max_connections
                 ),
-                retries=0,
             )
         self._http = httpx.Client(
             base_url=self.base_url,
@@ -158,7 +186,7 @@ class ApiClient:
             timeout=httpx.Timeout(
                 connect=timeouts.connect, read=timeouts.read, write=timeouts.write, pool=timeouts.pool
             ),
-            headers={"User-Agent": USER_AGENT, "Accept": "application/json"},
+            headers={"User-Agent": USER_AGENT, "Accept": "application/json", "Accept-Encoding": "identity"},
             follow_redirects=False,
         )
         self._tokens = TokenManager(api_key, self._token_post, clock=clock, on_auth_invalid=on_auth_invalid)
@@ -209,10 +237,7 @@ class ApiClient:
             extra_secrets=(bootstrap_token,),
             wait=wait,
         )
-        try:
-            enrollment = Enrollment(str(answer["host_id"]), str(answer["agent_id"]), str(answer["api_key"]))
-        except KeyError as missing:
-            raise ApiError(SERVER_ERROR, f"enrollment answer lacks {missing}") from None
+        enrollment = Enrollment(*enrollment_fields(answer))
         self._tokens.set_api_key(enrollment.api_key)
         log.info("enrolled as host %s (agent %s)", enrollment.host_id, enrollment.agent_id)
         return enrollment
@@ -220,13 +245,16 @@ class ApiClient:
     def heartbeat(
         self, host_id: str, body: Mapping[str, Any], *, idempotency_key: str | None = None, wait: bool = True
     ) -> JSONDict:
-        return self._call_json(
+        """The answer, with `poll_interval`, `policy_version` and `pending_instructions` left out
+        unless they are numbers in range (answers.heartbeat_answer)."""
+        answer = self._call_json(
             "POST",
             f"/v1/hosts/{_seg(host_id)}/heartbeat",
             json=body,
             idempotency_key=idempotency_key,
             wait=wait,
         )
+        return heartbeat_answer(answer)
 
     def put_inventory(
         self,
@@ -262,12 +290,14 @@ class ApiClient:
             self._post_event_batch(path, events[start : start + MAX_EVENTS_PER_CALL], result, wait)
         return result
 
-    def get_instructions(self, host_id: str, *, wait: bool = True) -> tuple[list[str], int | None]:
-        answer = self._call_json("GET", f"/v1/hosts/{_seg(host_id)}/instructions", wait=wait)
-        raw = answer.get("instructions")
-        instructions = [item for item in raw if isinstance(item, str)] if isinstance(raw, list) else []
-        poll = answer.get("poll_interval")
-        return instructions, poll if isinstance(poll, int) and not isinstance(poll, bool) else None
+    def get_instructions(self, host_id: str, *, wait: bool = True) -> tuple[list[str], int | float | None]:
+        answer = self._call_json(
+            "GET",
+            f"/v1/hosts/{_seg(host_id)}/instructions",
+            wait=wait,
+            max_answer=MAX_INSTRUCTIONS_ANSWER_BYTES,
+        )
+        return instructions_answer(answer)
 
     def post_instruction_result(
         self, jti: str, body: Mapping[str, Any], *, idempotency_key: str | None = None, wait: bool = True
@@ -302,10 +332,12 @@ class ApiClient:
     ) -> tuple[JSONDict | None, str | None]:
         """(policy, etag); (None, etag) when the server answers 304 Not Modified."""
         headers = {"If-None-Match": etag} if etag else None
-        response = self._call("GET", f"/v1/hosts/{_seg(host_id)}/policy", headers=headers, wait=wait)
+        response = self._call(
+            "GET", f"/v1/hosts/{_seg(host_id)}/policy", headers=headers, wait=wait, not_modified_ok=bool(etag)
+        )
         if response.status_code == 304:
             return None, etag
-        return _json_object(response), response.headers.get("ETag", etag)
+        return _json_object(response), answer_etag(response.headers.get("ETag", etag))
 
     # -- the request engine --
 
@@ -327,7 +359,13 @@ class ApiClient:
         idempotency_key: str | None = None,
         extra_secrets: Iterable[str] = (),
         wait: bool = True,
+        max_answer: int = MAX_ANSWER_BYTES,
+        not_modified_ok: bool = False,
+        deadline_s: float | None = None,
     ) -> httpx.Response:
+        """`max_answer`: the answer's cap in bytes; `not_modified_ok`: a conditional GET, for which
+        a 304 is an answer; `deadline_s`: each attempt's deadline (default `Timeouts.total`; a call
+        the server may hold, such as a long-poll, needs more than it may be held)."""
         cls = classify(method, path)
         send_headers = dict(headers or {})
         if content is not None:
@@ -342,24 +380,32 @@ class ApiClient:
             if token is not None:
                 send_headers["Authorization"] = f"Bearer {token}"
             try:
-                response = self._http.request(method, path, json=json, content=content, headers=send_headers)
+                response = self._exchange(method, path, json, content, send_headers, max_answer, deadline_s)
             except httpx.UnsupportedProtocol as exc:
                 raise ApiError(TRANSPORT_ERROR, f"unsupported URL: {exc}") from None
-            except httpx.TransportError as exc:  # timeouts, connection and protocol errors
+            except httpx.TransportError as exc:  # timeouts (the deadline too), connection and protocol errors
                 err = ApiError(TRANSPORT_ERROR, f"{type(exc).__name__}: {exc}")
                 if _untrusted_certificate(exc):
                     # A configuration problem (ca_file, the server's certificate), not a blip:
                     # retrying within the call cannot help. The next scheduled call tries again.
                     raise err from None
+            except ApiError as exc:  # an answer refused unread (too large, compressed): transient
+                err = exc
             else:
                 self._hold_if_exhausted(cls, response)
-                if response.status_code < 400:
+                verdict = judge_status(response.status_code, not_modified_ok=not_modified_ok)
+                if verdict == "delivered":
                     return response
-                err = error_from_response(
-                    response.status_code,
-                    response.read(),
-                    (*self._tokens.secrets(), *extra_secrets),
-                )
+                if verdict == "redirect":
+                    err = redirect_error(response.status_code, response.headers.get("Location"))
+                elif verdict == "unexpected":
+                    err = unexpected_status_error(response.status_code)
+                else:
+                    err = error_from_response(
+                        response.status_code,
+                        response.content,
+                        (*self._tokens.secrets(), *extra_secrets),
+                    )
                 if response.status_code == 401 and token is not None and not retried_401:
                     retried_401 = True
                     log.info("%s %s: access token refused (%s); renewing once", method, path, err.code)
@@ -371,7 +417,7 @@ class ApiClient:
                     if not wait or failures >= self.backoff.max_attempts:
                         raise err
                     continue
-                if response.status_code < 500:
+                if verdict == "error" and response.status_code < 500:
                     if err.code == VALIDATION_ERROR:
                         log.warning("%s %s refused: %s details=%s", method, path, err, err.details)
                     raise err
@@ -392,6 +438,33 @@ class ApiClient:
             )
             self._sleep(delay)
 
+    def _exchange(
+        self,
+        method: str,
+        path: str,
+        json: Mapping[str, Any] | None,
+        content: bytes | None,
+        headers: Mapping[str, str],
+        max_answer: int,
+        deadline_s: float | None = None,
+    ) -> httpx.Response:
+        """One attempt under the call's deadline (grown for a large upload), its answer read up to
+        `max_answer` bytes (an error answer up to MAX_ERROR_BODY_BYTES, cut there): transfer.py.
+        Raises httpx.TransportError (the deadline passed: a timeout) or ApiError (too large)."""
+        request = self._http.build_request(method, path, json=json, content=content, headers=headers)
+        upload = len(request.content)
+        base = self._deadline_s if deadline_s is None else deadline_s
+        with deadline(base + upload / UPLOAD_FLOOR_BYTES_PER_S):
+            streamed = self._http.send(request, stream=True)
+            try:
+                if 200 <= streamed.status_code < 300:
+                    body = read_capped(streamed, max_answer)
+                else:
+                    body = read_capped(streamed, MAX_ERROR_BODY_BYTES, truncate=True)
+            finally:
+                streamed.close()
+        return httpx.Response(streamed.status_code, headers=streamed.headers, content=body, request=request)
+
     def _hold_if_exhausted(self, cls: RequestClass, response: httpx.Response) -> None:
         """The server says this class's budget is spent: wait for its reset rather than earn a 429."""
         wait = exhausted_budget_wait(
@@ -402,11 +475,12 @@ class ApiClient:
             log.info("%s budget spent on the server; next %s call in %.0f s", cls, cls, wait)
 
     def _throttle(self, cls: RequestClass, err: ApiError, response: httpx.Response, failures: int) -> None:
-        """A 429: block the whole class for at least Retry-After (header, else details, else exponential)."""
+        """A 429: block the whole class for at least Retry-After (header, else details, else
+        exponential), held to an hour (answers.retry_after_s)."""
         now_wall = datetime.fromtimestamp(self._clock(), UTC)
-        retry_after = parse_retry_after(response.headers.get("Retry-After"), now_wall)
+        retry_after = retry_after_s(parse_retry_after(response.headers.get("Retry-After"), now_wall))
         if retry_after is None:
-            retry_after = retry_after_from_details(err.details)
+            retry_after = retry_after_s(err.details.get("retry_after"))
         delay = self.backoff.rate_limited_delay(retry_after, failures - 1, self._rng)
         self.budget.block_until(cls, self._monotonic() + delay)
         err.details.setdefault("retry_after", round(delay, 3))
@@ -489,15 +563,7 @@ def _reason(err: ApiError) -> str:
 
 
 def _json_object(response: httpx.Response) -> JSONDict:
-    if response.status_code == 204 or not response.content:
-        return {}
-    try:
-        value = response.json()
-    except ValueError:
-        raise ApiError(SERVER_ERROR, "answer is not JSON", status=response.status_code) from None
-    if not isinstance(value, dict):
-        raise ApiError(SERVER_ERROR, "answer is not a JSON object", status=response.status_code)
-    return value
+    return json_object(response.content, response.status_code)
 
 
 __all__ = [

@@ -58,6 +58,7 @@ def api_client(
             read=s.read_timeout_s,
             write=s.read_timeout_s,
             pool=s.connect_timeout_s,
+            total=s.deadline_s,
         ),
         ca_file=s.ca_file or None,
         max_connections=s.max_connections,

@@ -21,6 +21,12 @@ VALIDATION_ERROR = "VALIDATION_ERROR"
 TRANSPORT_ERROR = "TRANSPORT_ERROR"
 SERVER_ERROR = "SERVER_ERROR"
 HTTP_ERROR = "HTTP_ERROR"  # a 4xx the contract does not name (e.g. 409); not retried
+HTTP_REDIRECT = "HTTP_REDIRECT"  # a 3xx: never followed, never success; transient (contract section 1)
+UNEXPECTED_ANSWER = "UNEXPECTED_ANSWER"  # a status no call expects (1xx final, stray 304, 6xx); transient
+ANSWER_TOO_LARGE = "ANSWER_TOO_LARGE"  # past the call's answer cap, or compressed though not asked; transient
+TRANSIENT_CODES = frozenset(
+    {TRANSPORT_ERROR, SERVER_ERROR, HTTP_REDIRECT, UNEXPECTED_ANSWER, ANSWER_TOO_LARGE}
+)
 
 MAX_MESSAGE_CHARS = 300
 REDACTED = "[REDACTED]"
@@ -60,8 +66,9 @@ class ApiError(Exception):
 
     @property
     def transient(self) -> bool:
-        """5xx, timeouts and connection errors: worth retrying with backoff."""
-        return self.code in (TRANSPORT_ERROR, SERVER_ERROR)
+        """5xx, timeouts, connection errors, redirects and answers the agent refuses: worth
+        retrying with backoff (the data waits in the outbox meanwhile)."""
+        return self.code in TRANSIENT_CODES
 
 
 def code_for_status(status: int) -> str:
@@ -98,7 +105,7 @@ def error_from_response(status: int, body: bytes, secrets: Iterable[str] = ()) -
     details: dict[str, Any] = {}
     try:
         parsed = json.loads(body.decode("utf-8")) if body else None
-    except (UnicodeDecodeError, ValueError):
+    except (ValueError, RecursionError):  # not UTF-8 or not JSON; nested past the parser's limit
         parsed = None
     if isinstance(parsed, dict) and isinstance(parsed.get("error"), dict):
         err = parsed["error"]

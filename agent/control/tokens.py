@@ -19,7 +19,8 @@ from typing import Any, Literal
 
 import jwt
 
-from agent.control.errors import AUTH_FORBIDDEN, AUTH_INVALID, ApiError
+from agent.control.answers import credential, number_in
+from agent.control.errors import AUTH_FORBIDDEN, AUTH_INVALID, SERVER_ERROR, ApiError
 
 log = logging.getLogger("sshklm.control")
 
@@ -30,22 +31,31 @@ TOKEN_PATH = "/v1/auth/token"  # noqa: S105 - a URL path, not a secret
 REFRESH_PATH = "/v1/auth/refresh"
 REFRESH_MARGIN_S = 60.0
 AUTH_INVALID_RETRY_S = 15 * 60.0
+DEFAULT_ACCESS_LIFETIME_S = 900.0  # the contract's access token lifetime, when the answer's is not usable
+MAX_LIFETIME_S = 366 * 86_400.0  # a lifetime past a year is not believed (the refresh token's is 7 days)
 
 
 def jwt_expiry(token: str) -> float | None:
     """The ``exp`` claim (epoch seconds) of a JWT, read without verifying it.
 
     Only used to schedule a refresh: the signature is the server's business. None when the token
-    is not a JWT or carries no numeric ``exp``.
+    is not a JWT or carries no ``exp`` that is a time (a finite number up to year 9999).
     """
     try:
         claims = jwt.decode(token, options={"verify_signature": False})
-    except jwt.PyJWTError:
+    except (jwt.PyJWTError, ValueError, RecursionError):
         return None
-    exp = claims.get("exp")
-    if isinstance(exp, bool) or not isinstance(exp, int | float):
+    exp = claims.get("exp") if isinstance(claims, dict) else None
+    if not number_in(exp, 0, 253_402_300_799):
         return None
-    return float(exp)
+    return float(exp)  # type: ignore[arg-type]
+
+
+def _lifetime(value: object) -> float | None:
+    """An `expires_in` from the server: seconds in (0, a year], else None (not believed)."""
+    if not number_in(value, 0, MAX_LIFETIME_S) or value == 0:
+        return None
+    return float(value)  # type: ignore[arg-type]
 
 
 @dataclass(frozen=True)
@@ -64,21 +74,23 @@ def token_set_from_response(
 
     The access token's own ``exp`` wins over ``expires_in`` (it is what the server enforces).
     A refresh answer without a refresh token keeps the previous one; with one, the newest wins.
+    A token that cannot go into an Authorization header (not visible ASCII, blanks, line breaks)
+    fails the answer; a lifetime that is not a number of seconds up to a year is not believed.
     """
-    access = body.get("access_token")
-    if not isinstance(access, str) or not access:
-        raise ApiError("SERVER_ERROR", "token answer has no access_token")
-    expires_in = body.get("expires_in")
-    fallback = now + float(expires_in) if isinstance(expires_in, int | float) else now + 900.0
-    access_exp = jwt_expiry(access) or fallback
+    access = credential(body.get("access_token"))
+    if access is None:
+        raise ApiError(SERVER_ERROR, "token answer has no usable access_token")
     refresh = body.get("refresh_token")
-    refresh_token = refresh if isinstance(refresh, str) and refresh else previous_refresh
-    refresh_in = body.get("refresh_expires_in")
+    if refresh is not None and credential(refresh) is None:
+        raise ApiError(SERVER_ERROR, "token answer has an unusable refresh_token")
+    access_exp = jwt_expiry(access) or now + (_lifetime(body.get("expires_in")) or DEFAULT_ACCESS_LIFETIME_S)
+    refresh_token = credential(refresh) or previous_refresh
     refresh_exp: float | None = None
     if isinstance(refresh_token, str):
         refresh_exp = jwt_expiry(refresh_token)
-        if refresh_exp is None and isinstance(refresh_in, int | float):
-            refresh_exp = now + float(refresh_in)
+        refresh_in = _lifetime(body.get("refresh_expires_in"))
+        if refresh_exp is None and refresh_in is not None:
+            refresh_exp = now + refresh_in
     return TokenSet(access, refresh_token, access_exp, refresh_exp, now)
 
 

@@ -387,20 +387,34 @@ class Daemon:
         if self.link is not None:  # standalone: the log is the destination, it writes each change
             log_changes(changes)
         events = to_events(changes, at=datetime.now(UTC), new_id=lambda: str(uuid.uuid4()))
-        self._queue(events, bounded=True)
+        self._queue(events)
 
     def emit_events(self, events: Sequence[Event]) -> None:
-        """Events of the other parts (key use, instruction results): into the outbox as they are."""
-        self._queue(events, bounded=False)
+        """Events of the other parts (key use, instruction results): into the outbox, bounded too."""
+        self._queue(events)
 
-    def _queue(self, events: Sequence[Event], *, bounded: bool) -> None:
+    def _queue(self, events: Sequence[Event]) -> None:
+        """Into the outbox (durable), kept within `state.outbox_max_events` whatever the event
+        type (store/outbox.py, "Collapse"): past it, room is made down to 90 % of the bound, so
+        the work is done once per tenth of the bound, not on every event."""
+        bound = self.config.state.outbox_max_events
         with self._emit_lock:
-            self.outbox.append([e.to_json() for e in events])
-            if bounded:
-                self.outbox.collapse_if_over(
-                    self.config.state.outbox_max_events,
-                    lambda dropped: {"reason": "outbox bound", "dropped": dropped},
-                )
+            removed = self.outbox.append_bounded(
+                [e.to_json() for e in events],
+                bound,
+                lambda dropped: {"reason": "outbox bound", "dropped": dropped},
+                low_water=bound * 9 // 10,
+            )
+        if removed:
+            dropped = self.outbox.dropped()
+            log.warning(
+                "outbox over its bound (%d events): %d events merged or dropped "
+                "(lost so far: %d, by type %s); a full inventory follows",
+                bound,
+                removed,
+                dropped["total"],
+                dropped["by_type"],
+            )
         if self.sender is not None:
             self.sender.wake()
 
@@ -481,6 +495,7 @@ class Daemon:
             inventory=self.discovery.inventory if hasattr(self, "discovery") else None,
             outbox=self.outbox.depth() if self.db is not None else None,
             outbox_oldest_at=self.outbox.oldest_at() if self.db is not None else None,
+            outbox_dropped=self.outbox.dropped() if self.db is not None else None,
             watch=dataclasses.asdict(self.watcher.stats()) if self.watcher is not None else {},
             last_error=self.last_error,
             next_jobs=self.jobs.next_runs() if self.jobs is not None else {},

@@ -38,6 +38,7 @@ def status_document(
     next_jobs: Mapping[str, str | None],
     link: Mapping[str, Any] | None,
     outbox_oldest_at: datetime | None = None,
+    outbox_dropped: Mapping[str, Any] | None = None,
     reporting: Mapping[str, Any] | None = None,
     retry_at: datetime | None = None,
     config_generation: int = 0,
@@ -45,8 +46,9 @@ def status_document(
 ) -> JSON:
     """`link`: the server link's own fields (enrolled mode), None in standalone mode; `reporting`:
     the LinkHealth snapshot (deliveries, failures, the server's last answer); `retry_at`: when the
-    sender tries again after a failed delivery; `config_generation` and `last_reload`: SIGHUP
-    reloads applied since start and the outcome of the last one (what `sshklm-agent reload` waits for)."""
+    sender tries again after a failed delivery; `outbox_dropped`: what the outbox bound has cost
+    (store/outbox.py `dropped()`); `config_generation` and `last_reload`: SIGHUP reloads applied
+    since start and the outcome of the last one (what `sshklm-agent reload` waits for)."""
     return {
         "running": running,
         "pid": pid,
@@ -59,6 +61,7 @@ def status_document(
         "problems": len(inventory.errors) if inventory else 0,
         "outbox": outbox,
         "outbox_oldest_at": rfc3339(outbox_oldest_at),
+        "outbox_dropped": _jsonable(dict(outbox_dropped)) if outbox_dropped is not None else None,
         "watch": _jsonable(dict(watch)),
         "last_error": last_error,
         "next_jobs": dict(next_jobs),

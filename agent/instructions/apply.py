@@ -87,7 +87,7 @@ class Applier:
         self.hooks = hooks
         self.clock = clock
         self.keys = load_public_keys(settings.public_keys)  # ValueError names a bad key by index
-        self.units = UnitsOfWork(files, users, settings.sshd_config)
+        self.units = UnitsOfWork(files, users, settings.sshd_config, clock)
         self.reporter = Reporter(hooks, clock)
         self.backups = Backups(files, store, clock, settings.backups_per_file)
         self.editor = FileEditor(files, store, self.backups, hooks)
@@ -171,14 +171,20 @@ class Applier:
             if not host_id:
                 raise Rejected("this host has no host id yet", "AUTH_INVALID", peek_jti(token))
             now = self.clock()
-            ins = verify_instruction(
-                token,
-                keys=self.keys,
-                host_id=host_id,
-                now=now.timestamp(),
-                leeway=self.settings.leeway_s,
-                require_signature=self.settings.require_signature,
-            )
+            try:
+                ins = verify_instruction(
+                    token,
+                    keys=self.keys,
+                    host_id=host_id,
+                    now=now.timestamp(),
+                    leeway=self.settings.leeway_s,
+                    require_signature=self.settings.require_signature,
+                )
+            except Rejected as exc:
+                # Signed but not valid yet: the answer is final (a later re-send is a replay).
+                if exc.jti is not None and exc.final_until is not None and not self.store.jti_seen(exc.jti):
+                    self.store.record_jti(exc.jti, exc.status, exc.final_until)
+                raise
             seen = self.store.jti_seen(ins.jti)
             if seen is not None:
                 return ins.jti, self._replayed(view, ins, seen)
@@ -190,6 +196,7 @@ class Applier:
                     policy=policy,
                     now=now,
                     max_ttl_s=policy.ephemeral_max_ttl_s,
+                    local_tz=view.local_tz,
                 )
                 check_root_from(body, self._uid_of(view, body), policy)
             except Rejected as exc:
@@ -205,6 +212,12 @@ class Applier:
             except ApplyFailed as exc:
                 self.store.complete_apply(ins.jti, jti=(ins.jti, "failed", ins.exp))
                 return ins.jti, self.reporter.not_applied(ins.jti, "failed", exc.code, exc.message, ins)
+            if outcome.unmet:  # written, but read back it is not what was asked: never `applied`
+                self.store.complete_apply(ins.jti, jti=(ins.jti, "failed", ins.exp), backups=outcome.backups)
+                message = "not in effect after the write: " + "; ".join(outcome.unmet)
+                return ins.jti, self.reporter.not_applied(
+                    ins.jti, "failed", "KEY_NOT_IN_EFFECT", message, ins
+                )
             self.store.complete_apply(ins.jti, jti=(ins.jti, "applied", ins.exp), backups=outcome.backups)
             self.reporter.applied(ins, body, outcome)
             return ins.jti, self.reporter.result("applied", None, outcome.fingerprints_after)

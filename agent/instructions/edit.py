@@ -2,10 +2,11 @@
 
 For an edit (the files to touch and a pure planner from old bytes to new bytes):
 
-1. each file's directory is opened through `HostFiles` (held for the whole edit), the file read
-   and its new bytes planned (`plan.py`). Every file is planned before any is written, so one
-   unsafe file fails the edit with nothing changed. A file that already says what the edit wants
-   is not rewritten (idempotency: same inode).
+1. each file's directory is opened through `HostFiles` (held for the whole edit) and the file
+   read; then all files are planned together (`plan.py`: whether one must change can depend on
+   the others). Every file is planned before any is written, so one unsafe file fails the edit
+   with nothing changed. A file that already says what the edit wants is not rewritten
+   (idempotency: same inode).
 2. a backup of every file to change is saved, then the journal entry is written (`begin_apply`:
    user, files, sha256 before and after, backup names) — what `recovery.py` reads after a crash;
 3. each file is replaced atomically, guarded by the stat of the read its plan is based on. A file
@@ -38,7 +39,9 @@ from agent.instructions.view import HostView
 from agent.store.state import StateStore
 
 JSON = dict[str, Any]
-Planner = Callable[[str, bytes], EditPlan]  # (path, current bytes) -> the plan for that file
+# [(path, current bytes)] of every file of the edit, in order -> one plan per file, in that order.
+# All files at once: whether a file must change can depend on the others (docs/rotation.md).
+Planner = Callable[[Sequence[tuple[str, bytes]]], Sequence[EditPlan]]
 # (fingerprint, managed_by, expires_at) of the line an edit writes, for note_managed.
 Managed = tuple[str, str, datetime | None]
 
@@ -94,7 +97,7 @@ class EditRequest:
     paths: Sequence[str]
     planner: Planner
     backup_id: str  # the rotation or grant id the backups are indexed under
-    create: bool  # may create ~/.ssh and the file (add, ephemeral grant)
+    create: bool  # may create the first path's directory (~/.ssh) and file (add, ephemeral grant)
     managed: Managed | None
     extra: JSON = field(default_factory=dict)  # more journal fields (an ephemeral grant's)
 
@@ -122,6 +125,8 @@ class Outcome:
     removed: list[str] = field(default_factory=list)
     # (rotation_id, path, backup_file, sha256_after) of files written: indexed on completion.
     backups: list[tuple[str, str, str, str]] = field(default_factory=list)
+    # What the files, read back after the edit, lack of what was asked (empty: in effect).
+    unmet: list[str] = field(default_factory=list)
 
 
 class _Retry(Exception):
@@ -151,39 +156,45 @@ class FileEditor:
 
     @contextlib.contextmanager
     def _open_plans(self, req: EditRequest) -> Iterator[list[FilePlan]]:
-        """Open each file's directory safely, read it, plan it. Directories stay open for the write."""
+        """Open each file's directory safely, read every file, then plan them together.
+        Directories stay open for the write."""
         user = req.user
-        plans: list[FilePlan] = []
+        reads: list[tuple[str, str, KeysDir, ReadResult | None]] = []
+        paths = list(dict.fromkeys(req.paths))
         try:
-            for path in dict.fromkeys(req.paths):
+            for path in paths:
+                creating = req.create and path == paths[0]
                 confine = authorized_keys_confine(path, user.home)
                 directory, name = posixpath.split(path)
                 spec = (
                     CreateSpec(user.uid, user.gid, SSH_DIR_MODE)
-                    if req.create and directory != confine
+                    if creating and directory != confine
                     else None
                 )
                 try:
                     held = self.files.open_dir(directory, create=spec, confine=confine, user_uid=user.uid)
                 except (FileNotFoundError, NotADirectoryError):
-                    if req.create:
+                    if creating:
                         raise
                     continue  # no such directory: nothing of this user's there
                 try:
                     current = held.read(name)
                     if current is not None and current.truncated:
                         raise UnsafePath("file too large to rewrite safely", path)
-                    plan = req.planner(path, current.data if current is not None else b"")
-                    if plan.new_data is not None and current is None and not req.create:
-                        plan = EditPlan(None, plan.fingerprints_after)
                 except BaseException:
                     held.close()
                     raise
+                reads.append((path, name, held, current))
+            planned = req.planner([(path, c.data if c is not None else b"") for path, _, _, c in reads])
+            plans: list[FilePlan] = []
+            for (path, name, held, current), plan in zip(reads, planned, strict=True):
+                if plan.new_data is not None and current is None and not (req.create and path == paths[0]):
+                    plan = EditPlan(None, plan.fingerprints_after)
                 plans.append(FilePlan(path, name, held, current, plan))
             yield plans
         finally:
-            for fp in plans:
-                fp.directory.close()
+            for _, _, held, _ in reads:
+                held.close()
 
     def _journal_record(self, req: EditRequest, changes: list[FilePlan], backups: dict[str, str]) -> JSON:
         return {

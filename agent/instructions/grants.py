@@ -15,9 +15,10 @@ from datetime import datetime, timedelta
 
 from agent.instructions.edit import EditRequest, FileEditor, JournalKey, Outcome
 from agent.instructions.errors import ApplyFailed
-from agent.instructions.plan import plan_add, plan_remove
+from agent.instructions.plan import KeyChange, plan_remove
 from agent.instructions.ports import DaemonHooks
 from agent.instructions.results import Reporter
+from agent.instructions.rotation import check_in_effect, each_file, key_change_planner
 from agent.instructions.validate import EPHEMERAL_TAG, Ephemeral, Revoke
 from agent.instructions.verify import Instruction
 from agent.instructions.view import HostView, UnitsOfWork
@@ -58,14 +59,22 @@ class Grants:
         """Write the grant's line, remember the grant, schedule its removal."""
         user = view.require_user(body.user)
         target = view.first_path(user)
-        tag = ephemeral_tag(body.grant_id)
         new = body.new
+        assert new.options is not None  # the grant's expiry-time
+        change = KeyChange(
+            fingerprint=new.key.fingerprint,
+            key_text=new.text,
+            options_text=new.options_text,
+            options=new.options,
+            tag=ephemeral_tag(body.grant_id),
+            target=target,
+        )
         outcome = self.editor.edit(
             EditRequest(
                 JournalKey.of(ins, body.grant_id),
                 user,
                 [target],
-                lambda _path, data: plan_add(data, new.line(), new.key.fingerprint, tag=tag),
+                key_change_planner(change, view),
                 backup_id=body.grant_id,
                 create=True,
                 managed=(new.key.fingerprint, f"ephemeral:{body.grant_id}", body.expires_at),
@@ -85,6 +94,7 @@ class Grants:
         except Exception:
             log.exception("could not schedule the removal of grant %s (the sweep will do it)", body.grant_id)
         outcome.added = [new.key.fingerprint] if outcome.written else []
+        check_in_effect(view, user.name, [target], change, outcome)
         return outcome
 
     def revoke(self, view: HostView, ins: Instruction, body: Revoke) -> Outcome:
@@ -108,7 +118,7 @@ class Grants:
                 JournalKey.of(ins, grant.grant_id),
                 user,
                 [grant.path],
-                lambda _path, data: plan_remove(data, grant.fingerprint, tag=tag),
+                each_file(lambda data: plan_remove(data, grant.fingerprint, tag=tag)),
                 backup_id=grant.grant_id,
                 create=False,
                 managed=None,

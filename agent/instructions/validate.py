@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, tzinfo
 from typing import Any
 
 from agent.instructions.verify import Instruction, Rejected
@@ -21,6 +21,7 @@ from agent.inventory.model import parse_rfc3339
 from agent.ssh.authorized_keys import (
     KeyOptions,
     OptionError,
+    expiry_time_utc,
     parse_authorized_keys,
     parse_authorized_line,
     parse_options,
@@ -163,6 +164,23 @@ def parse_new_key(
     return NewKey(key=key, text=text, options=options, options_text=options_field or None)
 
 
+def check_honoured(new: NewKey, now: datetime, local_tz: tzinfo) -> None:
+    """Options sshd would not honour make a line that grants nothing: refuse them rather than
+    write it (`principals=` needs `cert-authority`, which is refused; an `expiry-time` passed)."""
+    options = new.options
+    if options is None:
+        return
+    if options.principals is not None:
+        raise Rejected("principals= without cert-authority: sshd would not honour the line")
+    if options.expiry_time is not None:
+        try:
+            expired = expiry_time_utc(options.expiry_time, local_tz) <= now
+        except OptionError:
+            expired = True
+        if expired:
+            raise Rejected("expiry-time has passed: sshd would not honour the line")
+
+
 def _check_policy(key: PublicKey, policy: Policy) -> None:
     if policy.allowed_types and key.base_type not in policy.allowed_types:
         raise Rejected("key type not allowed by policy")
@@ -179,11 +197,16 @@ def validate(
     policy: Policy | None,
     now: datetime,
     max_ttl_s: int,
+    local_tz: tzinfo = UTC,
 ) -> Body:
+    """`local_tz`: the zone sshd reads an `expiry-time` without "Z" in."""
     body = instruction.body
     try:
         if instruction.kind == "rotation":
-            return _rotation(body, user_exists, policy)
+            rotation = _rotation(body, user_exists, policy)
+            if rotation.new is not None:
+                check_honoured(rotation.new, now, local_tz)
+            return rotation
         if instruction.kind == "ephemeral":
             return _ephemeral(body, user_exists, policy, now, max_ttl_s)
         if instruction.kind == "revoke_ephemeral":
@@ -228,7 +251,8 @@ def _ephemeral(
         expires_at = parse_rfc3339(expires_text)
     except (ValueError, OverflowError):
         raise Rejected("malformed expires_at") from None
-    if expires_at > now + timedelta(seconds=max_ttl_s):
+    # Compared as seconds: now + timedelta(max_ttl_s) overflows for a policy's absurd TTL.
+    if (expires_at - now).total_seconds() > max_ttl_s:
         raise Rejected("grant lasts longer than ephemeral_max_ttl_s")
     key_field = _field(body, "public_key")
     assert key_field is not None

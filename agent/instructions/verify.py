@@ -2,9 +2,15 @@
 
 Only EdDSA over the Ed25519 keys pinned in the configuration is accepted; `aud` must be this
 host, `exp` is required and honoured against the *injected* time (PyJWT would read the clock
-itself, so its own exp/iat checks are turned off and done here), `jti` is returned for the
+itself, so its own exp/iat/nbf checks are turned off and done here), `jti` is returned for the
 caller's replay registry. Every failure is a `Rejected` with a short reason and nothing else:
 the token's content never reaches the message.
+
+Times (`exp`, `iat`, `nbf`) are integer seconds since the epoch from 0 to 9999-12-31T23:59:59Z,
+what a datetime, SQLite and RFC 3339 can carry: a float, a boolean, a string, null, a negative
+number or 10**400 is refused here, before anything downstream does arithmetic with it. `nbf`
+(not before) in the future beyond the leeway is `NOT_YET_VALID`: rejected, not kept pending
+(the server would re-send it on every poll; docs/rotation.md, "Trust model").
 """
 
 from __future__ import annotations
@@ -23,6 +29,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import load_pem_public_key, load_ssh_public_key
 
 MAX_TOKEN_BYTES = 64 * 1024
+MAX_CLAIM_TIME = 253_402_300_799  # 9999-12-31T23:59:59Z
+NOT_YET_VALID = "NOT_YET_VALID"
 KINDS = frozenset({"rotation", "ephemeral", "revoke_ephemeral", "scan"})
 _JTI = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
 
@@ -31,7 +39,13 @@ class Rejected(Exception):
     """An instruction that must not be applied. `code` is the contract's error code."""
 
     def __init__(
-        self, reason: str, code: str = "VALIDATION_ERROR", jti: str | None = None, *, status: str = "rejected"
+        self,
+        reason: str,
+        code: str = "VALIDATION_ERROR",
+        jti: str | None = None,
+        *,
+        status: str = "rejected",
+        final_until: int | None = None,
     ) -> None:
         super().__init__(reason)
         self.reason = reason
@@ -39,6 +53,9 @@ class Rejected(Exception):
         self.jti = jti
         # The result status to report: "rejected", or "expired" for an instruction past its exp.
         self.status = status
+        # Set when the signature verified and the answer must not change for this jti (record it
+        # in the replay registry, kept until this `exp`): an instruction not valid yet.
+        self.final_until = final_until
 
 
 @dataclass(frozen=True)
@@ -51,6 +68,7 @@ class Instruction:
     body: dict[str, Any]
     kid: str | None
     signed: bool
+    nbf: int | None = None
 
 
 def load_public_keys(texts: Sequence[str]) -> list[Ed25519PublicKey]:
@@ -151,14 +169,19 @@ def _check_claims(
     aud = claims.get("aud")
     if aud != host_id:
         raise Rejected("instruction is for another host (aud)", "AUTH_INVALID", jti)
-    exp = claims.get("exp")
-    if not isinstance(exp, int) or isinstance(exp, bool):
+    exp = _time_claim(claims, "exp", jti)
+    iat = _time_claim(claims, "iat", jti)
+    nbf = _time_claim(claims, "nbf", jti)
+    if exp is None:
         raise Rejected("missing exp", jti=jti)
     if exp + leeway < now:
         raise Rejected("instruction expired (exp)", "EXPIRED", jti, status="expired")
-    iat = claims.get("iat")
-    if iat is not None and (not isinstance(iat, int) or isinstance(iat, bool) or iat - leeway > now):
+    if iat is not None and iat - leeway > now:
         raise Rejected("iat in the future", jti=jti)
+    if nbf is not None and nbf - leeway > now:
+        raise Rejected(
+            "instruction not valid yet (nbf)", NOT_YET_VALID, jti, final_until=exp if signed else None
+        )
     kind = claims.get("kind")
     if kind not in KINDS:
         raise Rejected("unknown instruction kind", jti=jti)
@@ -175,4 +198,16 @@ def _check_claims(
         body=body,
         kid=kid if isinstance(kid, str) else None,
         signed=signed,
+        nbf=nbf,
     )
+
+
+def _time_claim(claims: dict[str, Any], name: str, jti: str) -> int | None:
+    """An optional time claim: None when absent, else integer seconds in 0..MAX_CLAIM_TIME."""
+    if name not in claims:
+        return None
+    value = claims[name]
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_CLAIM_TIME:
+        what = "missing exp" if name == "exp" else f"{name} is not a time"
+        raise Rejected(f"{what} (integer seconds from 1970 to 9999)", jti=jti)
+    return value

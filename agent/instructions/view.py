@@ -10,26 +10,37 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, tzinfo
 
 from agent.host.safefs import UnsafePath
 from agent.host.sshd_files import authorized_keys_confine, authorized_keys_paths
 from agent.host.users import User, UserSource
 from agent.instructions.errors import ApplyFailed
+from agent.instructions.plan import honoured_by_sshd
 from agent.instructions.ports import HostFiles
-from agent.ssh.authorized_keys import parse_authorized_keys
+from agent.ssh.authorized_keys import AuthorizedLine, parse_authorized_keys
 from agent.ssh.sshd_config import MatchContext, ParsedSshdConfig, resolve
 
 
 class HostView:
     """Users, their authorized keys files and the keys in them (read-only, memoised)."""
 
-    def __init__(self, files: HostFiles, users: UserSource, sshd_config_path: str) -> None:
+    def __init__(
+        self, files: HostFiles, users: UserSource, sshd_config_path: str, now: datetime | None = None
+    ) -> None:
         self.files = files
         self._users = users
         self._sshd_config_path = sshd_config_path
         self._user_memo: dict[str, User | None] = {}
         self._parsed: ParsedSshdConfig | None = None
+        # The unit's time, and the zone sshd reads an `expiry-time` without "Z" in (as discovery).
+        self.now = now if now is not None else datetime.now(UTC)
+        self.local_tz: tzinfo = self.now.astimezone().tzinfo or UTC
+
+    def honours(self, ln: AuthorizedLine) -> bool:
+        """Would sshd use this line now (plan.honoured_by_sshd)?"""
+        return honoured_by_sshd(ln, self.now, self.local_tz)
 
     def user(self, name: str) -> User | None:
         if name not in self._user_memo:
@@ -67,7 +78,9 @@ class HostView:
         return self.files.read(path, confine=authorized_keys_confine(path, user.home))
 
     def fingerprints_of(self, user: User) -> list[str]:
-        """Every key fingerprint in the user's authorized keys files (best effort)."""
+        """The keys sshd honours in the user's authorized keys files, in reading order (best
+        effort): a results's `fingerprints_after`. Lines sshd skips (expired, bad options,
+        certificates, principals without cert-authority) are not listed."""
         out: list[str] = []
         try:
             paths = self.paths(user)
@@ -78,36 +91,30 @@ class HostView:
                 data = self.read_keys(user, path)
             except (OSError, UnsafePath):
                 continue
-            out += [ln.key.fingerprint for ln in parse_authorized_keys(data) if ln.kind == "key" and ln.key]
+            out += [ln.key.fingerprint for ln in parse_authorized_keys(data) if ln.key and self.honours(ln)]
         return list(dict.fromkeys(out))
-
-    def holds(self, user: User, paths: list[str], fingerprints: tuple[str, ...]) -> dict[str, bool]:
-        """Which of `fingerprints` any of `paths` holds (unreadable files hold nothing)."""
-        found = dict.fromkeys(fingerprints, False)
-        for path in paths:
-            try:
-                data = self.read_keys(user, path)
-            except (OSError, UnsafePath):
-                continue
-            for ln in parse_authorized_keys(data):
-                if ln.kind == "key" and ln.key is not None and ln.key.fingerprint in found:
-                    found[ln.key.fingerprint] = True
-        return found
 
 
 class UnitsOfWork:
     """One lock for every change to users' files, and a fresh `HostView` for each unit."""
 
-    def __init__(self, files: HostFiles, users: UserSource, sshd_config_path: str) -> None:
+    def __init__(
+        self,
+        files: HostFiles,
+        users: UserSource,
+        sshd_config_path: str,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
         self.files = files
         self.users = users
         self.sshd_config_path = sshd_config_path
+        self.clock = clock
         self._lock = threading.RLock()
 
     @contextlib.contextmanager
     def unit(self) -> Iterator[HostView]:
         with self._lock:
-            yield HostView(self.files, self.users, self.sshd_config_path)
+            yield HostView(self.files, self.users, self.sshd_config_path, self.clock())
 
     @contextlib.contextmanager
     def exclusive(self) -> Iterator[None]:

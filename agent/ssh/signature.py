@@ -3,11 +3,22 @@
 Pure: the signed bytes, the signature blob and the CA's parsed public fields in, a verdict out.
 `cryptography` is imported only when a signature is checked: plain keys (the scan's hot path)
 never need it.
+
+Verdicts are remembered (issue 11): a user's authorized_keys is parsed on every rescan and every
+rewrite, and a certificate signed by a 16,384-bit RSA CA (OpenSSH's own limit, SSHBUF_MAX_BIGNUM:
+sshd accepts it, so discovery must) costs milliseconds of RSA per parse, whether or not the
+signature is any good. The memo maps a SHA-256 digest of (the CA's public fields, the signature,
+the signed bytes) to the verdict, valid and invalid alike; it holds at most MEMO_ENTRIES digests
+(least recently used out, ~1 MiB), shared by the threads of the process under one lock. A line
+parsed again costs a hash; only new bytes cost a verification. (The function stays pure: the memo
+returns what the verification would.)
 """
 
 from __future__ import annotations
 
 import hashlib
+import threading
+from collections import OrderedDict
 from typing import Final
 
 from agent.ssh.keytypes import (
@@ -32,19 +43,58 @@ _RSA_SIG_HASHES: Final = {"ssh-rsa": "sha1", "rsa-sha2-256": "sha256", "rsa-sha2
 _EC_HASHES: Final = {P256: "sha256", P384: "sha384", P521: "sha512"}
 
 
+MEMO_ENTRIES: Final = 8192
+
+_memo: OrderedDict[bytes, bool] = OrderedDict()
+_memo_lock = threading.Lock()
+
+
 def verify_signature(ca: KeyFields, signature: bytes, data: bytes) -> bool:
     """Verify a certificate's CA signature exactly as far as OpenSSH's per-type verify functions parse it.
 
     Supported: ssh-ed25519, ecdsa-sha2-*, ssh-rsa/rsa-sha2-256/rsa-sha2-512, ssh-dss and the security-key
     types sk-ssh-ed25519@openssh.com and sk-ecdsa-sha2-nistp256@openssh.com. A webauthn-sk signature
-    (only produced by browsers, never by ssh-keygen) is treated as invalid.
+    (only produced by browsers, never by ssh-keygen) is treated as invalid. Remembered: see above.
     """
+    key = _memo_key(ca, signature, data)
+    with _memo_lock:
+        known = _memo.get(key)
+        if known is not None:
+            _memo.move_to_end(key)
+            return known
     try:
-        return _verify(ca, signature, data)
+        verdict = _verify(ca, signature, data)
     except WireError:  # a malformed signature blob
-        return False
+        verdict = False
     except ValueError:  # cryptography refusing degenerate key numbers
-        return False
+        verdict = False
+    _remember(key, verdict)
+    return verdict
+
+
+def _memo_key(ca: KeyFields, signature: bytes, data: bytes) -> bytes:
+    """A digest of everything the verdict depends on; each part length-prefixed (no ambiguity)."""
+    h = hashlib.sha256()
+    parts = [
+        f"{ca.family}:{ca.curve}".encode(),
+        *(n.to_bytes((n.bit_length() + 8) // 8, "big", signed=True) for n in ca.ints),
+        ca.raw,
+        ca.application,
+        signature,
+        data,
+    ]
+    for part in parts:
+        h.update(len(part).to_bytes(8, "big"))
+        h.update(part)
+    return h.digest()
+
+
+def _remember(key: bytes, verdict: bool) -> None:
+    with _memo_lock:
+        _memo[key] = verdict
+        _memo.move_to_end(key)
+        while len(_memo) > MEMO_ENTRIES:
+            _memo.popitem(last=False)
 
 
 def _verify(ca: KeyFields, signature: bytes, data: bytes) -> bool:

@@ -478,22 +478,25 @@ class App:
         alg: str = "EdDSA",
         aud: str | None = None,
         key: object | None = None,
+        claims: dict[str, Any] | None = None,
     ) -> tuple[str, str]:
-        """Queue an instruction for host_id; returns (jti, compact JWS)."""
+        """Queue an instruction for host_id; returns (jti, compact JWS). `claims` adds or overrides
+        claims in the token only (an `nbf`, an absurd `exp`): the queue keeps `now + exp_s`."""
         now = int(self.clock())
         jti = new_id("ins", 12)
-        claims = {
+        signed_claims = {
             "jti": jti,
             "aud": aud or host_id,
             "iat": now,
             "exp": now + exp_s,
             "kind": kind,
             "body": body,
+            **(claims or {}),
         }
         if sign and alg == "EdDSA" and key is None:
-            jws = self.signer.sign(claims)
+            jws = self.signer.sign(signed_claims)
         else:
-            jws = self.signer.forge(claims, sign=sign, alg=alg, key=key)
+            jws = self.signer.forge(signed_claims, sign=sign, alg=alg, key=key)
         self.store.add_instruction(jti, host_id, kind, body, jws, now, now + exp_s)
         return jti, jws
 

@@ -1,9 +1,13 @@
-"""Fault injection for tests: fail, delay or drop matching requests. Thread-safe."""
+"""Fault injection for tests: fail, delay or drop matching requests, or answer them as a hostile or
+broken server would (tests/controlplane/hostile.py). Thread-safe."""
 
 from __future__ import annotations
 
 import threading
+from collections.abc import Mapping
 from dataclasses import dataclass
+
+from .hostile import DribbleAnswer, HostileAnswer, HugeAnswer, RawAnswer, redirect
 
 
 @dataclass
@@ -22,11 +26,19 @@ class DropRule:
     after_processing: bool
 
 
+@dataclass
+class HostileRule:
+    remaining: int
+    path_prefix: str | None
+    answer: HostileAnswer
+
+
 @dataclass(frozen=True)
 class FaultPlan:
     delay: float
     drop: DropRule | None
     fail: FailRule | None
+    hostile: HostileAnswer | None = None
 
 
 def _matches(prefix: str | None, path: str) -> bool:
@@ -39,6 +51,7 @@ class Faults:
         self._fails: list[FailRule] = []
         self._drops: list[DropRule] = []
         self._delays: dict[str | None, float] = {}
+        self._hostile: list[HostileRule] = []
 
     def fail_next(
         self,
@@ -69,16 +82,70 @@ class Faults:
         with self._lock:
             self._drops.append(DropRule(n, path_prefix, after_processing))
 
+    # -- answers the contract never gives (each request matched is not processed) --
+
+    def _answer_next(self, n: int, path_prefix: str | None, answer: HostileAnswer) -> None:
+        with self._lock:
+            self._hostile.append(HostileRule(n, path_prefix, answer))
+
+    def redirect_next(
+        self,
+        n: int,
+        status: int = 302,
+        location: str = "https://elsewhere.example:8443/v1/moved?token=not-for-logs",
+        path_prefix: str | None = None,
+    ) -> None:
+        """The next n matching requests are redirected (`status` 3xx with `Location`)."""
+        self._answer_next(n, path_prefix, redirect(status, location))
+
+    def answer_next(
+        self,
+        n: int,
+        status: int,
+        body: bytes = b"",
+        headers: Mapping[str, str] | None = None,
+        path_prefix: str | None = None,
+        length: bool = True,
+    ) -> None:
+        """The next n matching requests get exactly this status, headers and body (a 204, a 200
+        that is not JSON or not an object or has fields of the wrong types, a stray 304...)."""
+        self._answer_next(n, path_prefix, RawAnswer(status, body, dict(headers or {}), length))
+
+    def huge_answer_next(
+        self, n: int, size: int, path_prefix: str | None = None, declare: bool = True
+    ) -> None:
+        """The next n matching requests get a 200 of `size` bytes of JSON (declared in
+        Content-Length, or not: then it ends when the connection closes)."""
+        self._answer_next(n, path_prefix, HugeAnswer(size, declare))
+
+    def dribble_next(
+        self, n: int, interval: float = 1.0, path_prefix: str | None = None, phase: str = "body"
+    ) -> None:
+        """The next n matching requests are answered one byte every `interval` seconds, for ever:
+        the body (`phase="body"`, after complete headers) or the headers themselves."""
+        if phase not in ("body", "headers"):
+            raise ValueError("phase must be body or headers")
+        self._answer_next(n, path_prefix, DribbleAnswer(interval, phase))
+
     def clear(self) -> None:
         with self._lock:
             self._fails.clear()
             self._drops.clear()
             self._delays.clear()
+            self._hostile.clear()
 
     def take(self, path: str) -> FaultPlan:
-        """Consume at most one drop or fail rule for this request (a drop wins) and return the plan."""
+        """Consume at most one rule for this request (a hostile answer wins, then a drop, then a
+        fail) and return the plan."""
         with self._lock:
             delay = max((s for p, s in self._delays.items() if _matches(p, path)), default=0.0)
+            hostile = next(
+                (r for r in self._hostile if r.remaining > 0 and _matches(r.path_prefix, path)), None
+            )
+            if hostile is not None:
+                hostile.remaining -= 1
+                self._hostile = [r for r in self._hostile if r.remaining > 0]
+                return FaultPlan(delay, None, None, hostile.answer)
             drop = next((r for r in self._drops if r.remaining > 0 and _matches(r.path_prefix, path)), None)
             fail = None
             if drop is not None:

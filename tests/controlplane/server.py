@@ -20,6 +20,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from .app import App, EventValidator
 from .errors import ApiError, error_body
 from .faults import Faults
+from .hostile import HostileAnswer, write_answer
 from .messages import Request, Response
 from .ratelimit import SlidingWindowLimiter
 from .signing import InstructionSigner, hmac_secret
@@ -108,8 +109,11 @@ class _Handler(BaseHTTPRequestHandler):
         response = self.server.control_plane._dispatch(request, self.path, arrived)
         if response is None:
             self._drop()
-        else:
+        elif isinstance(response, Response):
             self._send(response)
+        else:
+            self.close_connection = True
+            write_answer(response, self.wfile, self.server.control_plane._stopping)
 
     do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = _serve
 
@@ -145,6 +149,7 @@ class ControlPlane:
         self.faults = faults
         self.requests: list[RequestRecord] = []
         self._connections: set[socket.socket] = set()
+        self._stopping = threading.Event()  # ends hostile answers that would go on for ever
         self._thread = threading.Thread(
             target=server.serve_forever, kwargs={"poll_interval": 0.05}, name="controlplane", daemon=True
         )
@@ -192,6 +197,7 @@ class ControlPlane:
         return cp
 
     def stop(self) -> None:
+        self._stopping.set()
         self._server.shutdown()
         self._server.server_close()
         for conn in list(self._connections):  # keep-alive connections would otherwise outlive the server
@@ -209,7 +215,7 @@ class ControlPlane:
         self.stop()
 
     # -- request path --------------------------------------------------------------------------------------
-    def _dispatch(self, request: Request, target: str, arrived: float) -> Response | None:
+    def _dispatch(self, request: Request, target: str, arrived: float) -> Response | HostileAnswer | None:
         if request.path.startswith("/_test/"):
             from .testroutes import handle_test_request
 
@@ -217,6 +223,13 @@ class ControlPlane:
         plan = self.faults.take(request.path)
         if plan.delay:
             time.sleep(plan.delay)
+        if plan.hostile is not None:
+            self.requests.append(
+                RequestRecord(
+                    request.method, target, plan.hostile.status, arrived, _redacted(request.headers)
+                )
+            )
+            return plan.hostile
         response: Response | None
         if plan.drop is not None and not plan.drop.after_processing:
             response = None
@@ -316,14 +329,16 @@ class ControlPlane:
         alg: str = "EdDSA",
         aud: str | None = None,
         key: object | None = None,
+        claims: dict[str, Any] | None = None,
     ) -> str:
-        """Queue an instruction (maybe forged: unsigned, other alg/aud/key); returns its compact JWS."""
+        """Queue an instruction (maybe forged: unsigned, other alg/aud/key, odd `claims` such as
+        `nbf` or `exp=10**400`); returns its compact JWS."""
         store = self._app.store
         with store.lock, store.transaction():
             if store.host(host_id) is None:
                 raise KeyError(host_id)
             _, jws = self._app.issue_instruction(
-                host_id, kind, body, exp_s=exp_s, sign=sign, alg=alg, aud=aud, key=key
+                host_id, kind, body, exp_s=exp_s, sign=sign, alg=alg, aud=aud, key=key, claims=claims
             )
         return jws
 

@@ -38,6 +38,48 @@ def _validator_rejecting(ids: set[str], types: set[str]) -> Any:
     return validate
 
 
+def _number(body: dict[str, Any], name: str, default: float) -> float:
+    value = body.get(name, default)
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        raise ApiError(422, f"{name} must be a number", {"field": name})
+    return float(value)
+
+
+def _redirect(cp: ControlPlane, body: dict[str, Any]) -> None:
+    location = _opt_str(body, "location") or "https://elsewhere.example:8443/v1/moved?token=not-for-logs"
+    cp.faults.redirect_next(
+        _int(body, "n", 1), _int(body, "status", 302), location, _opt_str(body, "path_prefix")
+    )
+
+
+def _answer(cp: ControlPlane, body: dict[str, Any]) -> None:
+    headers = body.get("headers") or {}
+    if not isinstance(headers, dict) or not all(isinstance(v, str) for v in headers.values()):
+        raise ApiError(422, "headers must be an object of strings", {"field": "headers"})
+    content = (_opt_str(body, "body") or "").encode()
+    cp.faults.answer_next(
+        _int(body, "n", 1), _int(body, "status"), content, headers, _opt_str(body, "path_prefix")
+    )
+
+
+def _huge(cp: ControlPlane, body: dict[str, Any]) -> None:
+    cp.faults.huge_answer_next(
+        _int(body, "n", 1), _int(body, "size"), _opt_str(body, "path_prefix"), bool(body.get("declare", True))
+    )
+
+
+def _dribble(cp: ControlPlane, body: dict[str, Any]) -> None:
+    phase = _opt_str(body, "phase") or "body"
+    if phase not in ("body", "headers"):
+        raise ApiError(422, "phase must be body or headers", {"field": "phase"})
+    cp.faults.dribble_next(
+        _int(body, "n", 1), _number(body, "interval", 1.0), _opt_str(body, "path_prefix"), phase
+    )
+
+
+_HOSTILE = {"redirect": _redirect, "answer": _answer, "huge": _huge, "dribble": _dribble}
+
+
 def handle_test_request(cp: ControlPlane, req: Request) -> Response:
     try:
         cp._app.admin_principal(req)
@@ -68,6 +110,8 @@ def _route(cp: ControlPlane, req: Request) -> Response:  # noqa: C901 - a flat d
         cp.faults.drop_next(
             _int(body, "n", 1), _opt_str(body, "path_prefix"), bool(body.get("after_processing"))
         )
+    elif method == "POST" and path.startswith("/_test/faults/") and path.rsplit("/", 1)[1] in _HOSTILE:
+        _HOSTILE[path.rsplit("/", 1)[1]](cp, body)
     elif method == "POST" and path == "/_test/faults/clear":
         cp.faults.clear()
     elif method == "POST" and path == "/_test/tokens/expire-access":

@@ -79,10 +79,12 @@ class Env:
     def ak(self) -> Path:
         return self.home / ".ssh" / "authorized_keys"
 
-    def login(self, key: str) -> bool:
+    def login(self, key: str, source: str = "127.0.0.1") -> bool:
         proc = subprocess.run(
             [
                 "ssh",
+                "-b",
+                source,
                 "-o",
                 "BatchMode=yes",
                 "-o",
@@ -343,3 +345,75 @@ def test_rollback_command(env: Env) -> None:
     assert f"{env.ak}: changed since rotation rot_e2e1; not restored" in refused.stderr
     assert env.ak.read_bytes() == before
     assert oct(env.ak.stat().st_mode & 0o777) == "0o600"
+
+
+def _new_key(env: Env, name: str) -> str:
+    path, both = _keygen(env.tmp / f"id_{name}", f"{name}@e2e")
+    line, fp = both.split("\t")
+    env.keys[name] = (path, line, fp)
+    return line
+
+
+def _append_by_hand(env: Env, line: str) -> None:
+    """What a user or another tool writes: the file keeps its owner and mode."""
+    with env.ak.open("a") as f:
+        f.write(line + "\n")
+
+
+def test_add_with_options_restricts_a_key_already_present(env: Env) -> None:
+    """Issue 11: an `add` with options for a key already in the file without them (or only in a
+    line sshd ignores) reported `applied` and wrote nothing: the key stayed unrestricted (or
+    unusable). After `applied` sshd must honour exactly what was asked: `from="127.0.0.2"`
+    refuses a login from 127.0.0.1 and lets one from 127.0.0.2 in."""
+    line = _new_key(env, "opt")
+    _append_by_hand(env, line)
+    assert env.login("opt")
+    result = env.apply(
+        "rotation",
+        {
+            "rotation_id": "rot_e2e4",
+            "user": env.user,
+            "action": "add",
+            "new_key": line,
+            "options": 'from="127.0.0.2"',
+        },
+    )
+    assert result["status"] == "applied", result
+    assert env.keys["opt"][2] in result["fingerprints_after"]
+    assert not env.login("opt", source="127.0.0.1")
+    assert env.login("opt", source="127.0.0.2")
+    assert env.login("bystander")
+
+    # Present only as an expired line, or only as a cert-authority line: the key is added for real.
+    for name, prefix in (("expired", 'expiry-time="20200101Z"'), ("ca", "cert-authority")):
+        line = _new_key(env, name)
+        _append_by_hand(env, f"{prefix} {line}")
+        assert not env.login(name)
+        body = {"rotation_id": f"rot_e2e_{name}", "user": env.user, "action": "add", "new_key": line}
+        result = env.apply("rotation", body)
+        assert result["status"] == "applied", result
+        assert env.login(name)
+
+
+def test_replace_with_options_when_the_new_key_is_already_there(env: Env) -> None:
+    old = _new_key(env, "old2")
+    new = _new_key(env, "new2")
+    _append_by_hand(env, new)
+    _append_by_hand(env, old)
+    assert env.login("new2") and env.login("old2")
+    result = env.apply(
+        "rotation",
+        {
+            "rotation_id": "rot_e2e7",
+            "user": env.user,
+            "action": "replace",
+            "old_fingerprint": env.keys["old2"][2],
+            "new_key": new,
+            "options": 'from="127.0.0.2"',
+        },
+    )
+    assert result["status"] == "applied", result
+    assert env.keys["old2"][2] not in result["fingerprints_after"]
+    assert not env.login("old2")
+    assert not env.login("new2", source="127.0.0.1")
+    assert env.login("new2", source="127.0.0.2")

@@ -171,8 +171,17 @@ def test_every_field_of_status_json_is_documented() -> None:
         "generation": 1,
     }
     fields |= _fields({"last_reload": reload_record})
+    # After the outbox bound acted (store/outbox.py Outbox.dropped()); by_type's keys are event types.
+    fields |= _fields({"outbox_dropped": {"total": 1, "by_type": {}, "merged": 0, "last_at": None}})
     # The per-kind records: one documented shape each.
     fields |= {f"reporting.deliveries.KIND.{k}" for k in FAILING["deliveries"]["events"]}  # type: ignore[index]
     fields |= {f"reporting.failing.KIND.{k}" for k in FAILING["failing"]["events"]}  # type: ignore[index]
     assert fields - documented == set(), "undocumented"
     assert documented - fields == set(), "documented but not in the document"
+
+
+def test_outbox_losses_over_the_bound_are_shown() -> None:
+    quiet = render(_document(None, None, outbox_dropped={"total": 0, "by_type": {}, "merged": 0}), NOW)
+    assert "dropped" not in quiet
+    doc = _document(None, None, outbox_dropped={"total": 7, "by_type": {"key_used": 7}, "merged": 3})
+    assert "7 dropped over its bound (state.outbox_max_events)" in render(doc, NOW)

@@ -116,26 +116,27 @@ def test_collapse_under_the_bound_changes_nothing(db: Database) -> None:
 def test_collapse_replaces_key_events_by_one_marker(db: Database) -> None:
     box = Outbox(db)
     kept = ev("instruction_applied", detail={"jti": "ins_1"})
-    box.append([ev("key_added"), ev("key_used"), kept, ev("sshd_config_changed"), ev("key_removed")])
+    used = ev("key_used")  # not superseded by an inventory (issue 11): kept while under the bound
+    box.append([ev("key_added"), used, kept, ev("sshd_config_changed"), ev("key_removed")])
     calls: list[int] = []
 
     def marker(dropped: int) -> dict[str, Any]:
         calls.append(dropped)
         return {"reason": "outbox_overflow"}
 
-    assert box.collapse_if_over(3, marker) == 4
-    assert calls == [4]
-    assert [e["id"] for e in box.peek()] == [kept["id"]]  # the marker is never peeked
-    assert box.depth() == 1
+    assert box.collapse_if_over(3, marker) == 3
+    assert calls == [3]
+    assert [e["id"] for e in box.peek()] == [used["id"], kept["id"]]  # the marker is never peeked
+    assert box.depth() == 2
     info = box.full_inventory_marker()
     assert info is not None
-    assert info["reason"] == "outbox_overflow" and info["dropped"] == 4
+    assert info["reason"] == "outbox_overflow" and info["dropped"] == 3
     assert info["seq"] > 5
     assert box.needs_full_inventory()
     # Events appended after the collapse are delivered normally.
     later = ev()
     box.append([later])
-    assert [e["id"] for e in box.peek()] == [kept["id"], later["id"]]
+    assert [e["id"] for e in box.peek()] == [used["id"], kept["id"], later["id"]]
     assert box.clear_full_inventory_flag(info["seq"])
     assert not box.needs_full_inventory()
     assert not box.clear_full_inventory_flag()
