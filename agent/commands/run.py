@@ -39,7 +39,7 @@ def build_daemon(
     if config.apply.enabled and link is not None:
         from agent.daemon.extensions import InstructionHandler
 
-        handler = InstructionHandler(config, link)
+        handler = InstructionHandler(config, link, root=root)
         link.handle_instructions_with(handler.handle)
         parts.append(handler)
     return Daemon(

@@ -23,7 +23,10 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import load_pem_public_key, load_ssh_public_key
 
 MAX_TOKEN_BYTES = 64 * 1024
-KINDS = frozenset({"rotation", "ephemeral", "revoke_ephemeral", "scan"})
+KINDS = frozenset(
+    {"rotation", "ephemeral", "revoke_ephemeral", "scan"}
+    | {"revoke_keys", "unrevoke_keys", "trust_ca", "untrust_ca"}  # section 6.2 (validate_trust.py)
+)
 _JTI = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
 
 
