@@ -155,3 +155,72 @@ class NullHooks:
 
     def run_scan(self, scan_id: str) -> None:
         raise RuntimeError("no scans here")
+
+
+@dataclass
+class Site:
+    """A user with keys in authorized_keys, and an sshd whose RevokedKeys, TrustedUserCAKeys and
+    AuthorizedPrincipalsFile point into a fresh agent directory (`trust_dir`, under /run: see
+    tests/integration/test_e2e_trust.py for why not /tmp). `close()` undoes it all."""
+
+    tmp: Path
+    base: Path
+    trust_dir: Path
+    user: str
+    home: Path
+    port: int
+    config: Path
+    keys: dict[str, tuple[Path, str, str]]  # name -> (private key, public line, fingerprint)
+    sshd: subprocess.Popen[bytes] | None = None
+
+    def login(self, key: str) -> bool:
+        return ssh_login(self.user, self.port, self.keys[key][0])
+
+    def start_sshd(self) -> None:
+        self.sshd = start_sshd(self.tmp, self.config, self.port)
+
+    def close(self) -> None:
+        if self.sshd is not None:
+            self.sshd.terminate()
+            self.sshd.wait(timeout=10)
+        remove_user(self.user)
+        shutil.rmtree(self.base, ignore_errors=True)
+
+
+def make_site(
+    tmp: Path, authorized: Sequence[str] = ("member", "bystander"), others: Sequence[str] = ()
+) -> Site:
+    """Key pairs named `authorized` (in the user's authorized_keys) and `others` (not). sshd is not
+    started yet: the agent creates its files first (`Site.start_sshd` afterwards)."""
+    import tempfile
+
+    tmp.mkdir(exist_ok=True)
+    tmp.chmod(0o755)
+    base = Path(tempfile.mkdtemp(prefix="sshklm-e2e-", dir="/run"))
+    os.chmod(base, 0o755)
+    trust_dir = base / "sshklm-agent"
+    user, pw = add_user()
+    home = Path(pw.pw_dir)
+    keys: dict[str, tuple[Path, str, str]] = {}
+    for name in (*authorized, *others):
+        path, both = keygen(tmp / f"id_{name}", f"{name}@e2e")
+        line, fp = both.split("\t")
+        keys[name] = (path, line, fp)
+    ssh_dir = home / ".ssh"
+    ssh_dir.mkdir(mode=0o700)
+    os.chown(ssh_dir, pw.pw_uid, pw.pw_gid)
+    ak = ssh_dir / "authorized_keys"
+    ak.write_text("".join(f"{keys[name][1]}\n" for name in authorized))
+    os.chown(ak, pw.pw_uid, pw.pw_gid)
+    os.chmod(ak, 0o600)
+    port = free_port()
+    config = tmp / "sshd_config"
+    config.write_text(
+        sshd_config_text(
+            tmp,
+            port,
+            f"RevokedKeys {trust_dir}/revoked_keys\nTrustedUserCAKeys {trust_dir}/trusted_user_ca_keys\n"
+            f"AuthorizedPrincipalsFile {trust_dir}/principals/%u\n",
+        )
+    )
+    return Site(tmp, base, trust_dir, user, home, port, config, keys)

@@ -15,7 +15,6 @@ import secrets
 import shutil
 import stat
 import subprocess
-import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -47,10 +46,8 @@ from tests.controlplane import ControlPlane
 from tests.integration.sshd_support import (
     REAL_SSHD_MARKS,
     NullHooks,
-    add_user,
     free_port,
-    keygen,
-    remove_user,
+    make_site,
     ssh_login,
     sshd_config_text,
     start_sshd,
@@ -60,6 +57,7 @@ pytestmark = REAL_SSHD_MARKS
 
 
 def trust_directives(layout: TrustLayout) -> str:
+    """The three lines of the shipped drop-in, for `layout`."""
     return (
         f"RevokedKeys {layout.revoked_keys}\nTrustedUserCAKeys {layout.trusted_user_ca_keys}\n"
         f"AuthorizedPrincipalsFile {layout.principals_template}\n"
@@ -137,30 +135,10 @@ class Env:
 @pytest.fixture(scope="module")
 def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
     tmp = tmp_path_factory.mktemp("trust")
-    os.chmod(tmp, 0o755)
-    base = Path(tempfile.mkdtemp(prefix="sshklm-e2e-", dir="/run"))
-    os.chmod(base, 0o755)
-    layout = TrustLayout(str(base / "sshklm-agent"))
-    user, pw = add_user()
-    sshd: subprocess.Popen[bytes] | None = None
+    site = make_site(tmp, authorized=("member", "bystander"), others=("certkey", "ca", "otherca"))
     cp: ControlPlane | None = None
     try:
-        home = Path(pw.pw_dir)
-        keys: dict[str, tuple[Path, str, str]] = {}
-        for name in ("member", "bystander", "certkey", "ca", "otherca"):
-            path, both = keygen(tmp / f"id_{name}", f"{name}@e2e")
-            line, fp = both.split("\t")
-            keys[name] = (path, line, fp)
-        ssh_dir = home / ".ssh"
-        ssh_dir.mkdir(mode=0o700)
-        os.chown(ssh_dir, pw.pw_uid, pw.pw_gid)
-        ak = ssh_dir / "authorized_keys"
-        ak.write_text(f"{keys['bystander'][1]}\n{keys['member'][1]}\n")
-        os.chown(ak, pw.pw_uid, pw.pw_gid)
-        os.chmod(ak, 0o600)
-        port = free_port()
-        config = tmp / "sshd_config"
-        config.write_text(sshd_config_text(tmp, port, trust_directives(layout)))
+        layout = TrustLayout(str(site.trust_dir))
         cp = ControlPlane.start()
         answer = httpx.post(
             f"{cp.url}/v1/agents/enroll",
@@ -171,10 +149,10 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
         host_id = answer.json()["host_id"]
         fs = HostFS("/")
         store = StateStore(open_database(tmp / "state"))
-        trust = make_trust(fs, layout, config, store, tmp / "state" / "krl")
+        trust = make_trust(fs, layout, site.config, store, tmp / "state" / "krl")
         policy = Policy(1, 2048, frozenset({"ssh-ed25519"}), 365, False, 3600)
         settings = ApplierSettings(
-            sshd_config=str(config), public_keys=(cp.signing_public_key_openssh,), leeway_s=30
+            sshd_config=str(site.config), public_keys=(cp.signing_public_key_openssh,), leeway_s=30
         )
         applier = Applier(
             settings,
@@ -186,16 +164,25 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
             trust=trust,
         )
         applier.start()  # creates the agent's files: a valid, empty KRL before sshd ever reads it
-        sshd = start_sshd(tmp, config, port)
-        yield Env(user, home, port, tmp, base, layout, config, cp, host_id, applier, trust, keys)
+        site.start_sshd()
+        yield Env(
+            site.user,
+            site.home,
+            site.port,
+            tmp,
+            site.base,
+            layout,
+            site.config,
+            cp,
+            host_id,
+            applier,
+            trust,
+            site.keys,
+        )
     finally:
         if cp is not None:
             cp.stop()
-        if sshd is not None:
-            sshd.terminate()
-            sshd.wait(timeout=10)
-        remove_user(user)
-        shutil.rmtree(base, ignore_errors=True)
+        site.close()
 
 
 def _record(inventory: Inventory, user: str, fingerprint: str) -> Any:
