@@ -147,7 +147,7 @@ class Revocations:
         if live is not None and not record.pending:
             return None
         self._install_generation(record, record.entries, live, changed=False)
-        what = "re-created (it was missing)" if live is None else f"generation {record.generation} installed"
+        what = "written (it was missing)" if live is None else f"generation {record.generation} installed"
         log.warning("key revocation list %s %s", self.files.path(REVOKED_KEYS), what)
         return what
 
