@@ -16,7 +16,8 @@ import pytest
 
 from agent.commands.status import read_status
 from tests.controlplane import ControlPlane
-from tests.integration.daemon_support import Agent, enroll, wait_for, write_config
+from tests.fakeroot import ed25519_line
+from tests.integration.daemon_support import Agent, enroll, fingerprint_of, wait_for, write_config
 from tests.integration.sshd_support import REAL_SSHD_MARKS, make_site
 
 pytestmark = [*REAL_SSHD_MARKS, pytest.mark.slow]
@@ -113,6 +114,35 @@ def test_daemon_revokes_and_reports(tmp_path: Path, agents: list[Agent]) -> None
                 lambda: ((read_status(str(state)) or {}).get("revocation") or {}).get("state") == "ok",
                 timeout=30,
                 what="status shows the KRL ok again",
+            )
+
+            # Someone else edits the CA keys file and a principals file: events, like authorized_keys.
+            ca_line = ed25519_line("hand-ca")
+            ca_file = site.trust_dir / "trusted_user_ca_keys"
+            ca_file.write_text(ca_file.read_text() + ca_line + "\n")
+            ca_fp = fingerprint_of(ca_line)
+            wait_for(
+                lambda: any(
+                    e["type"] == "key_added"
+                    and e["fingerprint"] == ca_fp
+                    and e["key"]["kind"] == "trusted_user_ca"
+                    for e in cp.events(host_id)
+                ),
+                timeout=30,
+                what="key_added for a CA added by hand",
+            )
+            principals = site.trust_dir / "principals" / site.user
+            principals.write_text("root\n")
+            principals.chmod(0o644)
+            wait_for(
+                lambda: any(
+                    e["type"] == "sshd_config_changed"
+                    and e["path"] == str(principals)
+                    and e["detail"].get("added") == ["root"]
+                    for e in cp.events(host_id)
+                ),
+                timeout=30,
+                what="the principals file change",
             )
             assert agent.stop() == 0
     finally:
