@@ -6,6 +6,7 @@ helpers (sshd -T output, which directives miss, Match blocks, the OpenSSH versio
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 
@@ -161,3 +162,12 @@ def test_match_directives_across_includes() -> None:
     parsed = parse_sshd_config(text, "/etc/ssh/sshd_config", lambda p: sorted(files.items()))
     found = [(d.value, d.source) for d in match_directives(parsed, "revokedkeys")]
     assert found == [("none", "/etc/ssh/sshd_config.d/a.conf:2"), ("/y", "/etc/ssh/sshd_config:6")]
+
+
+def test_the_shipped_dropin_is_what_the_agent_installs() -> None:
+    shipped = Path(__file__).resolve().parents[2] / "packaging" / "sshd" / "sshklm-agent.conf"
+
+    def directives(text: str) -> list[str]:
+        return [line for line in text.splitlines() if line and not line.startswith("#")]
+
+    assert directives(shipped.read_text()) == directives(dropin_text(TrustLayout()))
