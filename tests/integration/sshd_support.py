@@ -53,6 +53,41 @@ def keygen(path: Path, comment: str) -> tuple[Path, str]:
     return path, f"{pub}\t{out[1]}"
 
 
+def key_pairs(tmp: Path, names: Sequence[str]) -> dict[str, tuple[Path, str, str]]:
+    """name -> (private key path, public line, SHA256 fingerprint), one new ed25519 pair each."""
+    keys: dict[str, tuple[Path, str, str]] = {}
+    for name in names:
+        path, both = keygen(tmp / f"id_{name}", f"{name}@e2e")
+        line, fp = both.split("\t")
+        keys[name] = (path, line, fp)
+    return keys
+
+
+def write_authorized_keys(pw: pwd.struct_passwd, text: str) -> Path:
+    """~/.ssh (0700) and ~/.ssh/authorized_keys (0600) holding `text`, owned by the account."""
+    ssh_dir = Path(pw.pw_dir) / ".ssh"
+    ssh_dir.mkdir(mode=0o700)
+    os.chown(ssh_dir, pw.pw_uid, pw.pw_gid)
+    ak = ssh_dir / "authorized_keys"
+    ak.write_text(text)
+    os.chown(ak, pw.pw_uid, pw.pw_gid)
+    os.chmod(ak, 0o600)
+    return ak
+
+
+def enrolled_host_id(url: str, bootstrap_token: str, hostname: str) -> str:
+    """Enroll a new machine with the reference control plane; its host_id."""
+    import httpx
+
+    answer = httpx.post(
+        f"{url}/v1/agents/enroll",
+        headers={"Authorization": f"Bearer {bootstrap_token}"},
+        json={"machine_id": secrets.token_hex(16), "hostname": hostname},
+        timeout=10,
+    )
+    return str(answer.json()["host_id"])
+
+
 def add_user(prefix: str = "sshklm") -> tuple[str, pwd.struct_passwd]:
     """A throwaway account with a home, usable without PAM (password field '*', not locked '!')."""
     user = f"{prefix}{secrets.token_hex(3)}"
@@ -200,19 +235,8 @@ def make_site(
     os.chmod(base, 0o755)
     trust_dir = base / "sshklm-agent"
     user, pw = add_user()
-    home = Path(pw.pw_dir)
-    keys: dict[str, tuple[Path, str, str]] = {}
-    for name in (*authorized, *others):
-        path, both = keygen(tmp / f"id_{name}", f"{name}@e2e")
-        line, fp = both.split("\t")
-        keys[name] = (path, line, fp)
-    ssh_dir = home / ".ssh"
-    ssh_dir.mkdir(mode=0o700)
-    os.chown(ssh_dir, pw.pw_uid, pw.pw_gid)
-    ak = ssh_dir / "authorized_keys"
-    ak.write_text("".join(f"{keys[name][1]}\n" for name in authorized))
-    os.chown(ak, pw.pw_uid, pw.pw_gid)
-    os.chmod(ak, 0o600)
+    keys = key_pairs(tmp, (*authorized, *others))
+    write_authorized_keys(pw, "".join(f"{keys[name][1]}\n" for name in authorized))
     port = free_port()
     config = tmp / "sshd_config"
     config.write_text(
@@ -223,4 +247,4 @@ def make_site(
             f"AuthorizedPrincipalsFile {trust_dir}/principals/%u\n",
         )
     )
-    return Site(tmp, base, trust_dir, user, home, port, config, keys)
+    return Site(tmp, base, trust_dir, user, Path(pw.pw_dir), port, config, keys)

@@ -7,7 +7,6 @@ Root only (useradd, sshd); skipped with the reason otherwise.
 from __future__ import annotations
 
 import os
-import secrets
 import subprocess
 import sys
 import time
@@ -17,7 +16,6 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
 from agent.host.safefs import HostFS
@@ -32,12 +30,15 @@ from tests.integration.sshd_support import (
     REAL_SSHD_MARKS,
     NullHooks,
     add_user,
+    enrolled_host_id,
     free_port,
+    key_pairs,
     keygen,
     remove_user,
     ssh_login,
     sshd_config_text,
     start_sshd,
+    write_authorized_keys,
 )
 
 pytestmark = REAL_SSHD_MARKS
@@ -76,18 +77,10 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
     cp: ControlPlane | None = None
     try:
         home = Path(pw.pw_dir)
-        keys: dict[str, tuple[Path, str, str]] = {}
-        for name in ("old", "new", "extra", "bystander"):
-            path, both = keygen(tmp / f"id_{name}", f"{name}@e2e")
-            line, fp = both.split("\t")
-            keys[name] = (path, line, fp)
-        ssh_dir = home / ".ssh"
-        ssh_dir.mkdir(mode=0o700)
-        os.chown(ssh_dir, pw.pw_uid, pw.pw_gid)
-        ak = ssh_dir / "authorized_keys"
-        ak.write_text(f"# keys of {user}\n{keys['bystander'][1]}\n{keys['old'][1]}\n\nnot a key\n")
-        os.chown(ak, pw.pw_uid, pw.pw_gid)
-        os.chmod(ak, 0o600)
+        keys = key_pairs(tmp, ("old", "new", "extra", "bystander"))
+        write_authorized_keys(
+            pw, f"# keys of {user}\n{keys['bystander'][1]}\n{keys['old'][1]}\n\nnot a key\n"
+        )
 
         port = free_port()
         config = tmp / "sshd_config"
@@ -95,13 +88,7 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
         sshd = start_sshd(tmp, config, port)
 
         cp = ControlPlane.start()
-        answer = httpx.post(
-            f"{cp.url}/v1/agents/enroll",
-            headers={"Authorization": f"Bearer {cp.bootstrap_token}"},
-            json={"machine_id": secrets.token_hex(16), "hostname": "e2e"},
-            timeout=10,
-        )
-        host_id = answer.json()["host_id"]
+        host_id = enrolled_host_id(cp.url, cp.bootstrap_token, "e2e")
         fs = HostFS("/")
         policy = Policy(1, 2048, frozenset({"ssh-ed25519"}), 365, False, 3600)
         settings = ApplierSettings(

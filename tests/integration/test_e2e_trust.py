@@ -11,7 +11,6 @@ others.
 from __future__ import annotations
 
 import os
-import secrets
 import shutil
 import stat
 import subprocess
@@ -22,7 +21,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
 from agent.daemon.usage_parse import parse_sshd_message
@@ -46,6 +44,7 @@ from tests.controlplane import ControlPlane
 from tests.integration.sshd_support import (
     REAL_SSHD_MARKS,
     NullHooks,
+    enrolled_host_id,
     free_port,
     make_site,
     ssh_login,
@@ -140,13 +139,7 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
     try:
         layout = TrustLayout(str(site.trust_dir))
         cp = ControlPlane.start()
-        answer = httpx.post(
-            f"{cp.url}/v1/agents/enroll",
-            headers={"Authorization": f"Bearer {cp.bootstrap_token}"},
-            json={"machine_id": secrets.token_hex(16), "hostname": "e2e-trust"},
-            timeout=10,
-        )
-        host_id = answer.json()["host_id"]
+        host_id = enrolled_host_id(cp.url, cp.bootstrap_token, "e2e-trust")
         fs = HostFS("/")
         store = StateStore(open_database(tmp / "state"))
         trust = make_trust(fs, layout, site.config, store, tmp / "state" / "krl")

@@ -18,11 +18,11 @@ import pytest
 from agent.host.keygen import KeygenError, SshKeygen
 from agent.host.safefs import HostFS
 from agent.host.scan import ScanContext, ScanSettings, scan_host
-from agent.host.scan_parallel import inventory_json_chunks
 from agent.host.users import RootUserSource
 from agent.ssh.keys import parse_public_key_text
 from agent.ssh.krl import RevocationEntry, key_entry
 from tests.fakeroot import FakeRoot, ed25519_line
+from tests.integration.test_scan_parallel import _outputs as scan_outputs
 
 pytestmark = pytest.mark.skipif(
     subprocess.run(["which", "ssh-keygen"], capture_output=True).returncode != 0, reason="no ssh-keygen"
@@ -142,14 +142,7 @@ def test_discovery_marks_revoked_keys_and_reports_the_krl(tmp_path: Path) -> Non
 @pytest.mark.parametrize("ndjson", [False, True])
 def test_the_two_process_scan_prints_the_same(tmp_path: Path, ndjson: bool) -> None:
     fr, _, _ = _root_with_krl(tmp_path / "root")
-    with HostFS(str(fr.root)) as fs:
-        users = RootUserSource(fs)
-        parallel = "".join(inventory_json_chunks(fs, users, ScanSettings(), _context(), ndjson=ndjson))
-        _, _, inventory = scan_host(fs, users, ScanSettings(), _context())
-    if ndjson:
-        single = "".join(json.dumps(k.to_json(), separators=(",", ":")) + "\n" for k in inventory.keys)
-    else:
-        single = json.dumps(inventory.to_json(), separators=(",", ":")) + "\n"
+    parallel, single = scan_outputs(fr, ndjson)
     assert parallel == single
     if not ndjson:
         assert json.loads(parallel)["krl"]["status"] == "ok"
