@@ -41,6 +41,13 @@ def _hosts(app: App, body: dict[str, Any]) -> list[dict[str, Any]]:
     return [app._resolve_host(ref) for ref in refs]
 
 
+def _hosts_again(app: App, body: dict[str, Any], doc: dict[str, Any]) -> list[dict[str, Any]]:
+    """The hosts named in `body`, else every host the operation `doc` went to."""
+    return (
+        _hosts(app, body) if body.get("hosts") is not None else [app._resolve_host(h) for h in doc["hosts"]]
+    )
+
+
 def _issue(
     app: App, kind: str, action: str, doc: dict[str, Any], body: dict[str, Any], hosts: list[Any]
 ) -> None:
@@ -80,9 +87,7 @@ def start_revocation(app: App, principal: Principal, params: dict[str, str], req
 def withdraw_revocation(app: App, principal: Principal, params: dict[str, str], req: Request) -> Response:
     doc = app._object("revocation", params["revocation_id"])
     body = req.json_object()
-    hosts = (
-        _hosts(app, body) if body.get("hosts") is not None else [app._resolve_host(h) for h in doc["hosts"]]
-    )
+    hosts = _hosts_again(app, body, doc)
     instruction = {k: doc[k] for k in ("revocation_id", "keys", "fingerprints", "certificates") if k in doc}
     _issue(app, "unrevoke_keys", "unrevoke", doc, instruction, hosts)
     app.store.put_object("revocation", doc["revocation_id"], "*", doc)
@@ -116,9 +121,7 @@ def trust_ca(app: App, principal: Principal, params: dict[str, str], req: Reques
 def untrust_ca(app: App, principal: Principal, params: dict[str, str], req: Request) -> Response:
     doc = app._object("ca", params["ca_id"])
     body = req.json_object()
-    hosts = (
-        _hosts(app, body) if body.get("hosts") is not None else [app._resolve_host(h) for h in doc["hosts"]]
-    )
+    hosts = _hosts_again(app, body, doc)
     _issue(app, "untrust_ca", "untrust", doc, {"ca_id": doc["ca_id"]}, hosts)
     app.store.put_object("ca", doc["ca_id"], "*", doc)
     return Response(202, doc)
