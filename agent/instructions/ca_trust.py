@@ -108,11 +108,11 @@ class CaTrust:
         """Complete a recorded change that is not (fully) installed, and re-create missing files.
         Files changed by someone else are left for the next instruction (discovery reports them)."""
         record = self._record()
-        current = self._read_all(record.cas)
         desired = render_files(record.cas)
-        missing = [name for name in desired if current.get(name) is None]
+        missing = self._missing(desired)  # a listing, not a read of every file: this runs every few seconds
         if not record.pending and not missing:
             return None
+        current = self._read_all(record.cas)
         written = self._install(record, record.cas, desired, current, changed=False, untrust=False)
         what = f"{len(written)} file(s) written" + (f" ({', '.join(missing)} missing)" if missing else "")
         log.warning("CA trust files: %s", what)
@@ -131,6 +131,15 @@ class CaTrust:
             self.state.save_cas(record)
         except Exception as exc:  # sqlite3.Error (disk full), OSError
             raise ApplyFailed("IO_ERROR", f"state store: {type(exc).__name__}: {exc}") from None
+
+    def _missing(self, desired: dict[str, bytes]) -> list[str]:
+        try:
+            present = {f"{PRINCIPALS}/{user}" for user in self.files.list_principals()}
+            if self.files.read(TRUSTED_USER_CA_KEYS) is not None:
+                present.add(TRUSTED_USER_CA_KEYS)
+        except (UnsafePath, OSError) as exc:
+            raise ApplyFailed(_code(exc), io_reason(exc)) from None
+        return [name for name in desired if name not in present]
 
     def _read_all(self, cas: tuple[TrustedCa, ...]) -> dict[str, Current | None]:
         """The CA file and every principals file, asked for or present."""

@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 from agent.config import Config
 from agent.host.keygen import SshKeygen
-from agent.host.safefs import HostFS
+from agent.host.safefs import HostFS, UnsafePath
 from agent.host.sshd_control import SshdControl, SshdError
 from agent.host.sshd_dropin import DropinConflict, DropinResult, install_dropin
 from agent.host.sshd_files import load_sshd_config
@@ -56,6 +56,9 @@ class Trust:
         )
         self.cas = CaTrust(files, sshd, state, layout)
         self._install_dropin = install_dropin
+        # What the last check found wrong, per part: a problem is logged when it appears or
+        # changes, not every `check_s`.
+        self._problems: dict[str, str] = {}
 
     def apply(self, body: TrustBody) -> Outcome:
         if isinstance(body, Revocation):
@@ -76,16 +79,18 @@ class Trust:
             log.error("sshd drop-in not installed: %s", exc)
         except SshdError as exc:
             log.error("sshd drop-in not installed (sshd refused it; nothing changed): %s", exc.message)
-        except OSError as exc:
+        except (OSError, UnsafePath) as exc:
             log.error("sshd drop-in not installed: %s", exc)
 
     def maintain(self) -> None:
-        """Create our directory, finish a change a crash interrupted, re-create missing files."""
+        """Create our directory, finish a change a crash interrupted, re-create missing files.
+        Never raises; a problem is logged once (and again when it changes or goes away)."""
         try:
             self.files.ensure_dirs()
-        except OSError as exc:
-            log.error("trust directory %s: %s", self.layout.directory, exc)
+        except (OSError, UnsafePath) as exc:
+            self._note("trust directory", f"{self.layout.directory}: {exc}")
             return
+        self._note("trust directory", None)
         for name, upkeep in (
             ("key revocation list", self.revocations.maintain),
             ("CA trust", self.cas.maintain),
@@ -93,7 +98,20 @@ class Trust:
             try:
                 upkeep()
             except ApplyFailed as exc:
-                log.error("%s: %s (%s)", name, exc.message, exc.code)
+                self._note(name, f"{exc.message} ({exc.code})")
+            else:
+                self._note(name, None)
+
+    def _note(self, part: str, problem: str | None) -> None:
+        before = self._problems.get(part)
+        if problem == before:
+            return
+        if problem is None:
+            self._problems.pop(part, None)
+            log.info("%s: problem resolved", part)
+        else:
+            self._problems[part] = problem
+            log.error("%s: %s", part, problem)
 
 
 class SshdView:

@@ -346,3 +346,16 @@ def test_ca_trust_needs_sshd_to_use_both_files(w: TrustWorld) -> None:
     exc = failure(w.trust.apply, trust_ca(principals={"alice": ["ops"]}))
     assert exc.code == "SSHD_NOT_CONFIGURED" and "AuthorizedPrincipalsFile is none" in exc.message
     assert w.files.writes == []
+
+
+def test_the_check_logs_a_problem_once_and_its_end(w: TrustWorld, caplog: pytest.LogCaptureFixture) -> None:
+    w.trust.start()
+    w.keygen.missing = True
+    del w.files.files[REVOKED_KEYS]
+    for _ in range(3):
+        w.trust.maintain()
+    errors = [r for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 1 and "KEYGEN_MISSING" in errors[0].getMessage()
+    w.keygen.missing = False
+    w.trust.maintain()
+    assert listed(w) == [] and any("problem resolved" in r.getMessage() for r in caplog.records)
