@@ -8,6 +8,7 @@ tests/integration/test_e2e_trust.py."""
 from __future__ import annotations
 
 import json
+import logging
 import sqlite3
 from pathlib import Path
 from typing import Any
@@ -349,6 +350,7 @@ def test_ca_trust_needs_sshd_to_use_both_files(w: TrustWorld) -> None:
 
 
 def test_the_check_logs_a_problem_once_and_its_end(w: TrustWorld, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="sshklm.trust")
     w.trust.start()
     w.keygen.missing = True
     del w.files.files[REVOKED_KEYS]
