@@ -129,8 +129,9 @@ def plan_targets(
         homes.add(normalize_path(user.home))
     for ca in ca_files:
         targets.append(Target(ca, "trusted_user_ca", confine=posixpath.dirname(ca) or "/"))
+    # sshd (root) follows a RevokedKeys symlink anywhere: a root-controlled path, read like sshd does.
     for krl in krl_files:
-        targets.append(Target(krl, "revoked_keys", confine=posixpath.dirname(krl) or "/"))
+        targets.append(Target(krl, "revoked_keys", confine="/"))
     if settings.orphan_homes:
         targets += _orphan_targets(fs, all_users, homes)
     return Plan(

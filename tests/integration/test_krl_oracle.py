@@ -167,3 +167,16 @@ def test_an_unusable_krl_is_an_error_and_every_key_ineffective(
         e.path == "/etc/ssh/krl" and "sshd refuses every public key" in e.error for e in inventory.errors
     )
     assert all(not k.effective for k in inventory.keys if k.kind == "authorized_key")
+
+
+def test_a_krl_reached_through_a_symlink_is_read_like_sshd_reads_it(tmp_path: Path) -> None:
+    """sshd (root) follows a symlink anywhere: so does discovery for RevokedKeys, which names a
+    root-controlled path. A refusal here would report "sshd refuses every public key" falsely."""
+    fr, revoked, _ = _root_with_krl(tmp_path / "root")
+    fr.write("/srv/krl/current", fr.path("/etc/ssh/krl").read_bytes(), mode=0o644)
+    fr.path("/etc/ssh/krl").unlink()
+    fr.path("/etc/ssh/krl").symlink_to("/srv/krl/current")
+    with HostFS(str(fr.root)) as fs:
+        _, _, inventory = scan_host(fs, RootUserSource(fs), ScanSettings(), _context())
+    assert inventory.krl is not None and inventory.krl.status == "ok", inventory.krl
+    assert inventory.krl.contents is not None and inventory.krl.contents.sha256 == {revoked}
