@@ -16,7 +16,7 @@ from agent.host.safefs import HostFS, UnsafePath
 from agent.host.sshd_control import SshdControl, SshdError
 from agent.host.sshd_dropin import DropinConflict, DropinResult, install_dropin
 from agent.host.sshd_files import load_sshd_config
-from agent.host.trust_files import AgentTrustFiles, TrustLayout
+from agent.host.trust_files import REVOKED_KEYS, TRUSTED_USER_CA_KEYS, AgentTrustFiles, TrustLayout
 from agent.instructions.ca_trust import CaTrust
 from agent.instructions.edit import Outcome
 from agent.instructions.errors import ApplyFailed
@@ -72,6 +72,10 @@ class Trust:
         self.maintain()
         if self._install_dropin is None:
             return
+        problem = self._not_ready()
+        if problem is not None:
+            log.error("sshd drop-in not installed: %s", problem)
+            return
         try:
             result = self._install_dropin()
             log.info("sshd drop-in: %s", result.message)
@@ -81,6 +85,20 @@ class Trust:
             log.error("sshd drop-in not installed (sshd refused it; nothing changed): %s", exc.message)
         except (OSError, UnsafePath) as exc:
             log.error("sshd drop-in not installed: %s", exc)
+
+    def _not_ready(self) -> str | None:
+        """Why sshd must not be pointed at our files yet (None: they are there and valid): a
+        RevokedKeys file that is missing or not a KRL would refuse every public key."""
+        try:
+            if self.revocations.live_contents() is None:
+                return f"{self.files.path(REVOKED_KEYS)} is missing"
+            if self.files.read(TRUSTED_USER_CA_KEYS) is None:
+                return f"{self.files.path(TRUSTED_USER_CA_KEYS)} is missing"
+        except ApplyFailed as exc:
+            return f"{self.files.path(REVOKED_KEYS)}: {exc.message}"
+        except (OSError, UnsafePath) as exc:
+            return str(exc)
+        return None
 
     def maintain(self) -> None:
         """Create our directory, finish a change a crash interrupted, re-create missing files.

@@ -361,3 +361,27 @@ def test_the_check_logs_a_problem_once_and_its_end(w: TrustWorld, caplog: pytest
     w.keygen.missing = False
     w.trust.maintain()
     assert listed(w) == [] and any("problem resolved" in r.getMessage() for r in caplog.records)
+
+
+def test_no_dropin_while_the_agents_files_are_not_there_and_valid(tmp_path: Path) -> None:
+    """Pointing sshd at a KRL that is missing or invalid would lock every public key out."""
+    installed: list[bool] = []
+
+    def install() -> Any:
+        installed.append(True)
+        from agent.host.sshd_dropin import DropinResult
+
+        return DropinResult(True, True, "installed")
+
+    w = make_trust_world(tmp_path / "state")
+    w.trust._install_dropin = install
+    w.keygen.missing = True  # the KRL cannot be built
+    w.trust.start()
+    assert REVOKED_KEYS not in w.files.files and installed == []
+    w.files.put(REVOKED_KEYS, KRL_MAGIC + b"corrupt")  # there, but not a KRL ssh-keygen reads
+    w.keygen.missing = False
+    w.trust.start()
+    assert installed == []
+    del w.files.files[REVOKED_KEYS]
+    w.trust.start()  # built now: installed
+    assert installed == [True]
