@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import random
 import shutil
 import statistics
 import subprocess
@@ -89,6 +90,7 @@ def main() -> None:
         wait(lambda: site.login("member"), 30, "the first login")
         fp = site.keys["member"][2]
         revoke, restore = [], []
+        rng = random.Random(1)
         for index in range(args.revocations):
             body = {"revocation_id": f"rvk_bench{index}", "fingerprints": [fp]}
             start = time.monotonic()
@@ -101,11 +103,13 @@ def main() -> None:
             cp.issue_instruction(host_id, "unrevoke_keys", body)
             wait(lambda: site.login("member"), 120, f"restore {index}")
             restore.append(time.monotonic() - start)
-            time.sleep(args.interval)
+            # A random phase against the poll: a fixed spacing would issue every instruction at the
+            # same point of the heartbeat cycle and measure that point, not the distribution.
+            time.sleep(args.interval + rng.uniform(0, args.heartbeat))
         version = subprocess.run(["/usr/sbin/sshd", "-V"], capture_output=True, text=True).stderr.strip()
         print(
             f"sshd: {version}; instruction delivery: polling with the heartbeat every {args.heartbeat} s "
-            f"(server poll_interval {cp.poll_interval} s), cycles {args.interval} s apart"
+            f"(server poll_interval {cp.poll_interval} s), cycles {args.interval} s + random phase apart"
         )
         print(summary("revoke_keys issued -> sshd refuses  ", revoke))
         print(summary("unrevoke_keys issued -> key logs in ", restore))
