@@ -137,6 +137,19 @@ class InstructionsConfig:
 
 
 @dataclass(frozen=True)
+class TrustConfig:
+    """Revocation (sshd's RevokedKeys) and CA trust (TrustedUserCAKeys, AuthorizedPrincipalsFile):
+    the agent's files, the tools it runs, and whether it points sshd at them itself."""
+
+    dir: str = field(default="/etc/ssh/sshklm-agent", metadata=_check(_absolute))
+    ssh_keygen: str = field(default="/usr/bin/ssh-keygen", metadata=_check(_absolute))
+    check_s: float = field(default=10.0, metadata=_check(_positive))
+    install_sshd_dropin: bool = False
+    sshd_dropin_dir: str = field(default="/etc/ssh/sshd_config.d", metadata=_check(_absolute))
+    sshd_reload_command: tuple[str, ...] = ("systemctl", "reload", "sshd.service")
+
+
+@dataclass(frozen=True)
 class PolicyConfig:
     """The local policy used until (and unless) the control plane sends one."""
 
@@ -178,6 +191,7 @@ class Config:
     state: StateConfig = StateConfig()
     apply: ApplyConfig = ApplyConfig()
     instructions: InstructionsConfig = InstructionsConfig()
+    trust: TrustConfig = TrustConfig()
     policy: PolicyConfig = PolicyConfig()
     usage: UsageConfig = UsageConfig()
     logging: LoggingConfig = LoggingConfig()

@@ -64,6 +64,39 @@ def check_root(root: str | None) -> Finding | None:
     return None
 
 
+def _creatable(key: str, path: str) -> Finding | None:
+    """A directory the agent creates when absent: its nearest existing ancestor must be a
+    directory the caller may write in."""
+    parent = os.path.dirname(os.path.abspath(path))
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        return _error(key, f"{path}: cannot be created: {parent} is not a directory")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        return _error(
+            key,
+            f"{path}: cannot be created (no write access to {parent}): run as root, "
+            f"or set {key} to a directory you own",
+        )
+    return None
+
+
+def check_trust_dir(path: str) -> Finding | None:
+    """The directory of the agent's files for sshd (KRL, CA keys, principals): it creates the
+    directory itself, but not its parents (they are sshd's configuration directory)."""
+    if os.path.isdir(path):
+        return None
+    if os.path.lexists(path):
+        return _error("trust.dir", f"{path}: exists and is not a directory")
+    parent = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(parent):
+        return _error(
+            "trust.dir",
+            f"{path}: its parent {parent} is not a directory (the agent creates only the last one)",
+        )
+    return _creatable("trust.dir", path)
+
+
 def check_state_dir(path: str) -> Finding | None:
     """The state directory as the daemon will need it: usable if it exists, creatable if not. The
     checks once it exists are store/db.py's (one rule for both)."""
@@ -72,18 +105,7 @@ def check_state_dir(path: str) -> Finding | None:
     try:
         st = os.lstat(path)
     except FileNotFoundError:
-        parent = os.path.dirname(os.path.abspath(path))
-        while not os.path.exists(parent):
-            parent = os.path.dirname(parent)
-        if not os.path.isdir(parent):
-            return _error("state.dir", f"{path}: cannot be created: {parent} is not a directory")
-        if not os.access(parent, os.W_OK | os.X_OK):
-            return _error(
-                "state.dir",
-                f"{path}: cannot be created (no write access to {parent}): run as root, "
-                "or set state.dir to a directory you own",
-            )
-        return None
+        return _creatable("state.dir", path)
     except OSError as exc:
         return _error("state.dir", f"{path}: {exc.strerror}")
     problem = state_dir_problem(path, st)
@@ -178,8 +200,9 @@ def _check_credentials(config: Config) -> list[Finding]:
     return []
 
 
-def check_config(config: Config, *, daemon: bool = True) -> list[Finding]:
-    """Every finding for `config`. `daemon`: also what only the daemon needs (the state directory)."""
+def check_config(config: Config, *, daemon: bool = True, root: str | None = None) -> list[Finding]:
+    """Every finding for `config`. `daemon`: also what only the daemon needs (the state directory,
+    the trust directory: inside `root` when the daemon runs on a host root, `run --root`)."""
     out = _check_public_keys(config)
     if config.server.url:
         out.extend(_check_server(config))
@@ -187,4 +210,11 @@ def check_config(config: Config, *, daemon: bool = True) -> list[Finding]:
         problem = check_state_dir(config.state.dir)
         if problem is not None:
             out.append(problem)
+        # The trust files are kept only by an agent that applies instructions.
+        if config.server.url and config.apply.enabled:
+            from agent.instructions.trust import host_path
+
+            problem = check_trust_dir(host_path(root, config.trust.dir))
+            if problem is not None:
+                out.append(problem)
     return out

@@ -9,6 +9,7 @@ come from the control plane). The daemon knows its parts only through agent/daem
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from agent.config import Config
@@ -39,7 +40,7 @@ def build_daemon(
     if config.apply.enabled and link is not None:
         from agent.daemon.extensions import InstructionHandler
 
-        handler = InstructionHandler(config, link)
+        handler = InstructionHandler(config, link, root=root)
         link.handle_instructions_with(handler.handle)
         parts.append(handler)
     return Daemon(
@@ -49,15 +50,18 @@ def build_daemon(
         link=link,
         parts=parts,
         install_signals=install_signals,
-        check_config=_config_errors,
+        check_config=_config_errors(root),
     )
 
 
-def _config_errors(config: Config) -> list[str]:
+def _config_errors(root: str | None) -> Callable[[Config], list[str]]:
     """What `check-config` calls an error: `run` refuses it at start, a reload refuses it too."""
     from agent.commands.preflight import check_config, errors
 
-    return [str(finding) for finding in errors(check_config(config))]
+    def problems(config: Config) -> list[str]:
+        return [str(finding) for finding in errors(check_config(config, root=root))]
+
+    return problems
 
 
 def cmd_run(config: Config, *, root: str | None, log_format: str | None, config_path: str | None) -> int:
@@ -66,7 +70,7 @@ def cmd_run(config: Config, *, root: str | None, log_format: str | None, config_
 
     # The checks `check-config` prints: a setting the daemon cannot use stops it here, in one line
     # each, before anything starts; a warning (e.g. not enrolled yet) is logged once.
-    findings = check_config(config)
+    findings = check_config(config, root=root)
     if errors(findings):
         raise UsageError(*(f"configuration: {f}" for f in errors(findings)))
     setup_logging(config.logging.level, log_format or config.logging.format)  # type: ignore[arg-type]

@@ -171,6 +171,9 @@ def render(status: dict[str, Any], now: datetime | None = None) -> str:
     if isinstance(dropped, dict) and dropped.get("total"):
         waiting += f"; {dropped['total']} dropped over its bound (state.outbox_max_events)"
     rows.append(("outbox:", waiting))
+    revocation = status.get("revocation")
+    if isinstance(revocation, dict):
+        rows.append(("revocation:", _revocation_text(revocation)))
     lines = _rows(rows)
     if mode == "enrolled":
         lines.extend(_delivered(status, now))
@@ -218,3 +221,19 @@ def cmd_status(config: Config, *, as_json: bool) -> int:
     status["running"] = assess(status, datetime.now(UTC))
     print(json.dumps(status, indent=2, sort_keys=True) if as_json else render(status, datetime.now(UTC)))
     return 0 if status["running"] else 3
+
+
+def _revocation_text(revocation: dict[str, Any]) -> str:
+    """The KRL row: its state first, and loudly when sshd refuses every public key because of it."""
+    state = revocation.get("state")
+    if state == "not_configured":
+        return "not configured (sshd names no RevokedKeys)"
+    where = revocation.get("path") or "?"
+    if state == "ok":
+        return f"ok, {revocation.get('entries', 0)} entries in {where}"
+    text = f"{str(state).upper()}: {where}"
+    if state in ("missing", "invalid", "unreadable"):
+        text += ": sshd refuses EVERY public key until it is repaired"
+    if revocation.get("problem"):
+        text += f" ({revocation['problem']})"
+    return text

@@ -30,7 +30,7 @@ from agent.host.scan import (
     target_key,
 )
 from agent.host.users import UserSource
-from agent.inventory.diff import Change, diff_errors, diff_inventories, diff_keys
+from agent.inventory.diff import Change, diff_errors, diff_inventories, diff_keys, diff_trust
 from agent.inventory.model import Inventory
 
 USER_DATABASE = ("/etc/passwd", "/etc/group")
@@ -129,11 +129,14 @@ class LiveDiscovery:
             scope |= {
                 k.path for k in (*before.keys, *self._inventory.keys) if posixpath.dirname(k.path) in scope
             }
-            changes = diff_keys(before.keys, self._inventory.keys, paths=scope)
+            # A KRL revokes keys in every file: its change is compared over all of them.
+            key_scope = None if any(t.kind == "revoked_keys" for t in targets) else scope
+            changes = diff_keys(before.keys, self._inventory.keys, paths=key_scope)
             changes += diff_errors(
                 [e for e in before.errors if e.path in scope],
                 [e for e in self._inventory.errors if e.path in scope],
             )
+            changes += diff_trust(before, self._inventory)
             return changes
 
     def watch_set(self) -> WatchSet:

@@ -9,6 +9,7 @@ a standalone agent never loads it.
 
 from __future__ import annotations
 
+import functools
 import logging
 import uuid
 from collections.abc import Callable, Sequence
@@ -34,7 +35,9 @@ def key_used_event(hit: UsageHit, at: datetime, event_id: str) -> Event:
     """A login with a key, as the contract's `key_used` event (§5.3). Pure."""
     detail: JSON = {"from": hit.address, "at": rfc3339(at), "port": hit.port}
     if hit.cert_id is not None:
-        detail.update({"cert_id": hit.cert_id, "ca_fingerprint": hit.ca_fingerprint})
+        detail.update(
+            {"cert_id": hit.cert_id, "cert_serial": hit.cert_serial, "ca_fingerprint": hit.ca_fingerprint}
+        )
     if hit.partial:
         detail["partial"] = True
     return Event(
@@ -107,15 +110,19 @@ class InstructionHandler:
     It is also the Applier's `DaemonHooks` (agent/instructions/ports.py): what the applier asks of
     the daemon (host id, policy, a scan, a one-off job) and tells it (events, managed lines)."""
 
-    def __init__(self, config: Config, link: InstructionLink) -> None:
+    def __init__(self, config: Config, link: InstructionLink, *, root: str | None = None) -> None:
+        """`root`: the host root the daemon runs on (None: "/"), for the paths sshd sees."""
         self.config = config
         self.link = link
+        self.root = root
         self.applier: Applier | None = None
         self._core: Core | None = None
 
     def prepare(self, core: Core) -> None:
+        from agent.host.setup import sshd_version
         from agent.instructions.apply import Applier, ApplierSettings
         from agent.instructions.host_files import SafeHostFiles, backups_dir_for
+        from agent.instructions.trust import trust_from
 
         cfg = self.config
         self._core = core
@@ -128,7 +135,11 @@ class InstructionHandler:
             ephemeral_sweep_s=cfg.schedule.ephemeral_sweep_s,
         )
         files = SafeHostFiles(core.fs, backups_dir_for(cfg.state.dir))
-        self.applier = Applier(settings, files, core.users, core.store, self, clock=lambda: datetime.now(UTC))
+        version = functools.cache(lambda: sshd_version(cfg.discovery.sshd_binary))
+        trust = trust_from(cfg, core.fs, core.store, root=self.root, sshd_version=version)
+        self.applier = Applier(
+            settings, files, core.users, core.store, self, clock=lambda: datetime.now(UTC), trust=trust
+        )
 
     def _prepared(self) -> tuple[Applier, Core]:
         if self.applier is None or self._core is None:

@@ -59,6 +59,7 @@ def status_document(
         "last_scan_at": rfc3339(last_scan_at),
         "keys": len(inventory.keys) if inventory else 0,
         "problems": len(inventory.errors) if inventory else 0,
+        "revocation": revocation_status(inventory),
         "outbox": outbox,
         "outbox_oldest_at": rfc3339(outbox_oldest_at),
         "outbox_dropped": _jsonable(dict(outbox_dropped)) if outbox_dropped is not None else None,
@@ -99,9 +100,30 @@ def summary_line(status: Mapping[str, Any]) -> str:
         parts.append(f"last delivery {status['last_delivery_at']}")
     if status.get("mode") == "not connected" and status.get("link_problem"):
         parts.append(str(status["link_problem"]))
+    revocation = status.get("revocation") or {}
+    if revocation.get("state") in ("missing", "invalid", "unreadable"):
+        parts.append(f"KRL {revocation['state']}: sshd refuses every public key")
     if status.get("last_error"):
         parts.append(f"last error: {status['last_error']}")
     return "; ".join(parts)
+
+
+def revocation_status(inventory: Inventory | None) -> JSON | None:
+    """sshd's key revocation list as the last scan found it: `state` "ok", "not_configured" (no
+    RevokedKeys), "unchecked", or "missing" / "invalid" / "unreadable" (sshd refuses every public
+    key: the agent reports it at once and rewrites the KRL at the next revocation instruction)."""
+    if inventory is None:
+        return None
+    krl = inventory.krl
+    if krl is None:
+        return {"state": "not_configured", "path": None, "entries": 0, "version": None, "problem": None}
+    return {
+        "state": krl.status,
+        "path": krl.path,
+        "entries": krl.contents.entries if krl.contents else 0,
+        "version": krl.contents.version if krl.contents else None,
+        "problem": krl.problem,
+    }
 
 
 def _jsonable(value: Any) -> Any:

@@ -56,6 +56,7 @@ class UsageHit:
     cert_id: str | None = None
     ca_fingerprint: str | None = None
     partial: bool = False  # proven, but another authentication method was still required
+    cert_serial: int | None = None  # a certificate login: the certificate's serial
 
 
 def parse_sshd_message(message: str) -> UsageHit | None:
@@ -69,11 +70,12 @@ def parse_sshd_message(message: str) -> UsageHit | None:
     key_type = match["key_type"]
     cert_id: str | None = None
     ca_fingerprint: str | None = None
+    serial: int | None = None
     if key_type.endswith("-CERT"):
         cert = _CERT_REST.fullmatch(match["rest"])
         if cert is None:
             return None
-        cert_id, ca_fingerprint = cert["cert_id"], cert["ca_fingerprint"]
+        cert_id, ca_fingerprint, serial = cert["cert_id"], cert["ca_fingerprint"], int(cert["serial"])
     elif _PLAIN_REST.fullmatch(match["rest"]) is None:
         return None
     return UsageHit(
@@ -85,6 +87,7 @@ def parse_sshd_message(message: str) -> UsageHit | None:
         cert_id=cert_id,
         ca_fingerprint=ca_fingerprint,
         partial=match["verdict"] == "Partial",
+        cert_serial=serial,
     )
 
 

@@ -40,7 +40,8 @@ from agent.host.scan_read import (
 )
 from agent.host.users import UserSource
 from agent.inventory.evaluate import RiskInputs, risk_of
-from agent.inventory.model import Inventory, Risk, intern_risk
+from agent.inventory.model import Inventory, KrlSummary, Risk, intern_risk
+from agent.inventory.revocation import with_krl
 
 __all__ = [
     "DEFAULT_AUTHORIZED_KEYS",
@@ -93,6 +94,9 @@ def assemble(
     (only "shared" matters: entries with a single account may be left out)."""
     records = [(r, res.orphaned) for res in results.values() for r in res.records]
     errors = list(plan.errors) + [e for res in results.values() for e in res.errors]
+    krls = {res.krl.path: res.krl for res in results.values() if res.krl is not None}
+    global_krl = krls.get(plan.revoked_keys) if plan.revoked_keys else None
+    krl_for = plan.revoked_keys_for
     if key_users is None:
         key_users = users_per_key(results.values())
     final = []
@@ -102,6 +106,8 @@ def assemble(
     # (same file age, type and size), and so can share one Risk.
     risks: dict[RiskInputs, Risk] = {}
     for r, orphaned in records:
+        if global_krl is not None or r.revoked or krl_for:
+            r = with_krl(r, _krl_of(r.user, global_krl, krl_for, krls))
         kind = r.kind
         first_seen, file_mtime = r.first_seen, r.file_mtime
         since = min(first_seen, file_mtime) if first_seen and file_mtime else first_seen or file_mtime
@@ -117,12 +123,16 @@ def assemble(
             shared=kind == "authorized_key" and len(key_users.get(r.fingerprint, ())) > 1,
             managed=r.managed_by is not None,
             has_from="from" in r.options,
+            revoked=r.revoked,
         )
         risk = risks.get(inputs)
         if risk is None:
             risk = risks[inputs] = intern_risk(risk_of(inputs, policy))
         final.append(r.with_risk(risk))
     final.sort(key=lambda r: (r.kind, r.user or "", r.path, r.line or 0))
+    principals = sorted(
+        (p for res in results.values() for p in res.principals), key=lambda p: (p.user, p.path, p.line)
+    )
     return Inventory(
         snapshot_id=ctx.snapshot_id,
         generation=ctx.generation,
@@ -131,9 +141,24 @@ def assemble(
         sshd=plan.summary,
         keys=tuple(final),
         errors=tuple(errors),
+        krl=global_krl,
+        principals=tuple(principals),
         users_scanned=len(plan.users),
         files_read=tuple(files_read),
     )
+
+
+def _krl_of(
+    user: str | None,
+    global_krl: KrlSummary | None,
+    krl_for: Mapping[str, str | None],
+    krls: Mapping[str, KrlSummary],
+) -> KrlSummary | None:
+    """The KRL sshd checks `user`'s keys against (a Match block may name another, or none)."""
+    if user is None or user not in krl_for:
+        return global_krl
+    path = krl_for[user]
+    return krls.get(path) if path else None
 
 
 def _base_type(type_name: str) -> str:

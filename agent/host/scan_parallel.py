@@ -22,7 +22,7 @@ import os
 import signal
 import struct
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any, BinaryIO
 
 from agent.host.safefs import HostFS
@@ -69,7 +69,10 @@ def split_targets(plan: Plan) -> tuple[tuple[Target, ...], tuple[Target, ...]]:
     # The parent also plans (before the fork) and stitches the output: it takes a little less.
     pivot = names[max(0, int(len(names) * FIRST_SHARE) - 1)]
     first = tuple(t for t in plan.targets if t.user is None or t.user.name <= pivot)
-    second = tuple(t for t in plan.targets if t.user is not None and t.user.name > pivot)
+    # The KRL applies to every account's keys: both halves read it.
+    second = tuple(
+        t for t in plan.targets if (t.user is not None and t.user.name > pivot) or t.kind == "revoked_keys"
+    )
     return first, second
 
 
@@ -80,6 +83,10 @@ class EncodedPart:
 
     keys: dict[str, list[str]]
     errors: dict[TargetKey, list[str]]
+    # The inventory's own members besides keys and errors: the KRL (the same in both halves) and
+    # the half's authorized principals (JSON values, in order).
+    krl: Any = None
+    principals: list[Any] = field(default_factory=list)
 
 
 def encode_part(
@@ -109,7 +116,8 @@ def encode_part(
             texts.append(_encode(chunk)[1:-1])  # "[a,b]" -> "a,b": joins like per-record texts
         start = end
     errors = {k: [_encode(e.to_json()) for e in res.errors] for k, res in results.items() if res.errors}
-    return EncodedPart(keys, errors)
+    krl = inventory.krl.to_json() if inventory.krl else None
+    return EncodedPart(keys, errors, krl, [p.to_json() for p in inventory.principals])
 
 
 # --- the child and its pipes -------------------------------------------------------------------
@@ -200,7 +208,7 @@ def _child_work(
         key_users = _receive(inp)
         assert isinstance(key_users, dict)
         part = encode_part(plan, results, ctx, key_users, ndjson=ndjson)
-        _send(out, (part.keys, part.errors))
+        _send(out, (part.keys, part.errors, part.krl, part.principals))
 
     return work
 
@@ -232,7 +240,7 @@ def scan_json_parts(
             mine = encode_part(plan, results, ctx, shared, ndjson=ndjson)
             del results  # freed while the child finishes, not after
             answer = child.receive()
-            if not (isinstance(answer, tuple) and len(answer) == 2):
+            if not (isinstance(answer, tuple) and len(answer) == 4):
                 raise WorkerFailed("unexpected worker message")
         except WorkerFailed:
             child.stop()
@@ -241,7 +249,7 @@ def scan_json_parts(
             child.stop()
             raise
         child.close_pipes()
-        return plan, [mine, EncodedPart(answer[0], answer[1])], child
+        return plan, [mine, EncodedPart(*answer)], child
 
 
 def _shared(key_users: Mapping[str, set[str]]) -> dict[str, list[str]]:
@@ -279,18 +287,22 @@ def _stitch(plan: Plan, ctx: ScanContext, halves: list[EncodedPart], *, ndjson: 
     error_texts = [_encode(e.to_json()) for e in plan.errors]
     for target in plan.targets:
         key = target_key(target)
-        for half in halves:
+        # Both halves read the KRL (split_targets): its errors once.
+        for half in halves[:1] if target.kind == "revoked_keys" else halves:
             error_texts += half.errors.get(key, ())
-    yield _head(plan, ctx) + ',"keys":['
+    yield _head(plan, ctx, halves) + ',"keys":['
     for index, run in enumerate(runs):
         yield ("," if index else "") + ",".join(run)
     yield '],"errors":[' + ",".join(error_texts) + "]}\n"
 
 
-def _head(plan: Plan, ctx: ScanContext) -> str:
+def _head(plan: Plan, ctx: ScanContext, halves: list[EncodedPart]) -> str:
     """The document's text up to its "keys" member (keys and errors are its last two members)."""
     empty = assemble(replace(plan, errors=()), {}, ctx, ())
-    text = json.dumps(empty.to_json(), separators=(",", ":"))
+    document = empty.to_json()
+    document["krl"] = halves[0].krl
+    document["authorized_principals"] = [p for half in halves for p in half.principals]
+    text = json.dumps(document, separators=(",", ":"))
     tail = ',"keys":[],"errors":[]}'
     if not text.endswith(tail):
         raise AssertionError("Inventory.to_json must end with keys and errors")

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import posixpath
 from collections import Counter
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 from typing import Literal
 
 from agent.host.safefs import HostFS, UnsafePath
@@ -20,11 +20,20 @@ from agent.host.sshd_files import (
 )
 from agent.host.users import User, UserSource
 from agent.inventory.model import ScanError, SshdSummary
-from agent.ssh.sshd_config import EffectiveSshdConfig, MatchContext, resolve
+from agent.ssh.sshd_config import EffectiveSshdConfig, MatchContext, expand_user_path, resolve
 
 DEFAULT_AUTHORIZED_KEYS = (".ssh/authorized_keys", ".ssh/authorized_keys2")
+DEFAULT_SSH_KEYGEN = "/usr/bin/ssh-keygen"
 
-TargetKind = Literal["authorized_keys", "identity_dir", "host_key", "trusted_user_ca", "config"]
+TargetKind = Literal[
+    "authorized_keys",
+    "identity_dir",
+    "host_key",
+    "trusted_user_ca",
+    "config",
+    "revoked_keys",
+    "authorized_principals",
+]
 
 
 @dataclass(frozen=True)
@@ -34,6 +43,7 @@ class ScanSettings:
     identity_keys: bool = True
     orphan_homes: bool = True
     skip_users: frozenset[str] = frozenset()
+    ssh_keygen: str = DEFAULT_SSH_KEYGEN  # lists the KRL (`ssh-keygen -Q -l`)
 
 
 @dataclass(frozen=True, slots=True)  # slots: one per planned file / account, 10,000s of them
@@ -60,6 +70,10 @@ class Plan:
     users: tuple[User, ...]
     errors: tuple[ScanError, ...]
     shared_primary_gids: frozenset[int]
+    # sshd's RevokedKeys: the global file, and the accounts a Match block gives another one (or none).
+    revoked_keys: str | None = None
+    revoked_keys_for: Mapping[str, str | None] = field(default_factory=dict)
+    ssh_keygen: str = DEFAULT_SSH_KEYGEN
 
 
 def _summary(eff: EffectiveSshdConfig, version: str | None) -> SshdSummary:
@@ -72,6 +86,8 @@ def _summary(eff: EffectiveSshdConfig, version: str | None) -> SshdSummary:
         password_authentication=eff.password_authentication,
         pubkey_authentication=eff.pubkey_authentication,
         strict_modes=eff.strict_modes,
+        revoked_keys=eff.revoked_keys,
+        authorized_principals_file=eff.authorized_principals_file,
     )
 
 
@@ -99,14 +115,23 @@ def plan_targets(
     if global_cfg.trusted_user_ca_keys:
         ca_files[global_cfg.trusted_user_ca_keys] = None
     homes: set[str] = set()
+    krl_files: dict[str, None] = {global_cfg.revoked_keys: None} if global_cfg.revoked_keys else {}
+    krl_for: dict[str, str | None] = {}
     for user in all_users:
         eff = resolve(parsed, MatchContext(user.name, user.groups))
         if eff.trusted_user_ca_keys:
             ca_files[eff.trusted_user_ca_keys] = None
+        if eff.revoked_keys != global_cfg.revoked_keys:
+            krl_for[user.name] = eff.revoked_keys
+            if eff.revoked_keys:
+                krl_files[eff.revoked_keys] = None
         targets += _user_targets(user, eff, settings)
         homes.add(normalize_path(user.home))
     for ca in ca_files:
         targets.append(Target(ca, "trusted_user_ca", confine=posixpath.dirname(ca) or "/"))
+    # sshd (root) follows a RevokedKeys symlink anywhere: a root-controlled path, read like sshd does.
+    for krl in krl_files:
+        targets.append(Target(krl, "revoked_keys", confine="/"))
     if settings.orphan_homes:
         targets += _orphan_targets(fs, all_users, homes)
     return Plan(
@@ -117,6 +142,9 @@ def plan_targets(
         users=tuple(all_users),
         errors=tuple(errors),
         shared_primary_gids=shared_primary_gids(all_users),
+        revoked_keys=global_cfg.revoked_keys,
+        revoked_keys_for=krl_for,
+        ssh_keygen=settings.ssh_keygen,
     )
 
 
@@ -165,6 +193,17 @@ def _user_targets(user: User, eff: EffectiveSshdConfig, settings: ScanSettings) 
         out.append(
             Target(normalize_path(posixpath.join(home, ".ssh")), "identity_dir", user=user, confine=home)
         )
+    if eff.authorized_principals_file:
+        try:
+            principals = expand_user_path(
+                eff.authorized_principals_file, user=user.name, uid=user.uid, home=home
+            )
+        except ValueError:
+            principals = None  # an unknown %-token: sshd fails the same way
+        if principals is not None:
+            path = normalize_path(principals)
+            confine = authorized_keys_confine(path, home)
+            out.append(Target(path, "authorized_principals", user=user, confine=confine, grants_root=is_root))
     return out
 
 

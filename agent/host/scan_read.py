@@ -13,14 +13,25 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, tzinfo
 from typing import Final
 
+from agent.host.keygen import KeygenError, SshKeygen
 from agent.host.safefs import DirReads, FileInfo, FileReads, HostFS, ReadResult, UnsafePath, failure_reason
 from agent.host.scan_plan import Plan, Target, TargetKey, target_key
 from agent.host.sshd_files import normalize_path
 from agent.host.users import User
 from agent.inventory.evaluate import LineFacts, Policy, SshdFacts, line_problem, strict_modes_problem
-from agent.inventory.model import NO_OPTIONS, KeyKind, KeyRecord, ScanError
+from agent.inventory.model import (
+    NO_OPTIONS,
+    KeyKind,
+    KeyRecord,
+    KrlStatus,
+    KrlSummary,
+    PrincipalLine,
+    ScanError,
+)
 from agent.ssh.authorized_keys import DEFAULT_OPTIONS, expiry_time_utc, parse_authorized_keys
 from agent.ssh.keys import InvalidKey, PublicKey, parse_public_blob, parse_public_key_text
+from agent.ssh.krl import KrlError, flat_list_contents, is_krl
+from agent.ssh.principals import parse_principals
 from agent.ssh.privkey import looks_like_private_key, parse_private_key_file
 
 # Files in ~/.ssh that are never private keys; skipping them saves a read per user.
@@ -45,6 +56,9 @@ class FileResult:
     orphaned: bool = False
     # Where the file really is, when a symlink led elsewhere (the daemon watches that path too).
     realpath: str | None = None
+    # A RevokedKeys file: what sshd makes of it. An AuthorizedPrincipalsFile: its principals.
+    krl: KrlSummary | None = None
+    principals: tuple[PrincipalLine, ...] = ()
 
 
 # Most planned files do not exist (authorized_keys2, homes without keys): one shared result.
@@ -76,6 +90,8 @@ def _mtime(info: FileInfo) -> datetime:
 def read_target(fs: FileReads, target: Target, plan: Plan, ctx: ScanContext) -> FileResult:
     """Read one target. Missing files are normal (no error); anything unsafe is an error.
     `fs` is the HostFS, or a DirReads over it when reading many targets in a row."""
+    if target.kind == "revoked_keys":
+        return _read_krl(fs, target, plan)
     try:
         if target.kind == "identity_dir":
             return _read_identity_dir(fs, target, ctx)
@@ -87,11 +103,81 @@ def read_target(fs: FileReads, target: Target, plan: Plan, ctx: ScanContext) -> 
         return FileResult(errors=(ScanError(target.path, user, failure_reason(exc)),), read=True)
     if target.kind == "authorized_keys":
         found = _authorized_records(result, target, plan, ctx)
+    elif target.kind == "authorized_principals":
+        found = _principals(result, target, plan)
     else:
         found = _plain_key_records(result, target, ctx)
     if result.realpath != target.path:
         found = dataclasses.replace(found, realpath=result.realpath)
     return found
+
+
+_REFUSES_ALL: Final = "sshd refuses every public key"
+
+
+def _read_krl(fs: FileReads, target: Target, plan: Plan) -> FileResult:
+    """sshd's RevokedKeys file: a KRL (listed by `ssh-keygen -Q -l`) or a plain key list (sshd's
+    fallback). Missing, unreadable or corrupt, sshd refuses every public key: that is an error."""
+    path = target.path
+
+    def unusable(status: KrlStatus, problem: str) -> FileResult:
+        summary = KrlSummary(path, status, problem=problem)
+        return FileResult(
+            errors=(ScanError(path, None, f"{problem}: {_REFUSES_ALL}"),), read=True, krl=summary
+        )
+
+    try:
+        result = fs.read(path, confine=target.confine)
+    except (FileNotFoundError, NotADirectoryError):
+        return unusable("missing", "RevokedKeys file missing")
+    except (UnsafePath, OSError) as exc:
+        return unusable("unreadable", f"RevokedKeys file unreadable ({failure_reason(exc)})")
+    if result.truncated:
+        problem = "larger than discovery.max_file_bytes: not checked"
+        summary = KrlSummary(path, "unchecked", problem=problem)
+        return FileResult(errors=(ScanError(path, None, problem),), read=True, krl=summary)
+    try:
+        if is_krl(result.data):
+            contents = SshKeygen(plan.ssh_keygen).list_krl(result.data)
+        else:
+            contents = flat_list_contents(result.data)
+    except KeygenError as exc:
+        if exc.code == "KRL_INVALID":
+            return unusable("invalid", f"invalid KRL ({exc.message})")
+        problem = f"KRL not checked: {exc.message}"
+        return FileResult(
+            errors=(ScanError(path, None, problem),),
+            read=True,
+            krl=KrlSummary(path, "unchecked", problem=problem),
+        )
+    except KrlError as exc:
+        return unusable("invalid", f"invalid key list ({exc})")
+    found = FileResult(read=True, krl=KrlSummary(path, "ok", contents))
+    return dataclasses.replace(found, realpath=result.realpath) if result.realpath != path else found
+
+
+def _principals(result: ReadResult, target: Target, plan: Plan) -> FileResult:
+    """An account's AuthorizedPrincipalsFile. sshd reads it as the user and, under StrictModes,
+    ignores it when it or a directory above it is owned or writable by someone else."""
+    user = target.user
+    assert user is not None
+    errors = list(_truncation_error(result, target))
+    if plan.sshd.strict_modes:
+        problem = strict_modes_problem(
+            result.info,
+            result.chain,
+            uid=user.uid,
+            home=normalize_path(user.home),
+            private_gids=() if user.gid in plan.shared_primary_gids else (user.gid,),
+        )
+        if problem is not None:
+            errors.append(ScanError(target.path, user.name, f"authorized principals ignored: {problem}"))
+            return FileResult(errors=tuple(errors), read=True)
+    lines = tuple(
+        PrincipalLine(user.name, target.path, ln.line, ln.principal, ln.options)
+        for ln in parse_principals(result.data)
+    )
+    return FileResult(errors=tuple(errors), read=True, principals=lines)
 
 
 def _truncation_error(result: ReadResult, target: Target) -> tuple[ScanError, ...]:

@@ -36,6 +36,7 @@ def settings_from(config: Config) -> ScanSettings:
         identity_keys=d.identity_keys,
         orphan_homes=d.orphan_homes,
         skip_users=frozenset(d.skip_users),
+        ssh_keygen=config.trust.ssh_keygen,
     )
 
 

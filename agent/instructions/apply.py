@@ -17,6 +17,7 @@ Where the rest is (docs/rotation.md has the whole story):
   edit.py        the file-edit transaction (plan all, backup, journal, atomic writes, retry)
   backups.py     backup files and pruning;  recovery.py  the journal after a crash
   rollback.py    `sshklm-agent rollback`;   results.py  results and events
+  trust.py       revoke_keys / unrevoke_keys / trust_ca / untrust_ca (revocation.py, ca_trust.py)
 """
 
 from __future__ import annotations
@@ -36,7 +37,9 @@ from agent.instructions.recovery import Recovery
 from agent.instructions.results import Reporter, Result
 from agent.instructions.rollback import Rollback
 from agent.instructions.rotation import rotate
+from agent.instructions.trust import Trust
 from agent.instructions.validate import Body, Ephemeral, Revoke, Rotation, Scan, check_root_from, validate
+from agent.instructions.validate_trust import TRUST_KINDS, TrustBody, validate_trust
 from agent.instructions.verify import (
     MAX_TOKEN_BYTES,
     Instruction,
@@ -81,8 +84,12 @@ class Applier:
         hooks: DaemonHooks,
         *,
         clock: Callable[[], datetime],
+        trust: Trust | None = None,
     ) -> None:
+        """`trust`: revocation and CA trust (agent/instructions/trust.py); without it those
+        instructions fail with NOT_SUPPORTED."""
         self.settings = settings
+        self.trust = trust
         self.store = store
         self.hooks = hooks
         self.clock = clock
@@ -103,8 +110,11 @@ class Applier:
     # -- lifetime / scheduling ---------------------------------------------------------------
 
     def start(self) -> None:
-        """Sweep expired grants left from before the start."""
+        """Sweep expired grants left from before the start; bring the trust files in step."""
         self.sweep_ephemeral()
+        if self.trust is not None:
+            with self.units.exclusive():
+                self.trust.start()
 
     def stop(self) -> None:
         return None
@@ -112,6 +122,8 @@ class Applier:
     def jobs(self) -> list[Job]:
         """The periodic sweep plus a one-off removal at each known grant's expiry."""
         out: list[Job] = [("ephemeral-sweep", self._sweep_job, self.settings.ephemeral_sweep_s, None)]
+        if self.trust is not None:
+            out.append(("trust-check", self._trust_check, self.trust.check_s, None))
         for grant in self.store.all_grants():
             out.append(
                 (
@@ -125,6 +137,11 @@ class Applier:
 
     def _sweep_job(self) -> None:
         self.sweep_ephemeral()
+
+    def _trust_check(self) -> None:
+        assert self.trust is not None
+        with self.units.exclusive():
+            self.trust.maintain()
 
     def sweep_ephemeral(self) -> int:
         """Remove every grant whose time has come, then prune old backups. Returns how many
@@ -189,16 +206,20 @@ class Applier:
             if seen is not None:
                 return ins.jti, self._replayed(view, ins, seen)
             policy = self.hooks.policy()
+            body: Body | TrustBody
             try:
-                body = validate(
-                    ins,
-                    user_exists=view.user_exists,
-                    policy=policy,
-                    now=now,
-                    max_ttl_s=policy.ephemeral_max_ttl_s,
-                    local_tz=view.local_tz,
-                )
-                check_root_from(body, self._uid_of(view, body), policy)
+                if ins.kind in TRUST_KINDS:
+                    body = validate_trust(ins, user_exists=view.user_exists, policy=policy)
+                else:
+                    body = validate(
+                        ins,
+                        user_exists=view.user_exists,
+                        policy=policy,
+                        now=now,
+                        max_ttl_s=policy.ephemeral_max_ttl_s,
+                        local_tz=view.local_tz,
+                    )
+                    check_root_from(body, self._uid_of(view, body), policy)
             except Rejected as exc:
                 self.store.record_jti(ins.jti, exc.status, ins.exp)
                 return ins.jti, self.reporter.not_applied(ins.jti, exc.status, exc.code, exc.reason, ins)
@@ -237,7 +258,11 @@ class Applier:
             fingerprints = view.fingerprints_of(user)
         return self.reporter.result(seen, None, fingerprints)
 
-    def _act(self, view: HostView, ins: Instruction, body: Body, policy: Policy) -> Outcome:
+    def _act(self, view: HostView, ins: Instruction, body: Body | TrustBody, policy: Policy) -> Outcome:
+        if not isinstance(body, Rotation | Ephemeral | Revoke | Scan):
+            if self.trust is None:
+                raise ApplyFailed("NOT_SUPPORTED", f"{ins.kind} is not enabled on this agent")
+            return self.trust.apply(body)
         if isinstance(body, Scan):
             try:
                 self.hooks.run_scan(body.scan_id)

@@ -18,6 +18,7 @@ from typing import Any
 from agent.instructions.edit import Outcome
 from agent.instructions.ports import DaemonHooks
 from agent.instructions.validate import Body, Ephemeral, Revoke, Rotation, Scan
+from agent.instructions.validate_trust import Revocation, TrustBody, TrustCa, UntrustCa
 from agent.instructions.verify import Instruction
 from agent.inventory.model import Event, EventType, rfc3339
 from agent.store.state import Grant
@@ -37,7 +38,9 @@ def result(status: str, error: JSON | None, fingerprints: Sequence[str], at: dat
     }
 
 
-def applied_detail(ins: Instruction, body: Body, outcome: Outcome) -> tuple[JSON, str | None, str | None]:
+def applied_detail(
+    ins: Instruction, body: Body | TrustBody, outcome: Outcome
+) -> tuple[JSON, str | None, str | None]:
     """(detail, user, fingerprint) of an applied instruction's event. Pure."""
     detail: JSON = {
         "jti": ins.jti,
@@ -65,6 +68,10 @@ def applied_detail(ins: Instruction, body: Body, outcome: Outcome) -> tuple[JSON
         detail.update(grant_id=body.grant_id)
     elif isinstance(body, Scan):
         detail.update(scan_id=body.scan_id)
+    elif isinstance(body, Revocation):
+        detail.update(revocation_id=body.revocation_id, managed_by=f"revocation:{body.revocation_id}")
+    elif isinstance(body, TrustCa | UntrustCa):
+        detail.update(ca_id=body.ca_id, managed_by=f"ca:{body.ca_id}")
     return detail, user, fingerprint
 
 
@@ -110,7 +117,7 @@ class Reporter:
         self.emit(self.event("instruction_failed", user, None, None, detail))
         return self.result(status, {"code": code, "message": message}, [])
 
-    def applied(self, ins: Instruction, body: Body, outcome: Outcome) -> None:
+    def applied(self, ins: Instruction, body: Body | TrustBody, outcome: Outcome) -> None:
         detail, user, fingerprint = applied_detail(ins, body, outcome)
         path = outcome.written[0] if len(outcome.written) == 1 else None
         self.emit(self.event("instruction_applied", user, path, fingerprint, detail))

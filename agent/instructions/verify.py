@@ -31,7 +31,10 @@ from cryptography.hazmat.primitives.serialization import load_pem_public_key, lo
 MAX_TOKEN_BYTES = 64 * 1024
 MAX_CLAIM_TIME = 253_402_300_799  # 9999-12-31T23:59:59Z
 NOT_YET_VALID = "NOT_YET_VALID"
-KINDS = frozenset({"rotation", "ephemeral", "revoke_ephemeral", "scan"})
+KINDS = frozenset(
+    {"rotation", "ephemeral", "revoke_ephemeral", "scan"}
+    | {"revoke_keys", "unrevoke_keys", "trust_ca", "untrust_ca"}  # section 6.2 (validate_trust.py)
+)
 _JTI = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
 
 

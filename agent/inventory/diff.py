@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from agent.inventory.model import Event, EventType, Inventory, KeyRecord, ScanError
+from agent.inventory.revocation import krl_change, principals_changes
 
 Identity = tuple[str, str | None, str, str]
 
@@ -45,6 +46,7 @@ def _observable(record: KeyRecord) -> tuple[object, ...]:
         record.ineffective_reason,
         record.managed_by,
         record.expires_at,
+        record.revoked,
     )
 
 
@@ -112,6 +114,20 @@ def diff_inventories(
                 {"before": old.sshd.to_json(), "after": new.sshd.to_json()},
             )
         )
+    changes += diff_trust(old, new)
+    return changes
+
+
+def diff_trust(old: Inventory, new: Inventory) -> list[Change]:
+    """The KRL's and the principals files' changes, as `sshd_config_changed` events with the file
+    as `path` and `detail.directive` naming which (the contract has no event type of their own)."""
+    changes: list[Change] = []
+    krl = krl_change(old.krl, new.krl)
+    if krl is not None:
+        where = new.krl or old.krl
+        changes.append(Change("sshd_config_changed", None, where.path if where else None, None, None, krl))
+    for user, path, detail in principals_changes(old.principals, new.principals):
+        changes.append(Change("sshd_config_changed", user, path, None, None, detail))
     return changes
 
 

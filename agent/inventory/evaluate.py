@@ -133,6 +133,9 @@ RISK_WEIGHTS: dict[str, int] = {
     "orphaned": 30,
     "shared_key": 20,
     "never_rotated": 10,
+    # The KRL revokes it, yet it is still in an authorized keys file: sshd refuses it today, but
+    # it grants access again the day the KRL stops naming it (a rebuilt host, a lost file).
+    "revoked_key_present": 30,
 }
 POLICY_WEIGHT = 15
 
@@ -161,6 +164,7 @@ class RiskInputs(NamedTuple):
     shared: bool
     managed: bool
     has_from: bool
+    revoked: bool = False
 
 
 def risk_of(inputs: RiskInputs, policy: Policy | None) -> Risk:
@@ -182,6 +186,8 @@ def risk_of(inputs: RiskInputs, policy: Policy | None) -> Risk:
         factors.append("shared_key")
     if too_old and not inputs.managed:
         factors.append("never_rotated")
+    if inputs.revoked and inputs.kind in ("authorized_key", "authorized_principal_ca"):
+        factors.append("revoked_key_present")
     score = sum(RISK_WEIGHTS[f] for f in factors)
     if policy is not None:
         for violation in policy_violations(inputs, policy):

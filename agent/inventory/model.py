@@ -15,10 +15,11 @@ from types import MappingProxyType
 from typing import Any, Final, Literal, NamedTuple
 
 from agent.ssh.certificate import Certificate
+from agent.ssh.krl import KrlContents
 from agent.timefmt import parse_rfc3339, rfc3339
 
 # Re-exported: the model is where callers meet the wire shapes and their time format.
-__all__ = ["Certificate", "parse_rfc3339", "rfc3339"]
+__all__ = ["Certificate", "KrlContents", "parse_rfc3339", "rfc3339"]
 
 KeyKind = Literal["authorized_key", "authorized_principal_ca", "host_key", "identity_key", "trusted_user_ca"]
 
@@ -115,6 +116,8 @@ class KeyRecord(NamedTuple):
     managed_by: str | None = None
     expires_at: datetime | None = None
     encrypted: bool | None = None
+    # The KRL (sshd's RevokedKeys) lists this key: sshd refuses it whatever file holds it.
+    revoked: bool = False
     risk: Risk = NO_RISK  # last, so that with_risk is a slice and one item
 
     @property
@@ -148,6 +151,7 @@ class KeyRecord(NamedTuple):
             "managed_by": self.managed_by,
             "expires_at": rfc3339(self.expires_at),
             "encrypted": self.encrypted,
+            "revoked": self.revoked,
             "risk": self.risk.to_json(),
         }
 
@@ -176,6 +180,7 @@ class KeyRecord(NamedTuple):
             managed_by=d.get("managed_by"),
             expires_at=_time(d.get("expires_at")),
             encrypted=d.get("encrypted"),
+            revoked=bool(d.get("revoked", False)),
             risk=intern_risk(Risk(int(risk.get("score", 0)), tuple(risk.get("factors", ())))),
         )
 
@@ -213,6 +218,8 @@ class SshdSummary:
     password_authentication: bool
     pubkey_authentication: bool
     strict_modes: bool
+    revoked_keys: str | None = None  # RevokedKeys (global), None when not set
+    authorized_principals_file: str | None = None  # AuthorizedPrincipalsFile template (global)
 
     def to_json(self) -> JSON:
         return {
@@ -224,6 +231,8 @@ class SshdSummary:
             "password_authentication": self.password_authentication,
             "pubkey_authentication": self.pubkey_authentication,
             "strict_modes": self.strict_modes,
+            "revoked_keys": self.revoked_keys,
+            "authorized_principals_file": self.authorized_principals_file,
         }
 
     @classmethod
@@ -237,7 +246,64 @@ class SshdSummary:
             password_authentication=bool(d.get("password_authentication", True)),
             pubkey_authentication=bool(d.get("pubkey_authentication", True)),
             strict_modes=bool(d.get("strict_modes", True)),
+            revoked_keys=d.get("revoked_keys"),
+            authorized_principals_file=d.get("authorized_principals_file"),
         )
+
+
+# "unchecked": the file could not be evaluated here (larger than discovery.max_file_bytes); sshd
+# may well use it, so no key is called ineffective because of it.
+KrlStatus = Literal["ok", "missing", "invalid", "unreadable", "unchecked"]
+
+
+@dataclass(frozen=True)
+class KrlSummary:
+    """The KRL sshd reads (`RevokedKeys`): where, whether sshd can use it, and what it revokes
+    (`ssh-keygen -Q -l`). "missing", "invalid" and "unreadable" mean sshd refuses every public key."""
+
+    path: str
+    status: KrlStatus
+    contents: KrlContents | None = None  # None unless status is "ok"
+    problem: str | None = None  # why it is not "ok" (a reason, never content)
+
+    def to_json(self) -> JSON:
+        out: JSON = {"path": self.path, "status": self.status, "problem": self.problem}
+        out.update(self.contents.to_json() if self.contents else {"entries": 0})
+        return out
+
+    @classmethod
+    def from_json(cls, d: JSON) -> KrlSummary:
+        status = d.get("status", "ok")
+        return cls(
+            path=d["path"],
+            status=status if status in ("ok", "missing", "invalid", "unreadable", "unchecked") else "invalid",
+            contents=KrlContents.from_json(d) if status == "ok" else None,
+            problem=d.get("problem"),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class PrincipalLine:
+    """One principal in an account's AuthorizedPrincipalsFile (`options`: the line's options, raw)."""
+
+    user: str
+    path: str
+    line: int
+    principal: str
+    options: str | None = None
+
+    def to_json(self) -> JSON:
+        return {
+            "user": self.user,
+            "path": self.path,
+            "line": self.line,
+            "principal": self.principal,
+            "options": self.options,
+        }
+
+    @classmethod
+    def from_json(cls, d: JSON) -> PrincipalLine:
+        return cls(d["user"], d["path"], int(d["line"]), d["principal"], d.get("options"))
 
 
 _encode: Final = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
@@ -253,6 +319,9 @@ class Inventory:
     sshd: SshdSummary
     keys: tuple[KeyRecord, ...]
     errors: tuple[ScanError, ...]
+    # sshd's KRL (None: RevokedKeys not set) and the accounts' authorized principals.
+    krl: KrlSummary | None = None
+    principals: tuple[PrincipalLine, ...] = ()
     # Not on the wire: what the scan read, for the watcher and the summary line.
     users_scanned: int = 0
     files_read: tuple[str, ...] = ()
@@ -281,6 +350,8 @@ class Inventory:
             "collected_at": rfc3339(self.collected_at),
             "host_id": self.host_id,
             "sshd": self.sshd.to_json(),
+            "krl": self.krl.to_json() if self.krl else None,
+            "authorized_principals": [p.to_json() for p in self.principals],
         }
 
     def _errors_json(self) -> list[JSON]:
@@ -296,6 +367,8 @@ class Inventory:
             sshd=SshdSummary.from_json(d["sshd"]),
             keys=tuple(KeyRecord.from_json(k) for k in d.get("keys", ())),
             errors=tuple(ScanError.from_json(e) for e in d.get("errors", ())),
+            krl=KrlSummary.from_json(d["krl"]) if isinstance(d.get("krl"), dict) else None,
+            principals=tuple(PrincipalLine.from_json(p) for p in d.get("authorized_principals") or ()),
         )
 
 

@@ -146,6 +146,14 @@ class StateStore:
             row = conn.execute("SELECT value FROM kv WHERE key = ?", (key,)).fetchone()
         return None if row is None else json.loads(row[0])
 
+    def put_document(self, key: str, value: object) -> None:
+        """Store a JSON document under `key`, for another module's own state (store/trust_state.py)."""
+        self._put(key, value)
+
+    def get_document(self, key: str) -> Any:
+        """The JSON document stored under `key`, or None."""
+        return self._get(key)
+
     def set_status(self, status: JSON) -> None:
         """Store the daemon status. Raises SecretInStatus (storing nothing) if any field is
         named like a secret or any string looks like a token/API key: the status is

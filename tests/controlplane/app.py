@@ -14,6 +14,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from . import trust_routes
 from .errors import ApiError
 from .keyview import apply_events, expired_grants
 from .messages import Request, Response
@@ -168,6 +169,23 @@ class App:
             r("GET", "/v1/rotations/{rotation_id}", self.get_rotation, "admin"),
             r("GET", "/v1/policies/{target}", self.get_policy, "admin"),
             r("PUT", "/v1/policies/{target}", self.put_policy, "admin"),
+            *self._trust_routes(r),
+        ]
+
+    def _trust_routes(self, r: Callable[..., Route]) -> list[Route]:
+        """Revocation and CA trust (trust_routes.py)."""
+
+        def bound(fn: Callable[..., Response]) -> Handler:
+            return lambda principal, params, req: fn(self, principal, params, req)
+
+        t = trust_routes
+        return [
+            r("POST", "/v1/revocations", bound(t.start_revocation), "admin"),
+            r("GET", "/v1/revocations/{revocation_id}", bound(t.get_revocation), "admin"),
+            r("POST", "/v1/revocations/{revocation_id}/withdraw", bound(t.withdraw_revocation), "admin"),
+            r("POST", "/v1/cas", bound(t.trust_ca), "admin"),
+            r("GET", "/v1/cas/{ca_id}", bound(t.get_ca), "admin"),
+            r("POST", "/v1/cas/{ca_id}/untrust", bound(t.untrust_ca), "admin"),
         ]
 
     def _match(self, req: Request) -> tuple[Route, dict[str, str]]:
@@ -526,7 +544,9 @@ class App:
     def _follow_result(
         self, instruction: dict[str, Any], status: str, result: dict[str, Any], now: float
     ) -> None:
-        """A rotation's or grant's status follows the result of its instruction."""
+        """A rotation's, grant's, revocation's or CA's status follows the result of its instruction."""
+        if trust_routes.follow_result(self, instruction, status, result):
+            return
         kind, body = instruction["kind"], instruction["body"] or {}
         target: tuple[str, str, str] | None = None
         if kind == "rotation" and "rotation_id" in body:

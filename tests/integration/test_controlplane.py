@@ -380,6 +380,58 @@ def test_rotation_status_follows_its_instruction_result(client: httpx.Client, cp
     assert remove.status_code == 201 and "private_key" not in remove.json()
 
 
+def test_revocations_and_cas_on_many_hosts_follow_their_results(
+    client: httpx.Client, cp: ControlPlane
+) -> None:
+    hosts = [agent(client, cp, f"m-{n}", f"web-0{n}") for n in (1, 2)]
+    adm = admin(client, cp)
+    created = client.post("/v1/revocations", json={"fingerprints": ["SHA256:" + "A" * 43]}, headers=adm)
+    assert created.status_code == 201, created.text
+    revocation = created.json()
+    assert set(revocation["hosts"]) == {h for h, _ in hosts}  # every host by default
+
+    def answer(host_id: str, access: str, kind: str, status: str) -> dict[str, Any]:
+        (jws,) = client.get(f"/v1/hosts/{host_id}/instructions", headers=bearer(access)).json()[
+            "instructions"
+        ]
+        claims = verify_instruction(cp, jws, host_id)
+        assert claims["kind"] == kind
+        result = {"status": status, "at": "2026-11-26T23:31:08Z", "error": None, "fingerprints_after": []}
+        assert (
+            client.post(
+                f"/v1/instructions/{claims['jti']}/result", json=result, headers=bearer(access)
+            ).status_code
+            == 200
+        )
+        return dict(claims["body"])
+
+    body = answer(*hosts[0], "revoke_keys", "applied")
+    assert body == {"revocation_id": revocation["revocation_id"], "fingerprints": ["SHA256:" + "A" * 43]}
+    answer(*hosts[1], "revoke_keys", "failed")
+    doc = client.get(f"/v1/revocations/{revocation['revocation_id']}", headers=adm).json()
+    assert [doc["hosts"][h]["revoke"]["status"] for h, _ in hosts] == ["applied", "failed"]
+    withdrawn = client.post(
+        f"/v1/revocations/{revocation['revocation_id']}/withdraw", json={"hosts": ["web-01"]}, headers=adm
+    )
+    assert withdrawn.status_code == 202
+    assert answer(*hosts[0], "unrevoke_keys", "applied") == body
+    doc = client.get(f"/v1/revocations/{revocation['revocation_id']}", headers=adm).json()
+    assert doc["hosts"][hosts[0][0]]["unrevoke"]["status"] == "applied"
+
+    ca = client.post(
+        "/v1/cas",
+        json={"hosts": ["web-02"], "public_key": "ssh-ed25519 AAAA", "principals": {"deploy": ["oncall"]}},
+        headers=adm,
+    ).json()
+    assert answer(*hosts[1], "trust_ca", "applied")["principals"] == {"deploy": ["oncall"]}
+    assert client.post(f"/v1/cas/{ca['ca_id']}/untrust", json={}, headers=adm).status_code == 202
+    assert answer(*hosts[1], "untrust_ca", "applied") == {"ca_id": ca["ca_id"]}
+    doc = client.get(f"/v1/cas/{ca['ca_id']}", headers=adm).json()
+    assert doc["hosts"][hosts[1][0]]["untrust"]["status"] == "applied"
+    empty = client.post("/v1/revocations", json={"hosts": ["web-01"]}, headers=adm)
+    assert_error(empty, 422, "VALIDATION_ERROR")
+
+
 def test_forged_instructions_fail_verification(client: httpx.Client, cp: ControlPlane) -> None:
     host_id, _ = agent(client, cp)
     public = cp.signing_public_key_pem

@@ -7,20 +7,15 @@ Root only (useradd, sshd); skipped with the reason otherwise.
 from __future__ import annotations
 
 import os
-import pwd
-import secrets
-import shutil
-import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
 from agent.host.safefs import HostFS
@@ -28,40 +23,25 @@ from agent.host.users import NssUserSource
 from agent.instructions.apply import Applier, ApplierSettings
 from agent.instructions.host_files import SafeHostFiles
 from agent.inventory.evaluate import Policy
-from agent.inventory.model import Event
 from agent.store.db import open_database
 from agent.store.state import StateStore
 from tests.controlplane import ControlPlane
+from tests.integration.sshd_support import (
+    REAL_SSHD_MARKS,
+    NullHooks,
+    add_user,
+    enrolled_host_id,
+    free_port,
+    key_pairs,
+    keygen,
+    remove_user,
+    ssh_login,
+    sshd_config_text,
+    start_sshd,
+    write_authorized_keys,
+)
 
-SSHD = "/usr/sbin/sshd"
-
-pytestmark = [
-    pytest.mark.root(reason="creates a user (useradd) and runs sshd"),
-    pytest.mark.skipif(os.geteuid() != 0, reason="needs root: creates a user and runs sshd"),
-    pytest.mark.skipif(not os.path.exists(SSHD), reason="openssh-server (/usr/sbin/sshd) is not installed"),
-    pytest.mark.skipif(shutil.which("useradd") is None, reason="useradd is not available"),
-    pytest.mark.skipif(shutil.which("ssh") is None, reason="ssh client is not installed"),
-]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _keygen(path: Path, comment: str) -> tuple[Path, str]:
-    subprocess.run(
-        ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", comment, "-f", str(path)], check=True
-    )
-    pub = path.with_suffix(".pub").read_text().strip()
-    out = subprocess.run(
-        ["ssh-keygen", "-l", "-E", "sha256", "-f", str(path) + ".pub"],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.split()
-    return path, f"{pub}\t{out[1]}"
+pytestmark = REAL_SSHD_MARKS
 
 
 @dataclass
@@ -80,36 +60,7 @@ class Env:
         return self.home / ".ssh" / "authorized_keys"
 
     def login(self, key: str, source: str = "127.0.0.1") -> bool:
-        proc = subprocess.run(
-            [
-                "ssh",
-                "-b",
-                source,
-                "-o",
-                "BatchMode=yes",
-                "-o",
-                "StrictHostKeyChecking=no",
-                "-o",
-                "UserKnownHostsFile=/dev/null",
-                "-o",
-                "IdentitiesOnly=yes",
-                "-o",
-                "ConnectTimeout=10",
-                "-o",
-                "LogLevel=ERROR",
-                "-i",
-                str(self.keys[key][0]),
-                "-p",
-                str(self.port),
-                f"{self.user}@127.0.0.1",
-                "true",
-            ],
-            capture_output=True,
-            text=True,
-            timeout=30,
-            check=False,
-        )
-        return proc.returncode == 0
+        return ssh_login(self.user, self.port, self.keys[key][0], source=source)
 
     def apply(self, kind: str, body: dict[str, Any], exp_s: int = 600) -> dict[str, Any]:
         token = self.cp.issue_instruction(self.host_id, kind, body, exp_s=exp_s)
@@ -117,89 +68,27 @@ class Env:
         return result
 
 
-@dataclass
-class _Hooks:
-    """No daemon around the applier: events and managed lines go nowhere, no jobs, no scans."""
-
-    host_id_value: str
-    policy_value: Policy
-
-    def host_id(self) -> str | None:
-        return self.host_id_value
-
-    def policy(self) -> Policy:
-        return self.policy_value
-
-    def emit(self, events: Sequence[Event]) -> None:
-        return None
-
-    def note_managed(
-        self, fingerprint: str, user: str | None, path: str, managed_by: str, expires_at: datetime | None
-    ) -> None:
-        return None
-
-    def schedule_once(self, job_id: str, fn: Callable[[], None], when: datetime) -> None:
-        return None
-
-    def run_scan(self, scan_id: str) -> None:
-        raise RuntimeError("no scans here")
-
-
 @pytest.fixture(scope="module")
 def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
     tmp = tmp_path_factory.mktemp("e2e")
     os.chmod(tmp, 0o755)
-    user = f"sshklm{secrets.token_hex(3)}"
-    subprocess.run(["useradd", "-m", "-s", "/bin/sh", user], check=True)
-    subprocess.run(["usermod", "-p", "*", user], check=True)  # locked ("!") accounts are refused without PAM
+    user, pw = add_user()
     sshd: subprocess.Popen[bytes] | None = None
     cp: ControlPlane | None = None
     try:
-        pw = pwd.getpwnam(user)
         home = Path(pw.pw_dir)
-        keys: dict[str, tuple[Path, str, str]] = {}
-        for name in ("old", "new", "extra", "bystander"):
-            path, both = _keygen(tmp / f"id_{name}", f"{name}@e2e")
-            line, fp = both.split("\t")
-            keys[name] = (path, line, fp)
-        ssh_dir = home / ".ssh"
-        ssh_dir.mkdir(mode=0o700)
-        os.chown(ssh_dir, pw.pw_uid, pw.pw_gid)
-        ak = ssh_dir / "authorized_keys"
-        ak.write_text(f"# keys of {user}\n{keys['bystander'][1]}\n{keys['old'][1]}\n\nnot a key\n")
-        os.chown(ak, pw.pw_uid, pw.pw_gid)
-        os.chmod(ak, 0o600)
+        keys = key_pairs(tmp, ("old", "new", "extra", "bystander"))
+        write_authorized_keys(
+            pw, f"# keys of {user}\n{keys['bystander'][1]}\n{keys['old'][1]}\n\nnot a key\n"
+        )
 
-        port = _free_port()
-        subprocess.run(
-            ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(tmp / "hostkey")], check=True
-        )
+        port = free_port()
         config = tmp / "sshd_config"
-        config.write_text(
-            f"Port {port}\nListenAddress 127.0.0.1\nHostKey {tmp / 'hostkey'}\nPidFile {tmp / 'sshd.pid'}\n"
-            "UsePAM no\nStrictModes yes\nPubkeyAuthentication yes\nPasswordAuthentication no\n"
-            "KbdInteractiveAuthentication no\nAuthorizedKeysFile .ssh/authorized_keys\nLogLevel VERBOSE\n"
-        )
-        os.makedirs("/run/sshd", exist_ok=True)
-        sshd = subprocess.Popen([SSHD, "-D", "-f", str(config), "-E", str(tmp / "sshd.log")])
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline or sshd.poll() is not None:
-                    raise RuntimeError("sshd did not start: " + (tmp / "sshd.log").read_text()) from None
-                time.sleep(0.05)
+        config.write_text(sshd_config_text(tmp, port))
+        sshd = start_sshd(tmp, config, port)
 
         cp = ControlPlane.start()
-        answer = httpx.post(
-            f"{cp.url}/v1/agents/enroll",
-            headers={"Authorization": f"Bearer {cp.bootstrap_token}"},
-            json={"machine_id": secrets.token_hex(16), "hostname": "e2e"},
-            timeout=10,
-        )
-        host_id = answer.json()["host_id"]
+        host_id = enrolled_host_id(cp.url, cp.bootstrap_token, "e2e")
         fs = HostFS("/")
         policy = Policy(1, 2048, frozenset({"ssh-ed25519"}), 365, False, 3600)
         settings = ApplierSettings(
@@ -214,7 +103,7 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
             SafeHostFiles(fs, str(tmp / "state" / "backups")),
             NssUserSource(),
             StateStore(open_database(tmp / "state")),
-            _Hooks(host_id, policy),
+            NullHooks(host_id, policy),
             clock=lambda: datetime.now(UTC),
         )
         yield Env(user, home, port, tmp, cp, host_id, applier, keys)
@@ -224,7 +113,7 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
         if sshd is not None:
             sshd.terminate()
             sshd.wait(timeout=10)
-        subprocess.run(["userdel", "-r", user], check=False, capture_output=True)
+        remove_user(user)
 
 
 def _file_facts(path: Path) -> tuple[int, int, int]:
@@ -292,7 +181,7 @@ def test_add_and_remove(env: Env) -> None:
 
 
 def test_ephemeral_grant_expires(env: Env) -> None:
-    path, _ = _keygen(env.tmp / "id_eph", "eph@e2e")
+    path, _ = keygen(env.tmp / "id_eph", "eph@e2e")
     pub = path.with_suffix(".pub").read_text().strip()
     env.keys["eph"] = (path, pub, "")
     expires = (datetime.now(UTC) + timedelta(seconds=4)).replace(microsecond=0)
@@ -348,7 +237,7 @@ def test_rollback_command(env: Env) -> None:
 
 
 def _new_key(env: Env, name: str) -> str:
-    path, both = _keygen(env.tmp / f"id_{name}", f"{name}@e2e")
+    path, both = keygen(env.tmp / f"id_{name}", f"{name}@e2e")
     line, fp = both.split("\t")
     env.keys[name] = (path, line, fp)
     return line

@@ -91,6 +91,7 @@ def _compare(ours: EffectiveSshdConfig, theirs: dict[str, list[str]]) -> None:
         principals = tilde_expand(principals, ORACLE_HOME, None)
     assert theirs["authorizedprincipalsfile"] == [_string(principals)]
     assert [_collapse(v) for v in theirs["trustedusercakeys"]] == [_string(ours.trusted_user_ca_keys)]
+    assert [_collapse(v) for v in theirs["revokedkeys"]] == [_string(ours.revoked_keys)]
     assert theirs["strictmodes"] == ["yes" if ours.strict_modes else "no"]
     assert theirs["pubkeyauthentication"] == ["yes" if ours.pubkey_authentication else "no"]
     assert theirs["passwordauthentication"] == ["yes" if ours.password_authentication else "no"]
@@ -143,6 +144,8 @@ AuthorizedKeysFile .ssh/ignored
 StrictModes No
 PermitRootLogin without-password
 TrustedUserCAKeys relative/ca.pub
+RevokedKeys relative/krl
+RevokedKeys /ignored/second
 AuthorizedPrincipalsFile ~/principals/%u
 HostCertificate @D@/hk-cert.pub
 """,
@@ -164,6 +167,7 @@ Match User *,!root Group daemon
 Match Group nogroup,!daemon
     AuthorizedKeysFile none
     TrustedUserCAKeys /etc/ssh/ca.pub
+    RevokedKeys /etc/ssh/other_krl
 Match User nobody
     AuthorizedKeysFile /never/used
     PubkeyAuthentication no
@@ -227,6 +231,7 @@ Match User root
     AuthorizedPrincipalsCommand /usr/bin/p2
     AuthorizedPrincipalsCommand /usr/bin/p3
     TrustedUserCAKeys none
+    RevokedKeys none
 Match User daemon
     AuthorizedKeysCommand none
     AuthorizedPrincipalsCommand /usr/bin/p4

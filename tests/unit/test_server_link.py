@@ -254,12 +254,14 @@ def test_key_used_events_keep_their_wire_shape() -> None:
         cert_id="bob@ca",
         ca_fingerprint="SHA256:ca",
         partial=True,
+        cert_serial=42,
     )
     assert key_used_event(cert, at, "id-2").to_json()["detail"] == {
         "from": "198.51.100.1",
         "at": "2026-11-27T01:02:03Z",
         "port": 22,
         "cert_id": "bob@ca",
+        "cert_serial": 42,
         "ca_fingerprint": "SHA256:ca",
         "partial": True,
     }

@@ -173,6 +173,10 @@ def test_every_field_of_status_json_is_documented() -> None:
     fields |= _fields({"last_reload": reload_record})
     # After the outbox bound acted (store/outbox.py Outbox.dropped()); by_type's keys are event types.
     fields |= _fields({"outbox_dropped": {"total": 1, "by_type": {}, "merged": 0, "last_at": None}})
+    # With a scan: the revocation list's state (agent/daemon/status.py revocation_status).
+    fields |= _fields(
+        {"revocation": {"state": "ok", "path": "/k", "entries": 0, "version": 1, "problem": None}}
+    )
     # The per-kind records: one documented shape each.
     fields |= {f"reporting.deliveries.KIND.{k}" for k in FAILING["deliveries"]["events"]}  # type: ignore[index]
     fields |= {f"reporting.failing.KIND.{k}" for k in FAILING["failing"]["events"]}  # type: ignore[index]
@@ -185,3 +189,22 @@ def test_outbox_losses_over_the_bound_are_shown() -> None:
     assert "dropped" not in quiet
     doc = _document(None, None, outbox_dropped={"total": 7, "by_type": {"key_used": 7}, "merged": 3})
     assert "7 dropped over its bound (state.outbox_max_events)" in render(doc, NOW)
+
+
+def test_a_broken_revocation_list_is_said_loudly() -> None:
+    ok = {
+        "state": "ok",
+        "path": "/etc/ssh/sshklm-agent/revoked_keys",
+        "entries": 3,
+        "version": 2,
+        "problem": None,
+    }
+    assert "revocation:   ok, 3 entries in /etc/ssh/sshklm-agent/revoked_keys" in render(
+        _document(None, None, revocation=ok), NOW
+    )
+    broken = {**ok, "state": "invalid", "problem": "not a KRL"}
+    text = render(_document(None, None, revocation=broken), NOW)
+    assert "INVALID: /etc/ssh/sshklm-agent/revoked_keys: sshd refuses EVERY public key" in text
+    assert "KRL invalid: sshd refuses every public key" in summary_line(
+        _document(None, None, revocation=broken)
+    )

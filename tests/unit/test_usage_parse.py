@@ -33,7 +33,9 @@ FP_CA = "SHA256:fFKBlh6cC8CKwoSvmsoz1uqtG9DljmM1DayTvPv0BZA"
         (
             f"Accepted publickey for uexp1 from 127.0.0.1 port 45412 ssh2: ED25519-CERT {FP_ED} "
             f"ID my key id (x) (serial 7) CA ED25519 {FP_CA}",
-            UsageHit("uexp1", "127.0.0.1", 45412, "ED25519-CERT", FP_ED, "my key id (x)", FP_CA),
+            UsageHit(
+                "uexp1", "127.0.0.1", 45412, "ED25519-CERT", FP_ED, "my key id (x)", FP_CA, cert_serial=7
+            ),
         ),
         # the other key types sshkey_type() names
         (
@@ -59,19 +61,26 @@ FP_CA = "SHA256:fFKBlh6cC8CKwoSvmsoz1uqtG9DljmM1DayTvPv0BZA"
         (
             f"Accepted publickey for bob from 198.51.100.2 port 40000 ssh2: RSA-CERT {FP_RSA} "
             f"ID  (serial 0) CA RSA {FP_CA}",
-            UsageHit("bob", "198.51.100.2", 40000, "RSA-CERT", FP_RSA, "", FP_CA),
+            UsageHit("bob", "198.51.100.2", 40000, "RSA-CERT", FP_RSA, "", FP_CA, cert_serial=0),
         ),
         (
             f"Accepted publickey for bob from 198.51.100.2 port 40000 ssh2: ED25519-CERT {FP_ED} "
             f"ID evil (serial 1) CA RSA {FP_RSA} (serial 18446744073709551615) CA ED25519 {FP_CA}",
             UsageHit(
-                "bob", "198.51.100.2", 40000, "ED25519-CERT", FP_ED, f"evil (serial 1) CA RSA {FP_RSA}", FP_CA
+                "bob",
+                "198.51.100.2",
+                40000,
+                "ED25519-CERT",
+                FP_ED,
+                f"evil (serial 1) CA RSA {FP_RSA}",
+                FP_CA,
+                cert_serial=18446744073709551615,
             ),
         ),
         (
             f"Accepted publickey for bob from 198.51.100.2 port 40000 ssh2: ECDSA-SK-CERT {FP_ED} "
             f"ID k (serial 3) CA ECDSA {FP_CA}, signature count = 4",
-            UsageHit("bob", "198.51.100.2", 40000, "ECDSA-SK-CERT", FP_ED, "k", FP_CA),
+            UsageHit("bob", "198.51.100.2", 40000, "ECDSA-SK-CERT", FP_ED, "k", FP_CA, cert_serial=3),
         ),
         # FingerprintHash md5
         (

@@ -86,6 +86,7 @@ SINGLE_ARG_KEYWORDS = {
     "authorizedprincipalscommanduser": "authorized_principals_command_user",
     "authorizedprincipalsfile": "authorized_principals_file",
     "trustedusercakeys": "trusted_user_ca_keys",
+    "revokedkeys": "revoked_keys",
     "pubkeyacceptedalgorithms": "pubkey_accepted_algorithms",
 }
 COMMAND_KEYWORDS = {
@@ -112,6 +113,7 @@ MATCH_COPIED_FIELDS = frozenset(
         "authorized_principals_command",
         "authorized_principals_command_user",
         "trusted_user_ca_keys",
+        "revoked_keys",
         "pubkey_accepted_algorithms",
     }
 )

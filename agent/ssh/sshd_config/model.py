@@ -88,6 +88,7 @@ class EffectiveSshdConfig:
     authorized_principals_command: str | None = None
     authorized_principals_command_user: str | None = None
     trusted_user_ca_keys: str | None = None
+    revoked_keys: str | None = None
     strict_modes: bool = True
     pubkey_authentication: bool = True
     password_authentication: bool = True

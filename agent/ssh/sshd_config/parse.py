@@ -125,7 +125,7 @@ class _Parser:
                 self.error(path, number, "command must be an absolute path")
                 return None
             return command
-        if kw in ("hostkey", "hostcertificate", "trustedusercakeys"):
+        if kw in ("hostkey", "hostcertificate", "trustedusercakeys", "revokedkeys"):
             arg = single()
             return None if arg is None else _derelativise(arg)
         if kw in SINGLE_ARG_KEYWORDS:

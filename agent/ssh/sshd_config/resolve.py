@@ -221,6 +221,7 @@ def _resolve(parsed: ParsedSshdConfig, ctx: MatchContext | None) -> EffectiveSsh
         authorized_principals_command=opt("authorized_principals_command"),
         authorized_principals_command_user=opt("authorized_principals_command_user"),
         trusted_user_ca_keys=opt("trusted_user_ca_keys"),
+        revoked_keys=opt("revoked_keys"),
         strict_modes=flag("strict_modes", True),
         pubkey_authentication=flag("pubkey_authentication", True),
         password_authentication=flag("password_authentication", True),
