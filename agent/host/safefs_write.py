@@ -6,8 +6,10 @@ descriptor, owner and mode set on its descriptor before any byte, all bytes writ
 the caller's last checks, a rename within that directory, an fsync of the directory. It serves:
 
 * users' authorized keys files (``atomic_replace``: in a directory opened by ``open_dir``, which
-  never follows a symlink below the home and checks owners and modes like StrictModes; guarded by
-  the stat of the read the new bytes are based on; the SELinux label kept);
+  walks from the root by the trust rules of ``safefs_walk`` — only root's links, none inside the
+  home — and checks every directory from ``/`` down like StrictModes and stricter; guarded by
+  the stat of the read the new bytes are based on; the SELinux label kept). Nothing the agent
+  creates for a user is the user's outside that user's own home (see ``open_dir``);
 * the agent's own files in its private directories (``write_private_file``: credentials,
   rotation backups), whose directory ``open_private_dir`` creates 0700 and refuses when it is a
   symlink or owned by another uid.
@@ -18,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import posixpath
 import secrets
 import stat
 from collections.abc import Callable, Iterator
@@ -30,10 +33,16 @@ from agent.host.safefs_walk import (
     DIR_PROBE,
     PROBE,
     FileInfo,
+    Home,
     Resolver,
+    Scope,
     UnsafePath,
+    Walk,
+    within,
     check_name,
     components,
+    group_or_other_writable,
+    join,
     kind,
 )
 
@@ -47,9 +56,16 @@ _XATTR_ABSENT: Final = frozenset({errno.ENODATA, errno.ENOTSUP, errno.EOPNOTSUPP
 _XATTR_UNSUPPORTED: Final = frozenset({errno.ENOTSUP, errno.EOPNOTSUPP})
 
 
+# A directory open_dir creates where the user may not own it (outside the user's home, or in a
+# directory of root's): root's, and readable by everybody, because sshd reads authorized keys
+# files with the user's privileges (temporarily_use_uid in auth2-pubkey.c).
+ROOT_DIR_MODE: Final = 0o755
+
+
 @dataclass(frozen=True)
 class CreateSpec:
-    """Owner and mode of a directory that open_dir may create."""
+    """Owner and mode of a directory that open_dir may create *when the user may own it* (in a
+    directory the user owns inside the user's home); elsewhere it is root's, ``ROOT_DIR_MODE``."""
 
     uid: int
     gid: int
@@ -57,13 +73,28 @@ class CreateSpec:
 
 
 class DirHandle:
-    """A directory held open (O_RDONLY descriptor) for reading and atomically replacing files in it."""
+    """A directory held open (O_RDONLY descriptor) for reading and atomically replacing files in it.
 
-    def __init__(self, fd: int, path: str, chain: tuple[FileInfo, ...], owners: frozenset[int]) -> None:
+    ``home``: the real path of the account's home when this directory is at or below it, else
+    None. ``user_may_own``: new files here may be the user's (the directory is the user's own,
+    inside the user's home); otherwise a new file must be root's."""
+
+    def __init__(
+        self,
+        fd: int,
+        path: str,
+        chain: tuple[FileInfo, ...],
+        owners: frozenset[int],
+        *,
+        home: str | None = None,
+        user_may_own: bool = False,
+    ) -> None:
         self.fd = fd
         self.path = path  # real path inside the root
         self.chain = chain  # directories from "/" down to and including this one
         self.owners = owners  # uids allowed to own files written here (root and the user)
+        self.home = home
+        self.user_may_own = user_may_own
 
     @property
     def info(self) -> FileInfo:
@@ -232,6 +263,10 @@ def _not_dir_reason(dir_fd: int, name: str) -> str:
         st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
     except OSError:
         return "changed during the walk"
+    return _not_dir_reason_info(st)
+
+
+def _not_dir_reason_info(st: os.stat_result) -> str:
     if stat.S_ISLNK(st.st_mode):
         return "symlink on the write path"
     return "is not a directory" if stat.S_ISREG(st.st_mode) else kind(st.st_mode)
@@ -239,9 +274,34 @@ def _not_dir_reason(dir_fd: int, name: str) -> str:
 
 def _check_dir(info: FileInfo, owners: frozenset[int], path: str) -> None:
     if info.uid not in owners:
-        raise UnsafePath(f"directory {info.path} has a bad owner", path)
-    if info.mode & (stat.S_IWGRP | stat.S_IWOTH):
+        raise UnsafePath(f"directory {info.path} has a bad owner (uid {info.uid})", path)
+    if group_or_other_writable(info):
         raise UnsafePath(f"directory {info.path} is group- or other-writable", path)
+
+
+@dataclass(frozen=True)
+class _Rules:
+    """What every directory on a write path must satisfy (``Writes.open_dir``)."""
+
+    uid: int  # the account
+    home: Home | None  # its home, resolved by the rules (None: missing or unreachable)
+    owners: frozenset[int]  # root, the account, the agent's own uid
+
+    def check(self, walk: Walk, path: str) -> None:
+        """Every directory from the root down: root's or the user's, not group/other-writable;
+        when at or below the home, the home is the user's own."""
+        for info in walk.infos:
+            _check_dir(info, self.owners, path)
+        home = _home_of(walk, self.home)
+        if home is not None and home.uid != self.uid:
+            raise UnsafePath(f"home {home.path} is owned by uid {home.uid}, not by the user", path)
+
+
+def _home_of(walk: Walk, home: Home | None) -> FileInfo | None:
+    """The home's directory in the walk, when the walk is at or below the home."""
+    if home is None or not within(walk.names, home.names):
+        return None
+    return walk.infos[len(home.names)]
 
 
 def _make_dir(parent_fd: int, name: str, create: CreateSpec, path: str) -> int:
@@ -286,6 +346,15 @@ def _probe_target(dirh: DirHandle, name: str) -> os.stat_result | None:
     return st
 
 
+def _check_new_owner(dirh: DirHandle, uid: int, *, creating: bool, path: str) -> None:
+    """A file is owned by root or the directory's user; a new one by the user only where the
+    user may own it (``DirHandle.user_may_own``): never outside the user's own home."""
+    if uid not in dirh.owners:
+        raise UnsafePath(f"a file owned by uid {uid} is not written here", path)
+    if creating and uid not in (0, os.geteuid()) and not dirh.user_may_own:
+        raise UnsafePath(f"a new file of uid {uid} is created only in that user's own directories", path)
+
+
 def _check_expected(current: os.stat_result | None, expect: FileInfo | None, path: str) -> None:
     if expect is None:
         return
@@ -323,45 +392,92 @@ class Writes(Resolver):
     def open_dir(
         self, path: str, *, create: CreateSpec | None = None, confine: str, user_uid: int | None = None
     ) -> DirHandle:
-        """Open the directory ``path`` (lexically at or under ``confine``, the home) for writing.
+        """Open the directory ``path`` for writing files of the account ``user_uid`` whose home is
+        ``confine``. ``path`` may be below the home or anywhere else (a central AuthorizedKeysFile
+        such as /etc/ssh/authorized_keys/%u); the rules are the same:
 
-        Components above and including ``confine`` are resolved like reads (root-controlled
-        layout such as a /home symlink); every component below it must be a real directory —
-        a symlink is refused, never followed. The home and every directory below it must be
-        owned by root or the user and not group/other-writable (like StrictModes). The user is
-        ``user_uid``, else ``create.uid``, else the owner of ``confine``. With ``create``, a
-        missing final directory is created and given that owner and mode (on its descriptor)."""
-        conf_parts = components(confine)
+        * the walk starts at the root and follows a symlink only in a directory of root's (root-
+          or agent-owned, not group/other-writable) and outside the home: no link the user (or
+          anyone but root) controls steers the write, and no link below the home is followed;
+        * every directory of the real path, from ``/`` down, is owned by root or the user and not
+          group- or other-writable (StrictModes checks only up to the home; a root process
+          writing must trust every component);
+        * when ``path`` is at or below the home, the home must be the user's own directory
+          (for a non-root account a root-owned home such as ``/`` or ``/etc``, or another
+          account's, is refused);
+        * with ``create``, a missing final directory is created: with ``create``'s owner and mode
+          when the user may own it (its parent is the user's, inside the user's home), else
+          root's with ``ROOT_DIR_MODE``. Nothing is ever created for the user outside that home.
+
+        The user is ``user_uid``, else ``create.uid``, else the owner of ``confine``."""
         parts = components(path)
-        if ".." in parts or ".." in conf_parts:
+        if ".." in parts or ".." in components(confine):
             raise UnsafePath("'..' is not allowed on the write path", path)
-        if parts[: len(conf_parts)] != conf_parts:
-            raise UnsafePath(f"outside {confine}", path)
-        rest = parts[len(conf_parts) :]
-        walk, final = self._resolve(confine, follow_final=True, confine=None)
+        uid = user_uid if user_uid is not None else create.uid if create is not None else None
+        scope = self.scope(confine, uid, writing=True)
+        home = scope.resolved_home(self)
+        if uid is None:
+            if home is None:
+                raise UnsafePath("home is missing or unsafe", confine)
+            uid = home.uid
+            scope = self.scope(confine, uid, writing=True)
+        owners = frozenset({0, uid, os.geteuid()})
+        walk = self._walk_to_dir(join(parts), scope, create, _Rules(uid, home, owners), path)
         with walk:
-            if final is not None:
-                raise UnsafePath("home is not a directory", confine)
-            uid = (
-                user_uid if user_uid is not None else create.uid if create is not None else walk.infos[-1].uid
-            )
-            owners = frozenset({0, uid})
-            _check_dir(walk.infos[-1], owners, confine)
-            for index, name in enumerate(rest):
-                last = index == len(rest) - 1
-                try:
-                    fd = os.open(name, DIR_PROBE, dir_fd=walk.fd)
-                except FileNotFoundError:
-                    if not (last and create is not None):
-                        raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), path) from None
-                    fd = _make_dir(walk.fd, name, create, path)
-                except NotADirectoryError:
-                    raise UnsafePath(_not_dir_reason(walk.fd, name), path) from None
-                st = os.fstat(fd)
-                walk.push(fd, name, st)
-                _check_dir(walk.infos[-1], owners, path)
+            home_info = _home_of(walk, home)
             dir_fd = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=walk.fd)
-            return DirHandle(dir_fd, walk.path, tuple(walk.infos), owners)
+            return DirHandle(
+                dir_fd,
+                walk.path,
+                tuple(walk.infos),
+                owners,
+                home=home_info.path if home_info is not None else None,
+                user_may_own=home_info is not None and walk.infos[-1].uid == uid,
+            )
+
+    def _walk_to_dir(
+        self, path: str, scope: Scope, create: CreateSpec | None, rules: _Rules, shown: str
+    ) -> Walk:
+        """The walk to the directory ``path`` (by the scope's rules), every directory checked
+        (``_Rules.check``) before anything is created; its last component created when missing
+        and ``create`` is given: the user's (``create``) only in a directory of the user's inside
+        the user's home, else root's (``ROOT_DIR_MODE``)."""
+        parent, name = posixpath.split(path)
+        uid, home = rules.uid, rules.home
+        walk, final = self._resolve(parent, follow_final=True, scope=scope)
+        try:
+            if final is not None:
+                raise UnsafePath(_not_dir_reason_info(final.st), shown)
+            rules.check(walk, shown)
+            if not name:
+                return walk
+            try:
+                fd = os.open(name, PROBE, dir_fd=walk.fd)
+            except FileNotFoundError:
+                if create is None:
+                    raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), shown) from None
+                parent_home = _home_of(walk, home)
+                if parent_home is None or parent_home.uid != uid or walk.infos[-1].uid != uid:
+                    create = CreateSpec(os.geteuid(), os.getegid(), ROOT_DIR_MODE)
+                fd = _make_dir(walk.fd, name, create, shown)
+            st = os.fstat(fd)
+            if stat.S_ISLNK(st.st_mode):
+                os.close(fd)
+                self._may_follow(walk, scope, shown)  # raises unless root's link outside the home
+                walk.reset()
+                walk, final = self._resolve(path, follow_final=True, scope=scope)
+                if final is not None:
+                    raise UnsafePath(_not_dir_reason_info(final.st), shown)
+            elif not stat.S_ISDIR(st.st_mode):
+                os.close(fd)
+                raise UnsafePath(_not_dir_reason_info(st), shown)
+            else:
+                walk.push(fd, name, st)
+            rules.check(walk, shown)
+            return walk
+        except BaseException:
+            walk.reset()
+            raise
 
     def read_at(self, dirh: DirHandle, name: str) -> ReadResult | None:
         """Read ``name`` in a held directory without following links; None when absent.
@@ -400,6 +516,7 @@ class Writes(Resolver):
         path = dirh.child(name)
         current = _probe_target(dirh, name)
         _check_expected(current, expect, path)
+        _check_new_owner(dirh, uid, creating=current is None, path=path)
         label = _selinux_label(dirh, name, current) if current is not None else None
 
         def last_checks() -> None:

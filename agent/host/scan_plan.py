@@ -12,12 +12,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from agent.host.safefs import HostFS, UnsafePath
-from agent.host.sshd_files import (
-    authorized_keys_confine,
-    authorized_keys_paths,
-    load_sshd_config,
-    normalize_path,
-)
+from agent.host.sshd_files import authorized_keys_paths, load_sshd_config, normalize_path
 from agent.host.users import User, UserSource
 from agent.inventory.model import ScanError, SshdSummary
 from agent.ssh.sshd_config import EffectiveSshdConfig, MatchContext, resolve
@@ -38,7 +33,9 @@ class ScanSettings:
 
 @dataclass(frozen=True, slots=True)  # slots: one per planned file / account, 10,000s of them
 class Target:
-    """One place discovery reads. `not_read_by_sshd` marks files kept for visibility only."""
+    """One place discovery reads. `not_read_by_sshd` marks files kept for visibility only.
+    `confine` is the home of the account whose file it is (None for root's own files: host keys,
+    CA keys); the safe file layer follows links by the trust rules relative to it."""
 
     path: str
     kind: TargetKind
@@ -106,7 +103,7 @@ def plan_targets(
         targets += _user_targets(user, eff, settings)
         homes.add(normalize_path(user.home))
     for ca in ca_files:
-        targets.append(Target(ca, "trusted_user_ca", confine=posixpath.dirname(ca) or "/"))
+        targets.append(Target(ca, "trusted_user_ca"))
     if settings.orphan_homes:
         targets += _orphan_targets(fs, all_users, homes)
     return Plan(
@@ -135,7 +132,7 @@ def _host_key_targets(fs: HostFS, cfg: EffectiveSshdConfig) -> list[Target]:
     paths = [p + ".pub" for p in cfg.host_keys]
     paths += fs.glob("/etc/ssh/ssh_host_*_key.pub")
     paths += list(cfg.host_certificates)
-    return [Target(p, "host_key", confine="/") for p in dict.fromkeys(paths)]
+    return [Target(p, "host_key") for p in dict.fromkeys(paths)]
 
 
 def _user_targets(user: User, eff: EffectiveSshdConfig, settings: ScanSettings) -> list[Target]:
@@ -145,8 +142,7 @@ def _user_targets(user: User, eff: EffectiveSshdConfig, settings: ScanSettings) 
     read_by_sshd: list[str] = []
     for path in authorized_keys_paths(user, eff):
         read_by_sshd.append(path)
-        confine = authorized_keys_confine(path, home)
-        out.append(Target(path, "authorized_keys", user=user, confine=confine, grants_root=is_root))
+        out.append(Target(path, "authorized_keys", user=user, confine=home, grants_root=is_root))
     # Keys in the usual places that sshd is configured not to read are still worth reporting.
     for template in DEFAULT_AUTHORIZED_KEYS:
         path = normalize_path(posixpath.join(home, template))

@@ -79,7 +79,7 @@ def read_target(fs: FileReads, target: Target, plan: Plan, ctx: ScanContext) -> 
     try:
         if target.kind == "identity_dir":
             return _read_identity_dir(fs, target, ctx)
-        result = fs.read(target.path, confine=target.confine)
+        result = fs.read(target.path, confine=target.confine, user_uid=_uid(target))
     except (FileNotFoundError, NotADirectoryError):
         return NOTHING_THERE
     except (UnsafePath, OSError) as exc:
@@ -92,6 +92,10 @@ def read_target(fs: FileReads, target: Target, plan: Plan, ctx: ScanContext) -> 
     if result.realpath != target.path:
         found = dataclasses.replace(found, realpath=result.realpath)
     return found
+
+
+def _uid(target: Target) -> int | None:
+    return target.user.uid if target.user is not None else None
 
 
 def _truncation_error(result: ReadResult, target: Target) -> tuple[ScanError, ...]:
@@ -257,7 +261,8 @@ def _record(
 def _read_identity_dir(fs: FileReads, target: Target, ctx: ScanContext) -> FileResult:
     user = target.user
     assert user is not None
-    names = fs.listdir(target.path)
+    uid = user.uid
+    names = fs.listdir(target.path, confine=target.confine, user_uid=uid)
     records: list[KeyRecord] = []
     errors: list[ScanError] = []
     for name in names:
@@ -265,7 +270,7 @@ def _read_identity_dir(fs: FileReads, target: Target, ctx: ScanContext) -> FileR
             continue
         path = posixpath.join(target.path, name)
         try:
-            result = fs.read(path, confine=target.confine)
+            result = fs.read(path, confine=target.confine, user_uid=uid)
         except (UnsafePath, OSError) as exc:
             if name.startswith("id_"):
                 errors.append(ScanError(path, user.name, failure_reason(exc)))
@@ -298,7 +303,7 @@ def _identity_record(
             key = parse_public_blob(parsed.public_blob)
         else:
             # Encrypted PEM keys do not carry the public half in the clear: use the .pub beside it.
-            pub = fs.read(path + ".pub", confine=target.confine)
+            pub = fs.read(path + ".pub", confine=target.confine, user_uid=user.uid)
             key, comment = parse_public_key_text(pub.text().strip())
     except FileNotFoundError:
         return ScanError(path, user.name, "encrypted private key without a .pub file; public key unknown")
@@ -324,7 +329,7 @@ def _identity_record(
 
 def _pub_comment(fs: FileReads, path: str, target: Target) -> str:
     try:
-        pub = fs.read(path + ".pub", confine=target.confine)
+        pub = fs.read(path + ".pub", confine=target.confine, user_uid=_uid(target))
         _, comment = parse_public_key_text(pub.text().strip())
         return comment
     except (InvalidKey, UnsafePath, OSError):
