@@ -38,12 +38,12 @@ from agent.host.safefs_walk import (
     Scope,
     UnsafePath,
     Walk,
-    within,
     check_name,
     components,
     group_or_other_writable,
     join,
     kind,
+    within,
 )
 
 SELINUX_XATTR: Final = "security.selinux"
