@@ -1,0 +1,88 @@
+"""Hostile homes, odd accounts and hostile file names through the real daemon
+(`sshklm-agent run --root FAKE` as a child process) and the reference control plane issuing
+signed instructions."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import jwt
+import pytest
+
+from tests.controlplane import ControlPlane
+from tests.fakeroot import FakeRoot, ed25519_line
+from tests.integration.daemon_support import Agent, enroll, wait_for, write_config
+
+pytestmark = pytest.mark.slow
+
+ROOT_REASON = "accounts with distinct uids need root (chown)"
+
+
+def _jti(token: str) -> str:
+    return str(jwt.decode(token, options={"verify_signature": False})["jti"])
+
+
+def _results(cp: ControlPlane, jti: str) -> list[dict[str, Any]]:
+    return [r for r in cp.instruction_results() if r["jti"] == jti]
+
+
+def _tree(root: Path) -> dict[str, tuple[int, int, int, int, int]]:
+    out = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in [*dirnames, *filenames]:
+            st = os.lstat(os.path.join(dirpath, name))
+            out[os.path.relpath(os.path.join(dirpath, name), root)] = (
+                st.st_ino,
+                st.st_mtime_ns,
+                st.st_size,
+                st.st_uid,
+                st.st_mode,
+            )
+    return out
+
+
+@pytest.mark.root(reason=ROOT_REASON)
+@pytest.mark.skipif(os.geteuid() != 0, reason=ROOT_REASON)
+def test_signed_add_through_a_home_aimed_at_root_changes_nothing(tmp_path: Path, agents: list[Agent]) -> None:
+    """alice owns /srv/alice and replaces her home /srv/alice/home by a link to /root (which has
+    no ~/.ssh): the signed `add` for alice fails UNSAFE_PATH, nothing appears under /root, and the
+    inventory attributes none of root's keys to alice."""
+    fr = FakeRoot(tmp_path / "root")
+    (fr.root / "etc/machine-id").write_text("0123456789abcdef0123456789abcdef\n")
+    (fr.root / "etc/hostname").write_text("test-host\n")
+    uid = 2001
+    fr.add_account("alice", uid, uid, "/srv/alice/home")
+    srv = fr.path("/srv/alice")
+    srv.mkdir(parents=True)
+    os.chown(srv, uid, uid)
+    (srv / "home").symlink_to("/root")
+    os.lchown(srv / "home", uid, uid)
+    fr.path("/root").mkdir(mode=0o700)
+    (fr.root / "etc/ssh/authorized_keys").mkdir()
+    fr.write_sshd_config("AuthorizedKeysFile .ssh/authorized_keys /etc/ssh/authorized_keys/%u\n")
+    fr.write("/etc/ssh/authorized_keys/root", ed25519_line("root-central") + "\n", 0o644)
+    with ControlPlane.start() as cp:
+        cp.poll_interval = 1
+        state = tmp_path / "state"
+        host_id = enroll(cp, state)
+        extra = f'[instructions]\npublic_keys = ["{cp.signing_public_key_openssh}"]\n'
+        agent = Agent(write_config(tmp_path / "agent.toml", state, cp.url, extra), fr.root).start()
+        agents.append(agent)
+        wait_for(lambda: cp.inventory(host_id) is not None, what="first inventory")
+        inventory = cp.inventory(host_id)
+        assert inventory is not None
+        assert [k["comment"] for k in inventory["keys"] if k["user"] == "alice"] == []
+        assert any(e["user"] == "alice" for e in inventory["errors"])
+
+        before = _tree(fr.root)
+        body = {"rotation_id": "rot_aim", "user": "alice", "action": "add", "new_key": ed25519_line("alice")}
+        jti = _jti(cp.issue_instruction(host_id, "rotation", body))
+        wait_for(lambda: _results(cp, jti), timeout=30, what="the result")
+        result = _results(cp, jti)[0]
+        assert result["status"] == "failed", result
+        assert result["result"]["error"]["code"] == "UNSAFE_PATH"
+        assert _tree(fr.root) == before
+        assert not fr.path("/root/.ssh").exists()
+        assert agent.stop() == 0
