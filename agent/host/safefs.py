@@ -10,14 +10,19 @@ How this module stays safe:
   descriptor. Every path is walked one component at a time with ``openat(O_PATH|O_NOFOLLOW)``
   relative to the descriptor of the previous directory, so no user-controlled path is ever
   handed to a plain ``open``/``stat``/``chown``.
-* Reads resolve symlinks *manually*, inside the root (an absolute target restarts at the root,
-  ``..`` never climbs above it, at most 40 links, like the kernel's RESOLVE_IN_ROOT). With
-  ``confine`` a symlink that lives inside that directory must resolve inside it too.
+* Symlinks are resolved *manually*, inside the root (an absolute target restarts at the root,
+  ``..`` never climbs above it, at most 40 links and 40 directories deep, like the kernel's
+  RESOLVE_IN_ROOT), and only where the trust rules allow (``safefs_walk``; docs/rotation.md,
+  "Trust rules"): a link is followed outside the account's home only when root controls the
+  directory holding it, inside the home only back into the home (and never for a write). Every
+  call names whose file it is: ``confine`` (the account's home; None for root's own files) and
+  ``user_uid`` (the account; None: the home's owner).
 * Types, owners and sizes are taken from ``fstat`` of the descriptor actually used, never
   from a separate ``stat`` of the name. Non-regular files are refused before they are opened
   for reading (a FIFO must never hang the scanner; a device must never be opened).
-* Writes never follow a symlink below the home, check owners and modes on descriptors, and
-  replace files atomically (temp file created O_EXCL|O_NOFOLLOW in the held directory, fsync,
+* Writes never follow a symlink below the home nor one the user controls above it, check the
+  owner and mode of every directory from the root down on descriptors, never create anything of
+  the user's outside the user's own home, and replace files atomically (temp file created O_EXCL|O_NOFOLLOW in the held directory, fsync,
   rename within that directory, fsync the directory). Because all of it is relative to the
   held directory descriptor, swapping ``~/.ssh`` mid-write cannot redirect the write.
 
