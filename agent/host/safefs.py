@@ -22,9 +22,10 @@ How this module stays safe:
   for reading (a FIFO must never hang the scanner; a device must never be opened).
 * Writes never follow a symlink below the home nor one the user controls above it, check the
   owner and mode of every directory from the root down on descriptors, never create anything of
-  the user's outside the user's own home, and replace files atomically (temp file created O_EXCL|O_NOFOLLOW in the held directory, fsync,
-  rename within that directory, fsync the directory). Because all of it is relative to the
-  held directory descriptor, swapping ``~/.ssh`` mid-write cannot redirect the write.
+  the user's outside the user's own home, and replace files atomically (temp file created
+  O_EXCL|O_NOFOLLOW in the held directory, fsync, rename within that directory, fsync the
+  directory). Because all of it is relative to the held directory descriptor, swapping
+  ``~/.ssh`` (or the home, or a directory above it) mid-write cannot redirect the write.
 
 Exceptions: ``UnsafePath`` for anything refused on safety grounds; ``FileNotFoundError`` when a
 component is missing; ``NotADirectoryError`` when a non-final component is not a directory;

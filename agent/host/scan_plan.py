@@ -89,6 +89,7 @@ def plan_targets(
     parsed, errors = load_sshd_config(fs, settings.sshd_config)
     global_cfg = resolve(parsed, None)
     all_users = [u for u in users.all() if u.name not in settings.skip_users]
+    errors += [e for e in users.problems() if e.user not in settings.skip_users]
     targets: list[Target] = []
     if settings.host_keys:
         targets += _host_key_targets(fs, global_cfg)

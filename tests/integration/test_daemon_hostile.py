@@ -86,3 +86,37 @@ def test_signed_add_through_a_home_aimed_at_root_changes_nothing(tmp_path: Path,
         assert _tree(fr.root) == before
         assert not fr.path("/root/.ssh").exists()
         assert agent.stop() == 0
+
+
+def test_odd_accounts_never_stop_the_daemon(tmp_path: Path, agents: list[Agent]) -> None:
+    """Odd passwd entries at start and added while it runs: the daemon reports them in the
+    inventory's errors, keeps running, and still reports alice's new key."""
+    from tests.integration.daemon_support import fingerprint_of
+    from tests.integration.test_odd_accounts import _odd_root, assert_odd_accounts_reported
+
+    fr = _odd_root(tmp_path)
+    (fr.root / "etc/hostname").write_text("test-host\n")
+    with ControlPlane.start() as cp:
+        cp.poll_interval = 1
+        state = tmp_path / "state"
+        host_id = enroll(cp, state)
+        agent = Agent(write_config(tmp_path / "agent.toml", state, cp.url), fr.root).start()
+        agents.append(agent)
+        wait_for(lambda: cp.inventory(host_id) is not None, what="first inventory")
+        inventory = cp.inventory(host_id)
+        assert inventory is not None
+        assert_odd_accounts_reported(inventory)
+        # More odd entries while it runs: the re-plan reports them and the daemon goes on.
+        with (fr.root / "etc/passwd").open("ab") as f:
+            f.write(b"late:x:991:991::rel/ative:/bin/sh\nlate2\xff:x:990:990::/x:/bin/sh\n")
+        late = ed25519_line("late-key")
+        with fr.path("/home/alice/.ssh/authorized_keys").open("a") as f:
+            f.write(late + "\n")
+        fp = fingerprint_of(late)
+        wait_for(
+            lambda: any(e["type"] == "key_added" and e["fingerprint"] == fp for e in cp.events(host_id)),
+            what="alice's key after the late odd accounts",
+        )
+        assert agent.proc is not None and agent.proc.poll() is None
+        assert "Traceback" not in agent.text()
+        assert agent.stop() == 0

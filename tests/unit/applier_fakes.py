@@ -26,7 +26,7 @@ from agent.host.safefs import CHANGED_SINCE_READ, CreateSpec, FileInfo, ReadResu
 from agent.host.users import User
 from agent.instructions.apply import Applier, ApplierSettings
 from agent.inventory.evaluate import Policy
-from agent.inventory.model import Event
+from agent.inventory.model import Event, ScanError
 from agent.ssh.sshd_config import ParsedSshdConfig, parse_sshd_config
 from agent.store.db import open_database
 from agent.store.state import StateStore
@@ -211,6 +211,9 @@ class FakeUsers:
 
     def get(self, name: str) -> User | None:
         return self.by_name.get(name)
+
+    def problems(self) -> list[ScanError]:
+        return []
 
 
 @dataclass
