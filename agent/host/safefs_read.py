@@ -200,7 +200,14 @@ class Reads(Resolver):
 class FileReads(Protocol):
     """The read side discovery needs: ``HostFS`` itself, or ``DirReads`` over it."""
 
-    def read(self, path: str, *, confine: str | None = None, user_uid: int | None = None) -> ReadResult: ...
+    def read(
+        self,
+        path: str,
+        *,
+        confine: str | None = None,
+        user_uid: int | None = None,
+        max_bytes: int | None = None,
+    ) -> ReadResult: ...
 
     def listdir(self, path: str, *, confine: str | None = None, user_uid: int | None = None) -> list[str]: ...
 
@@ -277,17 +284,24 @@ class DirReads:
         self._dir: ReadDir | None = None
         self._error: OSError | UnsafePath | None = None
 
-    def read(self, path: str, *, confine: str | None = None, user_uid: int | None = None) -> ReadResult:
+    def read(
+        self,
+        path: str,
+        *,
+        confine: str | None = None,
+        user_uid: int | None = None,
+        max_bytes: int | None = None,
+    ) -> ReadResult:
         parent, name = _split_simple(path)
         if name is None:
-            return self._fs.read(path, confine=confine, user_uid=user_uid)
+            return self._fs.read(path, confine=confine, user_uid=user_uid, max_bytes=max_bytes)
         try:
             directory = self._open(parent, confine, user_uid)
         except UnsafePath as exc:
             raise UnsafePath(exc.reason, path) from None
         except OSError as exc:  # OSError() picks the subclass (FileNotFoundError, ...) from errno
             raise OSError(exc.errno, exc.strerror, path) from None
-        return directory.read(name)
+        return directory.read(name, max_bytes=max_bytes)
 
     def listdir(self, path: str, *, confine: str | None = None, user_uid: int | None = None) -> list[str]:
         return self._open(path, confine, user_uid).listdir()

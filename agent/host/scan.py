@@ -91,7 +91,7 @@ def assemble(
 
     `key_users` is `users_per_key` over the whole host when `results` holds only part of it
     (only "shared" matters: entries with a single account may be left out)."""
-    records = [(r, res.orphaned) for res in results.values() for r in res.records]
+    records = [(r, res.orphaned, res.partly_read) for res in results.values() for r in res.records]
     errors = list(plan.errors) + [e for res in results.values() for e in res.errors]
     if key_users is None:
         key_users = users_per_key(results.values())
@@ -101,7 +101,7 @@ def assemble(
     # Keys differ in few ways that matter to risk: most records share their inputs with another
     # (same file age, type and size), and so can share one Risk.
     risks: dict[RiskInputs, Risk] = {}
-    for r, orphaned in records:
+    for r, orphaned, partly_read in records:
         kind = r.kind
         first_seen, file_mtime = r.first_seen, r.file_mtime
         since = min(first_seen, file_mtime) if first_seen and file_mtime else first_seen or file_mtime
@@ -117,6 +117,7 @@ def assemble(
             shared=kind == "authorized_key" and len(key_users.get(r.fingerprint, ())) > 1,
             managed=r.managed_by is not None,
             has_from="from" in r.options,
+            partly_read=partly_read,
         )
         risk = risks.get(inputs)
         if risk is None:

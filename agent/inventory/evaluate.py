@@ -133,6 +133,9 @@ RISK_WEIGHTS: dict[str, int] = {
     "orphaned": 30,
     "shared_key": 20,
     "never_rotated": 10,
+    # The file holding the key was read only up to discovery.max_file_bytes: sshd reads the
+    # rest, so another key of this account may be hidden there, unseen.
+    "file_partly_read": 20,
 }
 POLICY_WEIGHT = 15
 
@@ -161,6 +164,7 @@ class RiskInputs(NamedTuple):
     shared: bool
     managed: bool
     has_from: bool
+    partly_read: bool = False
 
 
 def risk_of(inputs: RiskInputs, policy: Policy | None) -> Risk:
@@ -182,6 +186,8 @@ def risk_of(inputs: RiskInputs, policy: Policy | None) -> Risk:
         factors.append("shared_key")
     if too_old and not inputs.managed:
         factors.append("never_rotated")
+    if inputs.partly_read:
+        factors.append("file_partly_read")
     score = sum(RISK_WEIGHTS[f] for f in factors)
     if policy is not None:
         for violation in policy_violations(inputs, policy):

@@ -5,6 +5,7 @@ signed instructions."""
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -119,4 +120,47 @@ def test_odd_accounts_never_stop_the_daemon(tmp_path: Path, agents: list[Agent])
         )
         assert agent.proc is not None and agent.proc.poll() is None
         assert "Traceback" not in agent.text()
+        assert agent.stop() == 0
+
+
+def test_a_user_rewriting_junk_is_reread_later_and_her_last_change_is_still_reported(
+    tmp_path: Path, agents: list[Agent]
+) -> None:
+    """alice rewrites her authorized_keys as 1 MiB of invalid lines, over and over; each re-read
+    costs more than her re-read budget, so her later changes wait — but bob's go through at once,
+    and alice's last change (a key after the junk) is reported when her budget allows."""
+    from tests.integration.daemon_support import fingerprint_of
+
+    fr = FakeRoot(tmp_path / "root")
+    uid = os.geteuid() or 1000
+    for name in ("alice", "bob"):
+        fr.add_user(name, uid)
+        fr.authorized_keys(name, [ed25519_line(f"{name}-initial")])
+    (fr.root / "etc/machine-id").write_text("0123456789abcdef0123456789abcdef\n")
+    (fr.root / "etc/hostname").write_text("test-host\n")
+    junk = b"a\n" * ((1 << 19) - 2048)  # under discovery.max_file_bytes, with room for a key after it
+    with ControlPlane.start() as cp:
+        cp.poll_interval = 1
+        state = tmp_path / "state"
+        host_id = enroll(cp, state)
+        agent = Agent(write_config(tmp_path / "agent.toml", state, cp.url), fr.root).start()
+        agents.append(agent)
+        wait_for(lambda: cp.inventory(host_id) is not None, what="first inventory")
+
+        def added(fp: str) -> bool:
+            return any(e["type"] == "key_added" and e["fingerprint"] == fp for e in cp.events(host_id))
+
+        alice = fr.path("/home/alice/.ssh/authorized_keys")
+        for _ in range(3):  # each re-read of 524,288 invalid lines overdraws her budget
+            alice.write_bytes(junk)
+            time.sleep(0.6)
+        last = ed25519_line("alice-after-the-junk")
+        alice.write_bytes(junk + last.encode() + b"\n")
+        bob_key = ed25519_line("bob-meanwhile")
+        with fr.path("/home/bob/.ssh/authorized_keys").open("a") as f:
+            f.write(bob_key + "\n")
+        wait_for(lambda: added(fingerprint_of(bob_key)), timeout=20, what="bob's key while alice is deferred")
+        wait_for(lambda: added(fingerprint_of(last)), timeout=120, what="alice's last change, late")
+        assert "re-reads of alice deferred" in agent.text()
+        assert agent.proc is not None and agent.proc.poll() is None
         assert agent.stop() == 0
