@@ -164,3 +164,26 @@ def test_a_user_rewriting_junk_is_reread_later_and_her_last_change_is_still_repo
         assert "re-reads of alice deferred" in agent.text()
         assert agent.proc is not None and agent.proc.poll() is None
         assert agent.stop() == 0
+
+
+def test_hostile_file_names_do_not_forge_log_lines(tmp_path: Path, agents: list[Agent]) -> None:
+    """A key file in ~/.ssh named with a newline and escape sequences, added while the daemon
+    runs (standalone: every change is logged): its log line stays one line, escaped."""
+    from tests.fakeroot import ed25519_private_openssh
+
+    fr = FakeRoot(tmp_path / "root")
+    fr.add_user("alice", os.geteuid() or 1000)
+    fr.authorized_keys("alice", [ed25519_line("initial")])
+    agent = Agent(write_config(tmp_path / "agent.toml", tmp_path / "state"), fr.root).start()
+    agents.append(agent)
+    wait_for(lambda: "ready" in agent.text(), what="the daemon ready")
+    forged = "2026-01-01 00:00:00,000 INFO sshklm.daemon: FORGED"
+    private, _ = ed25519_private_openssh()
+    fr.write(f"/home/alice/.ssh/id_x\n{forged}\x1b[2J\x1b[31m\u2028", private)
+    wait_for(lambda: "key_added" in agent.text(), what="the new key logged")
+    text = agent.text()
+    assert not any(line.startswith(forged) for line in text.splitlines())
+    assert "id_x\\n2026-01-01" in text
+    for raw in ("\x1b", "\u2028"):
+        assert raw not in text
+    assert agent.stop() == 0
