@@ -19,10 +19,12 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import os
 import posixpath
 import secrets
 import stat
+import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from types import TracebackType
@@ -52,6 +54,11 @@ CHANGED_SINCE_READ: Final = "changed since read"  # the reason a write guarded b
 
 _DIR_READ: Final = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _TEMP_CREATE: Final = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_NOCTTY | os.O_CLOEXEC
+# Inode flags (chattr): an append-only or immutable directory lets no entry be renamed or
+# removed, an append-only or immutable file cannot be replaced. <linux/fs.h>
+FS_IOC_GETFLAGS: Final = 0x80086601
+FS_IMMUTABLE_FL: Final = 0x00000010
+FS_APPEND_FL: Final = 0x00000020
 _XATTR_ABSENT: Final = frozenset({errno.ENODATA, errno.ENOTSUP, errno.EOPNOTSUPP})
 _XATTR_UNSUPPORTED: Final = frozenset({errno.ENOTSUP, errno.EOPNOTSUPP})
 
@@ -136,6 +143,31 @@ def close_quietly(fd: int) -> None:
         os.close(fd)
 
 
+class TempFileLeft(OSError):
+    """The write failed and its temp file could not be removed either (e.g. the directory turned
+    append-only under it): the message names the file, so the operator can remove it."""
+
+
+def inode_flags(fd: int) -> int:
+    """The chattr flags of an open (not O_PATH) descriptor; 0 where the filesystem has none."""
+    try:
+        answer = fcntl.ioctl(fd, FS_IOC_GETFLAGS, b"\0\0\0\0")
+    except OSError:
+        return 0  # ENOTTY / EOPNOTSUPP: no inode flags here
+    return int.from_bytes(answer, sys.byteorder)
+
+
+def refuse_unreplaceable(fd: int, what: str, path: str, *, doing: str = "replaced atomically") -> None:
+    """An append-only or immutable directory or file cannot take an atomic replace (a rename) or
+    a removal: say so before anything is created."""
+    flags = inode_flags(fd)
+    for flag, word in ((FS_IMMUTABLE_FL, "immutable"), (FS_APPEND_FL, "append-only")):
+        if flags & flag:
+            raise PermissionError(
+                errno.EPERM, f"{what} is {word} (chattr +{word[0]}): nothing can be {doing}", path
+            )
+
+
 # -- the atomic-write primitive --------------------------------------------------------------------
 
 
@@ -148,6 +180,7 @@ def replace_file_at(
     owner: tuple[int, int] | None = None,
     label: bytes | None = None,
     before_rename: Callable[[], None] | None = None,
+    shown_dir: str | None = None,
 ) -> os.stat_result:
     """Atomically replace (or create) ``name`` in the directory held by ``dir_fd`` with ``data``.
 
@@ -156,8 +189,11 @@ def replace_file_at(
     before any byte is written; then every byte, fsync, the SELinux ``label`` (when given and the
     filesystem has labels), ``before_rename()`` (the caller's last checks; raising aborts), the
     rename over ``name`` within the same directory, and an fsync of the directory. On any failure
-    the temp file is removed and ``name`` is untouched. Returns the new file's stat."""
+    the temp file is removed and ``name`` is untouched — or, when even that fails, ``TempFileLeft``
+    names it (``shown_dir``: the directory's path for messages). Returns the new file's stat."""
     check_name(name)
+    where = (shown_dir.rstrip("/") + "/") if shown_dir else ""
+    refuse_unreplaceable(dir_fd, "its directory", where + name)
     tmp = f".{name}.sshklm-{secrets.token_hex(8)}.tmp"
     tfd = os.open(tmp, _TEMP_CREATE, 0o600, dir_fd=dir_fd)
     renamed = False
@@ -181,10 +217,22 @@ def replace_file_at(
         renamed = True
         os.fsync(dir_fd)
         return os.fstat(tfd)
-    except BaseException:
+    except BaseException as exc:
         if not renamed:
-            with contextlib.suppress(OSError):
+            try:
                 os.unlink(tmp, dir_fd=dir_fd)
+            except FileNotFoundError:
+                pass
+            except OSError as cleanup:
+                if not isinstance(exc, Exception):
+                    raise
+                why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+                raise TempFileLeft(
+                    exc.errno if isinstance(exc, OSError) and exc.errno else cleanup.errno,
+                    f"{why or type(exc).__name__}; the temp file {where}{tmp} could not be removed "
+                    f"({cleanup.strerror}): remove it by hand",
+                    where + name,
+                ) from exc
         raise
     finally:
         close_quietly(tfd)
@@ -368,12 +416,15 @@ def _check_expected(current: os.stat_result | None, expect: FileInfo | None, pat
 
 
 def _selinux_label(dirh: DirHandle, name: str, probe: os.stat_result) -> bytes | None:
+    """The file's SELinux label (None when it has none); refuses a file that cannot be replaced
+    (append-only or immutable) before the write starts."""
     # fgetxattr needs a real (not O_PATH) descriptor; the probe already proved a regular file.
     fd = os.open(name, READ, dir_fd=dirh.fd)
     try:
         st = os.fstat(fd)
         if (st.st_dev, st.st_ino) != (probe.st_dev, probe.st_ino):
             raise UnsafePath("changed during the write", dirh.child(name))
+        refuse_unreplaceable(fd, "the file", dirh.child(name))
         return os.getxattr(fd, SELINUX_XATTR)
     except OSError as exc:
         if exc.errno in _XATTR_ABSENT:
@@ -517,6 +568,7 @@ class Writes(Resolver):
         current = _probe_target(dirh, name)
         _check_expected(current, expect, path)
         _check_new_owner(dirh, uid, creating=current is None, path=path)
+        refuse_unreplaceable(dirh.fd, f"directory {dirh.path}", path)
         label = _selinux_label(dirh, name, current) if current is not None else None
 
         def last_checks() -> None:
@@ -526,7 +578,14 @@ class Writes(Resolver):
             _check_expected(_probe_target(dirh, name), expect, path)
 
         st = replace_file_at(
-            dirh.fd, name, data, mode=mode, owner=(uid, gid), label=label, before_rename=last_checks
+            dirh.fd,
+            name,
+            data,
+            mode=mode,
+            owner=(uid, gid),
+            label=label,
+            before_rename=last_checks,
+            shown_dir=dirh.path,
         )
         return self._info(path, st)
 
@@ -536,5 +595,6 @@ class Writes(Resolver):
         check_name(name)
         path = dirh.child(name)
         _check_expected(_probe_target(dirh, name), expect, path)
+        refuse_unreplaceable(dirh.fd, f"directory {dirh.path}", path, doing="removed")
         os.unlink(name, dir_fd=dirh.fd)
         os.fsync(dirh.fd)

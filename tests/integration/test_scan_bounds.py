@@ -6,6 +6,10 @@ from __future__ import annotations
 
 import json
 import os
+import resource
+import subprocess
+import sys
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -132,3 +136,60 @@ def test_a_file_past_max_file_bytes_says_lines_were_not_checked_and_marks_its_ke
         "larger than discovery.max_file_bytes (200 bytes): the lines after line 1 were not "
         "checked, and sshd reads them"
     ]
+
+
+def _deep_tree(fr: FakeRoot, depth: int) -> None:
+    """~/.ssh/authorized_keys -> d/d/.../d/keys, `depth` directories down; plus a chain of
+    `depth` links (chain -> l1 -> l2 ... -> authorized_keys2)."""
+    ssh = fr.path("/home/alice/.ssh")
+    here = os.open(ssh, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for _ in range(depth):
+            os.mkdir("d", dir_fd=here)
+            below = os.open("d", os.O_RDONLY | os.O_DIRECTORY, dir_fd=here)
+            os.close(here)
+            here = below
+        fd = os.open("keys", os.O_WRONLY | os.O_CREAT, 0o600, dir_fd=here)
+        os.write(fd, (ed25519_line("deep-down") + "\n").encode())
+        os.close(fd)
+    finally:
+        os.close(here)
+    (ssh / "authorized_keys").symlink_to("d/" * depth + "keys")
+    (ssh / "real2").write_text(ed25519_line("end-of-chain") + "\n")
+    (ssh / f"l{depth}").symlink_to("real2")
+    for n in range(depth - 1, 0, -1):
+        (ssh / f"l{n}").symlink_to(f"l{n + 1}")
+    (ssh / "authorized_keys2").symlink_to("l1")
+
+
+@pytest.fixture
+def deep(fr: FakeRoot) -> Iterator[FakeRoot]:
+    _deep_tree(fr, 1500)
+    yield fr
+    # pytest's own clean-up of old temporary directories recurses once per level: too deep.
+    subprocess.run(["rm", "-rf", str(fr.path("/home/alice/.ssh/d"))], check=True)
+
+
+def test_a_1500_deep_tree_or_link_chain_is_refused_and_reported_without_exhausting_descriptors(
+    deep: FakeRoot,
+) -> None:
+    """With 256 descriptors (a tight RLIMIT_NOFILE), a 1,500-deep tree and a 1,500-link chain are
+    refused with their reason; the rest of the host is scanned."""
+    fr = deep
+
+    def limit() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (256, 256))
+
+    done = subprocess.run(
+        [sys.executable, "-m", "agent", "scan", "--root", str(fr.root), "--format", "json"],
+        capture_output=True,
+        preexec_fn=limit,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr.decode()[-2000:]
+    inv = json.loads(done.stdout)
+    errors = {e["path"]: e["error"] for e in inv["errors"]}
+    assert errors["/home/alice/.ssh/authorized_keys"] == "deeper than 40 directories"
+    assert errors["/home/alice/.ssh/authorized_keys2"] == "too many symlinks"
+    comments = {k["comment"] for k in inv["keys"]}
+    assert "bob-key" in comments and not comments & {"deep-down", "end-of-chain"}
