@@ -366,3 +366,24 @@ def test_scan_does_not_follow_a_user_owned_component_of_a_central_file(
     inv = scan_json(host, capsys)
     assert "root-only" not in comments_of(inv, "alice")
     assert any(e["path"] == "/srv/keys/alice/ssh/authorized_keys" for e in inv["errors"])
+
+
+@pytest.mark.parametrize("mode", [0o775, 0o1777], ids=["group-writable /home", "sticky world-writable /home"])
+def test_a_parent_others_can_write_steers_nothing(
+    host: FakeHost, signer: Signer, capsys: pytest.CaptureFixture[str], mode: int
+) -> None:
+    """/home writable by a group (or by everybody, sticky like /tmp): its members could swap homes,
+    so nothing is written below it, and a home link in it (made by alice) is not followed."""
+    root_keys(host)
+    os.chmod(host.root / "home", mode)
+    before = tree(host.root)
+    result = add(host, signer)
+    assert result["status"] == "failed", result
+    assert "group- or other-writable" in result["error"]["message"]
+    assert changes(before, host.root) == set()
+    shutil.rmtree(host.home("alice"))
+    host.home("alice").symlink_to("/root")
+    os.lchown(host.home("alice"), host.uids["alice"], host.uids["alice"])
+    inv = scan_json(host, capsys)
+    assert "root-only" not in comments_of(inv, "alice")
+    assert any(e["user"] == "alice" and "symlink in /home" in e["error"] for e in inv["errors"])
