@@ -7,26 +7,41 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
-from typing import Any
 
-import jwt
 import pytest
 
 from tests.controlplane import ControlPlane
-from tests.fakeroot import FakeRoot, ed25519_line
-from tests.integration.daemon_support import Agent, enroll, wait_for, write_config
+from tests.fakeroot import FakeRoot, ed25519_line, ed25519_private_openssh
+from tests.integration.daemon_support import (
+    Agent,
+    enroll,
+    fingerprint_of,
+    jti_of,
+    results_for,
+    wait_for,
+    with_host_identity,
+    write_config,
+)
+from tests.integration.test_odd_accounts import assert_odd_accounts_reported, odd_root
 
 pytestmark = pytest.mark.slow
 
 ROOT_REASON = "accounts with distinct uids need root (chown)"
 
 
-def _jti(token: str) -> str:
-    return str(jwt.decode(token, options={"verify_signature": False})["jti"])
-
-
-def _results(cp: ControlPlane, jti: str) -> list[dict[str, Any]]:
-    return [r for r in cp.instruction_results() if r["jti"] == jti]
+def _enrolled_agent(
+    cp: ControlPlane, tmp_path: Path, fr: FakeRoot, agents: list[Agent], *, signed: bool = False
+) -> tuple[str, Agent]:
+    """The daemon enrolled with `cp` on `fr` (taking `cp`'s signed instructions when `signed`),
+    once its first inventory arrived."""
+    cp.poll_interval = 1
+    state = tmp_path / "state"
+    host_id = enroll(cp, state)
+    extra = f'[instructions]\npublic_keys = ["{cp.signing_public_key_openssh}"]\n' if signed else ""
+    agent = Agent(write_config(tmp_path / "agent.toml", state, cp.url, extra), fr.root).start()
+    agents.append(agent)
+    wait_for(lambda: cp.inventory(host_id) is not None, what="first inventory")
+    return host_id, agent
 
 
 def _tree(root: Path) -> dict[str, tuple[int, int, int, int, int]]:
@@ -51,8 +66,7 @@ def test_signed_add_through_a_home_aimed_at_root_changes_nothing(tmp_path: Path,
     no ~/.ssh): the signed `add` for alice fails UNSAFE_PATH, nothing appears under /root, and the
     inventory attributes none of root's keys to alice."""
     fr = FakeRoot(tmp_path / "root")
-    (fr.root / "etc/machine-id").write_text("0123456789abcdef0123456789abcdef\n")
-    (fr.root / "etc/hostname").write_text("test-host\n")
+    with_host_identity(fr)
     uid = 2001
     fr.add_account("alice", uid, uid, "/srv/alice/home")
     srv = fr.path("/srv/alice")
@@ -65,13 +79,7 @@ def test_signed_add_through_a_home_aimed_at_root_changes_nothing(tmp_path: Path,
     fr.write_sshd_config("AuthorizedKeysFile .ssh/authorized_keys /etc/ssh/authorized_keys/%u\n")
     fr.write("/etc/ssh/authorized_keys/root", ed25519_line("root-central") + "\n", 0o644)
     with ControlPlane.start() as cp:
-        cp.poll_interval = 1
-        state = tmp_path / "state"
-        host_id = enroll(cp, state)
-        extra = f'[instructions]\npublic_keys = ["{cp.signing_public_key_openssh}"]\n'
-        agent = Agent(write_config(tmp_path / "agent.toml", state, cp.url, extra), fr.root).start()
-        agents.append(agent)
-        wait_for(lambda: cp.inventory(host_id) is not None, what="first inventory")
+        host_id, agent = _enrolled_agent(cp, tmp_path, fr, agents, signed=True)
         inventory = cp.inventory(host_id)
         assert inventory is not None
         assert [k["comment"] for k in inventory["keys"] if k["user"] == "alice"] == []
@@ -79,9 +87,9 @@ def test_signed_add_through_a_home_aimed_at_root_changes_nothing(tmp_path: Path,
 
         before = _tree(fr.root)
         body = {"rotation_id": "rot_aim", "user": "alice", "action": "add", "new_key": ed25519_line("alice")}
-        jti = _jti(cp.issue_instruction(host_id, "rotation", body))
-        wait_for(lambda: _results(cp, jti), timeout=30, what="the result")
-        result = _results(cp, jti)[0]
+        jti = jti_of(cp.issue_instruction(host_id, "rotation", body))
+        wait_for(lambda: results_for(cp, jti), timeout=30, what="the result")
+        result = results_for(cp, jti)[0]
         assert result["status"] == "failed", result
         assert result["result"]["error"]["code"] == "UNSAFE_PATH"
         assert _tree(fr.root) == before
@@ -92,18 +100,10 @@ def test_signed_add_through_a_home_aimed_at_root_changes_nothing(tmp_path: Path,
 def test_odd_accounts_never_stop_the_daemon(tmp_path: Path, agents: list[Agent]) -> None:
     """Odd passwd entries at start and added while it runs: the daemon reports them in the
     inventory's errors, keeps running, and still reports alice's new key."""
-    from tests.integration.daemon_support import fingerprint_of
-    from tests.integration.test_odd_accounts import _odd_root, assert_odd_accounts_reported
 
-    fr = _odd_root(tmp_path)
-    (fr.root / "etc/hostname").write_text("test-host\n")
+    fr = with_host_identity(odd_root(tmp_path))
     with ControlPlane.start() as cp:
-        cp.poll_interval = 1
-        state = tmp_path / "state"
-        host_id = enroll(cp, state)
-        agent = Agent(write_config(tmp_path / "agent.toml", state, cp.url), fr.root).start()
-        agents.append(agent)
-        wait_for(lambda: cp.inventory(host_id) is not None, what="first inventory")
+        host_id, agent = _enrolled_agent(cp, tmp_path, fr, agents)
         inventory = cp.inventory(host_id)
         assert inventory is not None
         assert_odd_accounts_reported(inventory)
@@ -129,23 +129,15 @@ def test_a_user_rewriting_junk_is_reread_later_and_her_last_change_is_still_repo
     """alice rewrites her authorized_keys as 1 MiB of invalid lines, over and over; each re-read
     costs more than her re-read budget, so her later changes wait — but bob's go through at once,
     and alice's last change (a key after the junk) is reported when her budget allows."""
-    from tests.integration.daemon_support import fingerprint_of
-
     fr = FakeRoot(tmp_path / "root")
     uid = os.geteuid() or 1000
     for name in ("alice", "bob"):
         fr.add_user(name, uid)
         fr.authorized_keys(name, [ed25519_line(f"{name}-initial")])
-    (fr.root / "etc/machine-id").write_text("0123456789abcdef0123456789abcdef\n")
-    (fr.root / "etc/hostname").write_text("test-host\n")
+    with_host_identity(fr)
     junk = b"a\n" * ((1 << 19) - 2048)  # under discovery.max_file_bytes, with room for a key after it
     with ControlPlane.start() as cp:
-        cp.poll_interval = 1
-        state = tmp_path / "state"
-        host_id = enroll(cp, state)
-        agent = Agent(write_config(tmp_path / "agent.toml", state, cp.url), fr.root).start()
-        agents.append(agent)
-        wait_for(lambda: cp.inventory(host_id) is not None, what="first inventory")
+        host_id, agent = _enrolled_agent(cp, tmp_path, fr, agents)
 
         def added(fp: str) -> bool:
             return any(e["type"] == "key_added" and e["fingerprint"] == fp for e in cp.events(host_id))
@@ -169,8 +161,6 @@ def test_a_user_rewriting_junk_is_reread_later_and_her_last_change_is_still_repo
 def test_hostile_file_names_do_not_forge_log_lines(tmp_path: Path, agents: list[Agent]) -> None:
     """A key file in ~/.ssh named with a newline and escape sequences, added while the daemon
     runs (standalone: every change is logged): its log line stays one line, escaped."""
-    from tests.fakeroot import ed25519_private_openssh
-
     fr = FakeRoot(tmp_path / "root")
     fr.add_user("alice", os.geteuid() or 1000)
     fr.authorized_keys("alice", [ed25519_line("initial")])

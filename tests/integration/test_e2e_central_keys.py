@@ -12,10 +12,8 @@ import os
 import pwd
 import secrets
 import shutil
-import socket
 import stat
 import subprocess
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -32,7 +30,8 @@ from agent.inventory.evaluate import Policy
 from agent.store.db import open_database
 from agent.store.state import StateStore
 from tests.controlplane import ControlPlane
-from tests.integration.test_e2e_sshd import SSHD, _free_port, _Hooks, _keygen
+from tests.integration.sshd_support import SSHD, free_port, keygen, ssh_login, start_sshd
+from tests.integration.test_e2e_sshd import _Hooks
 
 pytestmark = [
     pytest.mark.root(reason="creates a user (useradd) and runs sshd"),
@@ -56,33 +55,7 @@ class Central:
     applier: Applier
 
     def login(self) -> bool:
-        proc = subprocess.run(
-            [
-                "ssh",
-                "-o",
-                "BatchMode=yes",
-                "-o",
-                "StrictHostKeyChecking=no",
-                "-o",
-                "UserKnownHostsFile=/dev/null",
-                "-o",
-                "IdentitiesOnly=yes",
-                "-o",
-                "ConnectTimeout=10",
-                "-o",
-                "LogLevel=ERROR",
-                "-i",
-                str(self.key),
-                "-p",
-                str(self.port),
-                f"{self.user}@127.0.0.1",
-                "true",
-            ],
-            capture_output=True,
-            timeout=30,
-            check=False,
-        )
-        return proc.returncode == 0
+        return ssh_login(self.key, self.port, self.user)
 
 
 @pytest.fixture
@@ -96,30 +69,16 @@ def central(tmp_path: Path) -> Iterator[Central]:
     sshd: subprocess.Popen[bytes] | None = None
     cp: ControlPlane | None = None
     try:
-        key, both = _keygen(tmp_path / "id_user", "central@e2e")
+        key, both = keygen(tmp_path / "id_user", "central@e2e")
         line = both.split("\t")[0]
-        port = _free_port()
-        subprocess.run(
-            ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(tmp_path / "hostkey")], check=True
-        )
+        port = free_port()
         config = tmp_path / "sshd_config"
-        config.write_text(
-            f"Port {port}\nListenAddress 127.0.0.1\nHostKey {tmp_path / 'hostkey'}\n"
-            f"PidFile {tmp_path / 'sshd.pid'}\nUsePAM no\nStrictModes yes\nPubkeyAuthentication yes\n"
-            "PasswordAuthentication no\nKbdInteractiveAuthentication no\n"
-            f"AuthorizedKeysFile {keys_dir}/%u\nLogLevel VERBOSE\n"
+        sshd = start_sshd(
+            tmp_path,
+            port,
+            "UsePAM no\nStrictModes yes\nPubkeyAuthentication yes\nPasswordAuthentication no\n"
+            f"KbdInteractiveAuthentication no\nAuthorizedKeysFile {keys_dir}/%u\nLogLevel VERBOSE\n",
         )
-        os.makedirs("/run/sshd", exist_ok=True)
-        sshd = subprocess.Popen([SSHD, "-D", "-f", str(config), "-E", str(tmp_path / "sshd.log")])
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline or sshd.poll() is not None:
-                    raise RuntimeError("sshd did not start: " + (tmp_path / "sshd.log").read_text()) from None
-                time.sleep(0.05)
         cp = ControlPlane.start()
         answer = httpx.post(
             f"{cp.url}/v1/agents/enroll",

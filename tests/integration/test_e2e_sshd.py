@@ -10,7 +10,6 @@ import os
 import pwd
 import secrets
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -32,8 +31,7 @@ from agent.inventory.model import Event
 from agent.store.db import open_database
 from agent.store.state import StateStore
 from tests.controlplane import ControlPlane
-
-SSHD = "/usr/sbin/sshd"
+from tests.integration.sshd_support import SSHD, free_port, keygen, ssh_login, start_sshd
 
 pytestmark = [
     pytest.mark.root(reason="creates a user (useradd) and runs sshd"),
@@ -42,26 +40,6 @@ pytestmark = [
     pytest.mark.skipif(shutil.which("useradd") is None, reason="useradd is not available"),
     pytest.mark.skipif(shutil.which("ssh") is None, reason="ssh client is not installed"),
 ]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _keygen(path: Path, comment: str) -> tuple[Path, str]:
-    subprocess.run(
-        ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", comment, "-f", str(path)], check=True
-    )
-    pub = path.with_suffix(".pub").read_text().strip()
-    out = subprocess.run(
-        ["ssh-keygen", "-l", "-E", "sha256", "-f", str(path) + ".pub"],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.split()
-    return path, f"{pub}\t{out[1]}"
 
 
 @dataclass
@@ -80,34 +58,7 @@ class Env:
         return self.home / ".ssh" / "authorized_keys"
 
     def login(self, key: str) -> bool:
-        proc = subprocess.run(
-            [
-                "ssh",
-                "-o",
-                "BatchMode=yes",
-                "-o",
-                "StrictHostKeyChecking=no",
-                "-o",
-                "UserKnownHostsFile=/dev/null",
-                "-o",
-                "IdentitiesOnly=yes",
-                "-o",
-                "ConnectTimeout=10",
-                "-o",
-                "LogLevel=ERROR",
-                "-i",
-                str(self.keys[key][0]),
-                "-p",
-                str(self.port),
-                f"{self.user}@127.0.0.1",
-                "true",
-            ],
-            capture_output=True,
-            text=True,
-            timeout=30,
-            check=False,
-        )
-        return proc.returncode == 0
+        return ssh_login(self.keys[key][0], self.port, self.user)
 
     def apply(self, kind: str, body: dict[str, Any], exp_s: int = 600) -> dict[str, Any]:
         token = self.cp.issue_instruction(self.host_id, kind, body, exp_s=exp_s)
@@ -157,7 +108,7 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
         home = Path(pw.pw_dir)
         keys: dict[str, tuple[Path, str, str]] = {}
         for name in ("old", "new", "extra", "bystander"):
-            path, both = _keygen(tmp / f"id_{name}", f"{name}@e2e")
+            path, both = keygen(tmp / f"id_{name}", f"{name}@e2e")
             line, fp = both.split("\t")
             keys[name] = (path, line, fp)
         ssh_dir = home / ".ssh"
@@ -168,28 +119,14 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
         os.chown(ak, pw.pw_uid, pw.pw_gid)
         os.chmod(ak, 0o600)
 
-        port = _free_port()
-        subprocess.run(
-            ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(tmp / "hostkey")], check=True
-        )
+        port = free_port()
         config = tmp / "sshd_config"
-        config.write_text(
-            f"Port {port}\nListenAddress 127.0.0.1\nHostKey {tmp / 'hostkey'}\nPidFile {tmp / 'sshd.pid'}\n"
+        sshd = start_sshd(
+            tmp,
+            port,
             "UsePAM no\nStrictModes yes\nPubkeyAuthentication yes\nPasswordAuthentication no\n"
-            "KbdInteractiveAuthentication no\nAuthorizedKeysFile .ssh/authorized_keys\nLogLevel VERBOSE\n"
+            "KbdInteractiveAuthentication no\nAuthorizedKeysFile .ssh/authorized_keys\nLogLevel VERBOSE\n",
         )
-        os.makedirs("/run/sshd", exist_ok=True)
-        sshd = subprocess.Popen([SSHD, "-D", "-f", str(config), "-E", str(tmp / "sshd.log")])
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline or sshd.poll() is not None:
-                    raise RuntimeError("sshd did not start: " + (tmp / "sshd.log").read_text()) from None
-                time.sleep(0.05)
-
         cp = ControlPlane.start()
         answer = httpx.post(
             f"{cp.url}/v1/agents/enroll",
@@ -290,7 +227,7 @@ def test_add_and_remove(env: Env) -> None:
 
 
 def test_ephemeral_grant_expires(env: Env) -> None:
-    path, _ = _keygen(env.tmp / "id_eph", "eph@e2e")
+    path, _ = keygen(env.tmp / "id_eph", "eph@e2e")
     pub = path.with_suffix(".pub").read_text().strip()
     env.keys["eph"] = (path, pub, "")
     expires = (datetime.now(UTC) + timedelta(seconds=4)).replace(microsecond=0)

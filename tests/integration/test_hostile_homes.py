@@ -10,7 +10,6 @@ written down in docs/rotation.md ("Trust rules for every path component").
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -23,7 +22,15 @@ import pytest
 
 from agent.cli import main
 from agent.host.safefs import DirHandle
-from tests.integration.apply_support import FakeHost, Signer, make_applier, public_line, write_ak
+from tests.integration.apply_support import (
+    FakeHost,
+    Signer,
+    changed,
+    make_applier,
+    public_line,
+    snapshot,
+    write_ak,
+)
 
 REASON = "accounts with distinct uids need root (chown)"
 pytestmark = [pytest.mark.root(reason=REASON), pytest.mark.skipif(os.geteuid() != 0, reason=REASON)]
@@ -35,40 +42,13 @@ ALICE_SRV = "/srv/alice"
 
 
 def tree(root: Path) -> dict[str, tuple[Any, ...]]:
-    """Every entry under root (root itself included): type, mode, owner, dev, inode, nlink,
-    mtime (ns), size and a digest of the content (the target for a symlink). A directory's mtime
-    moves when an entry is created or removed in it, so a temp file made and removed again shows."""
-    out: dict[str, tuple[Any, ...]] = {}
-    for dirpath, dirnames, filenames in os.walk(root):
-        for name in [".", *dirnames, *filenames]:
-            path = os.path.normpath(os.path.join(dirpath, name))
-            if name == "." and dirpath != str(root):
-                continue
-            st = os.lstat(path)
-            if stat.S_ISREG(st.st_mode):
-                detail: Any = hashlib.sha256(Path(path).read_bytes()).hexdigest()
-            elif stat.S_ISLNK(st.st_mode):
-                detail = os.readlink(path)
-            else:
-                detail = None
-            out[os.path.relpath(path, root)] = (
-                stat.S_IFMT(st.st_mode),
-                stat.S_IMODE(st.st_mode),
-                st.st_uid,
-                st.st_gid,
-                st.st_dev,
-                st.st_ino,
-                st.st_nlink,
-                st.st_mtime_ns,
-                st.st_size,
-                detail,
-            )
-    return out
+    """Every entry under root (root itself included) with its dev, inode, mtime (ns), size, owner,
+    mode and a digest of the content: see `snapshot(exact=True)`."""
+    return snapshot(root, exact=True)
 
 
 def changes(before: dict[str, tuple[Any, ...]], root: Path) -> set[str]:
-    after = tree(root)
-    return {k for k in before.keys() | after.keys() if before.get(k) != after.get(k)}
+    return changed(before, tree(root))
 
 
 # -- the host -------------------------------------------------------------------------------------------

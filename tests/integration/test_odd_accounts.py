@@ -36,11 +36,10 @@ ODD_LINES: list[tuple[bytes, str | None, str | None]] = [
 ]
 
 
-def _odd_root(tmp_path: Path) -> FakeRoot:
+def odd_root(tmp_path: Path) -> FakeRoot:
     fr = FakeRoot(tmp_path / "root")
     fr.add_user("alice", 1000)
     fr.authorized_keys("alice", [ed25519_line("alice-key")])
-    (fr.root / "etc/machine-id").write_text("0123456789abcdef0123456789abcdef\n")
     passwd = fr.root / "etc/passwd"
     passwd.write_bytes(passwd.read_bytes() + b"".join(line + b"\n" for line, _, _ in ODD_LINES))
     return fr
@@ -60,7 +59,7 @@ def assert_odd_accounts_reported(inventory: dict[str, Any]) -> None:
 def test_scan_root_reports_odd_accounts_and_scans_the_rest(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    fr = _odd_root(tmp_path)
+    fr = odd_root(tmp_path)
     for fmt in ("json", "table"):
         assert main(["scan", "--root", str(fr.root), "--format", fmt]) == 0
         out = capsys.readouterr().out

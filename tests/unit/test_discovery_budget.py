@@ -28,6 +28,16 @@ class SteppingClock:
         return self.now
 
 
+def _live(fs: HostFS, budget: ReReadBudget) -> LiveDiscovery:
+    return LiveDiscovery(
+        fs,
+        RootUserSource(fs),
+        ScanSettings(host_keys=False, identity_keys=False, orphan_homes=False),
+        lambda: ScanContext(now=datetime.now(UTC), local_tz=UTC),
+        budget=budget,
+    )
+
+
 def _added(changes: list, user: str) -> list[str]:  # type: ignore[type-arg]
     return [c.key.comment for c in changes if c.type == "key_added" and c.user == user]
 
@@ -41,13 +51,7 @@ def test_a_user_over_budget_is_reread_later_and_the_last_change_is_reported(tmp_
     clock = SteppingClock(1.0)  # every re-read costs 1 s of the budget
     budget = ReReadBudget(capacity_s=1.0, refill_per_s=0.01, clock=clock)
     with HostFS(str(fr.root)) as fs:
-        live = LiveDiscovery(
-            fs,
-            RootUserSource(fs),
-            ScanSettings(host_keys=False, identity_keys=False, orphan_homes=False),
-            lambda: ScanContext(now=datetime.now(UTC), local_tz=UTC),
-            budget=budget,
-        )
+        live = _live(fs, budget)
         live.full_scan()
         ak = "/home/alice/.ssh/authorized_keys"
         lines = fr.path(ak).read_text().splitlines()
@@ -82,13 +86,7 @@ def test_a_full_scan_reads_what_was_deferred(tmp_path: Path) -> None:
     fr.authorized_keys("alice", [ed25519_line("a0")])
     clock = SteppingClock(5.0)
     with HostFS(str(fr.root)) as fs:
-        live = LiveDiscovery(
-            fs,
-            RootUserSource(fs),
-            ScanSettings(host_keys=False, identity_keys=False, orphan_homes=False),
-            lambda: ScanContext(now=datetime.now(UTC), local_tz=UTC),
-            budget=ReReadBudget(capacity_s=1.0, refill_per_s=0.01, clock=clock),
-        )
+        live = _live(fs, ReReadBudget(capacity_s=1.0, refill_per_s=0.01, clock=clock))
         live.full_scan()
         ak = "/home/alice/.ssh/authorized_keys"
         first = fr.path(ak).read_text().splitlines()
