@@ -41,6 +41,20 @@ Where things are (this module is the entry point; it re-exports the public names
   opened for writing (``open_dir``, ``atomic_replace``), the agent's own private directories
   (``open_private_dir``, ``write_private_file``: credentials, backups);
 * here: ``HostFS``, the object the rest of the agent holds, with the read and write API.
+
+Using it (every call says whose file it is):
+
+* a user's file: ``fs.read(path, confine=user.home, user_uid=user.uid)``; to change it,
+  ``fs.open_dir(dirname, confine=user.home, user_uid=user.uid, create=CreateSpec(...))``, then
+  ``fs.read_at(dirh, name)`` and ``fs.atomic_replace(dirh, name, data, uid=, gid=, mode=,
+  expect=<the read's info>)``. ``DirHandle.user_may_own`` says whether a new file there may be
+  the user's (inside her home, in her directory); elsewhere create it root's (0644: sshd reads it
+  with the user's privileges);
+* root's own file outside any home (sshd_config, a KRL or CA list under /etc/ssh):
+  ``fs.read(path)``; to write, ``fs.open_dir(dirname, confine=dirname, user_uid=0)`` and
+  ``atomic_replace(..., uid=0, gid=0, mode=0o644)`` — every directory from ``/`` must be root's;
+* the agent's private files (state, credentials, backups): ``write_private_file`` /
+  ``read_private_file`` / ``remove_private_file`` (plain paths: configuration, not user input).
 """
 
 from __future__ import annotations

@@ -728,3 +728,19 @@ def test_file_info_is_frozen_and_comparable(fs: HostFS) -> None:
     assert isinstance(a, FileInfo) and a == b
     with pytest.raises(AttributeError):
         a.uid = 0  # type: ignore[misc]
+
+
+def test_roots_own_file_outside_any_home(fs: HostFS, root: Path) -> None:
+    """How a root-owned file outside any home is written (a KRL, a CA list under /etc/ssh): the
+    directory opened with itself as `confine` and root as the account; the file root's."""
+    me = 0 if IS_ROOT else os.geteuid()
+    (root / "etc" / "ssh").mkdir()
+    before = snapshot(root)
+    with fs.open_dir("/etc/ssh", confine="/etc/ssh", user_uid=me) as dirh:
+        assert dirh.user_may_own and fs.read_at(dirh, "revoked_keys") is None
+        fs.atomic_replace(
+            dirh, "revoked_keys", b"k\n", uid=me, gid=me if IS_ROOT else os.getegid(), mode=0o644, expect=None
+        )
+    assert changed_paths(before, snapshot(root)) == {"etc/ssh/revoked_keys"}
+    st = os.stat(root / "etc/ssh/revoked_keys")
+    assert (st.st_uid, stat.S_IMODE(st.st_mode)) == (me, 0o644)
