@@ -18,6 +18,15 @@ Redaction
 `RedactingFilter` (installed on the handler) applies `agent.redact.redact` (registered secret
 values and JWT / `sk_agent_` / PEM private key shapes) to the message with its args, to
 exception and stack text, and to string `extra=` fields.
+
+Escaping (one record, one line)
+`ControlCharFilter` (installed on the handler after redaction) applies `escape_controls` to the
+message with its args and to string `extra=` fields: a control character, a Unicode line or
+paragraph separator or a format character (bidi overrides) becomes `\n`, `\x1b`, `\u2028`...
+So a file name a user chose (`id_x\n<a forged line>\x1b[2J`) can neither forge another line or
+journal entry nor drive the terminal of whoever reads the log. Exception and stack text keep
+their line breaks (a traceback is several lines, each prefixed in journal mode) and lose every
+other control character.
 """
 
 from __future__ import annotations
@@ -28,6 +37,7 @@ import os
 import sys
 import threading
 import time
+import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -74,6 +84,58 @@ class RedactingFilter(logging.Filter):
         for key, value in _extra_fields(record).items():
             if isinstance(value, str):
                 setattr(record, key, redact(value))
+        return True
+
+
+_NAMED_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+# Control (Cc), format (Cf: bidi overrides, zero-width), line and paragraph separators (Zl, Zp).
+_UNSAFE_CATEGORIES = frozenset({"Cc", "Cf", "Zl", "Zp"})
+
+
+def _is_safe(ch: str) -> bool:
+    return ch.isprintable() or unicodedata.category(ch) not in _UNSAFE_CATEGORIES
+
+
+def escape_controls(text: str, *, keep_newlines: bool = False) -> str:
+    """`text` with every character that could break a line or drive a terminal escaped
+    (``\n``, ``\x1b``, ``\u2028``...); ``keep_newlines`` leaves "\n" as it is (tracebacks).
+    Printable text is returned as is (the same object), without a per-character pass."""
+    if text.isprintable():
+        return text
+    out = []
+    for ch in text:
+        if _is_safe(ch) or (ch == "\n" and keep_newlines):
+            out.append(ch)
+        elif ch in _NAMED_ESCAPES:
+            out.append(_NAMED_ESCAPES[ch])
+        elif ord(ch) < 0x100:
+            out.append(f"\\x{ord(ch):02x}")
+        else:
+            out.append(f"\\u{ord(ch):04x}")
+    return "".join(out)
+
+
+class ControlCharFilter(logging.Filter):
+    """Escapes control characters in each record (see the module docstring, "Escaping"): the
+    message with its args (rendered here, args cleared), string extra fields, and — keeping
+    their line breaks — exception and stack text. Never drops a record."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            message = record.getMessage()
+        except Exception:  # a bad format string: keep what we have, still escaped
+            message = f"{record.msg!s} {record.args!r}"
+        record.msg = escape_controls(message)
+        record.args = None
+        if record.exc_info and not record.exc_text:
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = escape_controls(record.exc_text, keep_newlines=True)
+        if record.stack_info:
+            record.stack_info = escape_controls(record.stack_info, keep_newlines=True)
+        for key, value in _extra_fields(record).items():
+            if isinstance(value, str):
+                setattr(record, key, escape_controls(value))
         return True
 
 
@@ -181,6 +243,7 @@ def setup_logging(
     handler = logging.StreamHandler(target)
     handler.setFormatter(formatter)
     handler.addFilter(RedactingFilter())
+    handler.addFilter(ControlCharFilter())
     handler.set_name("sshklm-agent")
 
     root = logging.getLogger()

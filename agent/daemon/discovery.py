@@ -4,15 +4,26 @@ It reuses the scan's three steps (plan, read a target, assemble): a change to a 
 re-reads just that file; a change to sshd_config, an Included file, /etc/passwd or /etc/group
 re-plans (users and paths may have moved) and re-reads everything. Each update returns the
 contract changes against the previous state.
+
+Re-reads on change are paid from a per-user budget (`ReReadBudget`: a token bucket of seconds
+spent re-reading, `BUDGET_CAPACITY_S` deep, refilled at `BUDGET_REFILL_PER_S`): a user whose files
+are costly to re-read (1 MiB of junk rewritten every few seconds) gets at most that share of the
+agent's time. A change of a user in debt is deferred, never dropped: `next_deferred_at` says when
+the user may be re-read again, and the next `changed_paths` call from then on (the daemon
+schedules one) re-reads the files as they are then, so the last change is reported. Full scans
+read everything and are not charged (they are the periodic safety net).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import logging
 import posixpath
 import threading
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Final
 
 from agent.host.safefs import HostFS
 from agent.host.scan import (
@@ -33,7 +44,61 @@ from agent.host.users import UserSource
 from agent.inventory.diff import Change, diff_errors, diff_inventories, diff_keys, diff_trust
 from agent.inventory.model import Inventory
 
+log = logging.getLogger("sshklm.discovery")
+
 USER_DATABASE = ("/etc/passwd", "/etc/group")
+
+# One user's re-reads may cost 2 s at once, then 5 % of one core on average: a 1 MiB file of
+# invalid lines costs ~3 s to parse, so it is re-read about once a minute however often it is
+# rewritten, while a normal file (well under a millisecond) never meets the limit.
+BUDGET_CAPACITY_S: Final = 2.0
+BUDGET_REFILL_PER_S: Final = 0.05
+
+
+class ReReadBudget:
+    """A token bucket of re-read seconds per user (or per home/path for files of no account).
+    Not thread-safe by itself: LiveDiscovery calls it under its lock."""
+
+    def __init__(
+        self,
+        capacity_s: float = BUDGET_CAPACITY_S,
+        refill_per_s: float = BUDGET_REFILL_PER_S,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.capacity = capacity_s
+        self.refill = refill_per_s
+        self.clock = clock
+        self._buckets: dict[str, tuple[float, float]] = {}  # who -> (tokens, at); absent: full
+
+    def tokens(self, who: str, now: float | None = None) -> float:
+        now = self.clock() if now is None else now
+        tokens, at = self._buckets.get(who, (self.capacity, now))
+        return min(self.capacity, tokens + (now - at) * self.refill)
+
+    def allowed(self, who: str, now: float | None = None) -> bool:
+        """May `who` be re-read now (not in debt)?"""
+        return self.tokens(who, now) >= 0
+
+    def charge(self, who: str, cost_s: float, now: float | None = None) -> None:
+        now = self.clock() if now is None else now
+        left = self.tokens(who, now) - cost_s
+        if left >= self.capacity:
+            self._buckets.pop(who, None)  # full again: forget it (10,000 users, few in debt)
+        else:
+            self._buckets[who] = (left, now)
+
+    def ready_at(self, who: str) -> float:
+        """When `who` is out of debt (the clock's time)."""
+        now = self.clock()
+        tokens = self.tokens(who, now)
+        return now if tokens >= 0 else now + (-tokens) / self.refill
+
+
+def budget_key(target: Target) -> str:
+    """Whose budget a target's re-read is paid from: its account, else its home or path."""
+    if target.user is not None:
+        return "user:" + target.user.name
+    return "path:" + (target.confine or target.path)
 
 
 @dataclass(frozen=True)
@@ -51,8 +116,13 @@ class LiveDiscovery:
         users: UserSource,
         settings: ScanSettings,
         make_context: Callable[[], ScanContext],
+        *,
+        budget: ReReadBudget | None = None,
     ) -> None:
         self._fs = fs
+        self._budget = budget or ReReadBudget()
+        # Targets whose re-read waits for their user's budget (by target key).
+        self._deferred: dict[TargetKey, Target] = {}
         self._users = users
         self._settings = settings
         self._make_context = make_context
@@ -90,6 +160,7 @@ class LiveDiscovery:
         than leaving holes between them (~10 MB of RSS at 10,000 keys)."""
         with self._lock:
             ctx = self._next_context()
+            self._deferred.clear()  # everything is read now
             plan, results, inventory = scan_host(self._fs, self._users, self._settings, ctx)
             before = self._inventory or previous
             if before is None and load_previous is not None:
@@ -105,19 +176,40 @@ class LiveDiscovery:
             self._install_plan(plan_targets(self._fs, self._users, self._settings, ctx.sshd_version))
         return self.watch_set()
 
+    def next_deferred_at(self) -> float | None:
+        """When the earliest deferred re-read may run (the budget's clock), None when none waits."""
+        with self._lock:
+            if not self._deferred:
+                return None
+            return min(self._budget.ready_at(budget_key(t)) for t in self._deferred.values())
+
+    def deferred_delay_s(self) -> float | None:
+        """Seconds until the earliest deferred re-read may run, None when none waits."""
+        due = self.next_deferred_at()
+        return None if due is None else max(0.0, due - self._budget.clock())
+
     def changed_paths(self, paths: Iterable[str]) -> list[Change]:
-        """Re-read only what `paths` (host paths from the watcher) can affect."""
+        """Re-read only what `paths` (host paths from the watcher) can affect, and what was
+        deferred before and may be re-read now. A target whose user is over the re-read budget
+        is deferred (see the module docstring); an empty `paths` re-reads only what is due."""
         paths = set(paths)
         with self._lock:
             if self._plan is None or self._inventory is None or self._needs_replan(paths):
                 return self.full_scan()
-            targets = self._targets_for(paths)
+            targets = self._affordable([*self._deferred.values(), *self._targets_for(paths)])
             if not targets:
                 return []
             ctx = self._next_context()
             results = dict(self._results)
+            clock = self._budget.clock
             for target in targets:
+                who = budget_key(target)
+                if not self._budget.allowed(who):  # its earlier files of this round spent it
+                    self._defer(target)
+                    continue
+                started = clock()
                 results[target_key(target)] = read_target(self._fs, target, self._plan, ctx)
+                self._budget.charge(who, clock() - started)
             before = self._inventory
             files_read = [
                 t.path for t in self._plan.targets if results.get(target_key(t), NOTHING_THERE).read
@@ -138,6 +230,27 @@ class LiveDiscovery:
             )
             changes += diff_trust(before, self._inventory)
             return changes
+
+    def _affordable(self, targets: list[Target]) -> list[Target]:
+        """The targets to re-read now (each once); the others join the deferred ones."""
+        now = self._budget.clock()
+        ready: dict[TargetKey, Target] = {}
+        for target in targets:
+            key = target_key(target)
+            if self._budget.allowed(budget_key(target), now):
+                ready[key] = target
+                self._deferred.pop(key, None)
+            else:
+                self._defer(target)
+        return list(ready.values())
+
+    def _defer(self, target: Target) -> None:
+        who = budget_key(target)
+        if not any(budget_key(t) == who for t in self._deferred.values()):
+            # Once per episode, not per change: the line says who and for how long.
+            wait = max(0.0, self._budget.ready_at(who) - self._budget.clock())
+            log.info("re-reads of %s deferred %.0f s: over the re-read budget", who.split(":", 1)[1], wait)
+        self._deferred[target_key(target)] = target
 
     def watch_set(self) -> WatchSet:
         with self._lock:

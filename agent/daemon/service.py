@@ -50,6 +50,7 @@ from agent.store.state import StateStore
 log = logging.getLogger("sshklm.daemon")
 
 STATUS_EVERY_S = 10.0
+DEFERRED_REREAD_JOB = "deferred-reread"  # re-reads a user over the re-read budget (discovery.py)
 CHANGE_LINES = 20  # at most this many log lines per burst of changes; the rest are counted
 
 
@@ -170,6 +171,7 @@ class Daemon:
         )
         self._schedule_jobs(self.jobs, first_delay=self.rng.uniform(0, cfg.schedule.startup_splay_s))
         self.jobs.start()
+        self._schedule_deferred()  # a change deferred before the scheduler existed
         for part in self.parts:
             part.start()
         self.sender.wake()
@@ -346,6 +348,15 @@ class Daemon:
             self._update_watch_targets()
         if changes:
             self.publish_status()
+        self._schedule_deferred()
+
+    def _schedule_deferred(self) -> None:
+        """A user over the re-read budget is re-read when the budget allows: never lost."""
+        delay = self.discovery.deferred_delay_s()
+        if delay is None or self.jobs is None:
+            return
+        when = datetime.now(UTC) + timedelta(seconds=delay + 0.05)
+        self.jobs.once(DEFERRED_REREAD_JOB, lambda: self._on_changes(set()), when)
 
     def _on_rescan(self, reason: str) -> None:
         log.warning("full rescan: %s", reason)

@@ -10,16 +10,22 @@ How this module stays safe:
   descriptor. Every path is walked one component at a time with ``openat(O_PATH|O_NOFOLLOW)``
   relative to the descriptor of the previous directory, so no user-controlled path is ever
   handed to a plain ``open``/``stat``/``chown``.
-* Reads resolve symlinks *manually*, inside the root (an absolute target restarts at the root,
-  ``..`` never climbs above it, at most 40 links, like the kernel's RESOLVE_IN_ROOT). With
-  ``confine`` a symlink that lives inside that directory must resolve inside it too.
+* Symlinks are resolved *manually*, inside the root (an absolute target restarts at the root,
+  ``..`` never climbs above it, at most 40 links and 40 directories deep, like the kernel's
+  RESOLVE_IN_ROOT), and only where the trust rules allow (``safefs_walk``; docs/rotation.md,
+  "Trust rules"): a link is followed outside the account's home only when root controls the
+  directory holding it, inside the home only back into the home (and never for a write). Every
+  call names whose file it is: ``confine`` (the account's home; None for root's own files) and
+  ``user_uid`` (the account; None: the home's owner).
 * Types, owners and sizes are taken from ``fstat`` of the descriptor actually used, never
   from a separate ``stat`` of the name. Non-regular files are refused before they are opened
   for reading (a FIFO must never hang the scanner; a device must never be opened).
-* Writes never follow a symlink below the home, check owners and modes on descriptors, and
-  replace files atomically (temp file created O_EXCL|O_NOFOLLOW in the held directory, fsync,
-  rename within that directory, fsync the directory). Because all of it is relative to the
-  held directory descriptor, swapping ``~/.ssh`` mid-write cannot redirect the write.
+* Writes never follow a symlink below the home nor one the user controls above it, check the
+  owner and mode of every directory from the root down on descriptors, never create anything of
+  the user's outside the user's own home, and replace files atomically (temp file created
+  O_EXCL|O_NOFOLLOW in the held directory, fsync, rename within that directory, fsync the
+  directory). Because all of it is relative to the held directory descriptor, swapping
+  ``~/.ssh`` (or the home, or a directory above it) mid-write cannot redirect the write.
 
 Exceptions: ``UnsafePath`` for anything refused on safety grounds; ``FileNotFoundError`` when a
 component is missing; ``NotADirectoryError`` when a non-final component is not a directory;
@@ -35,6 +41,20 @@ Where things are (this module is the entry point; it re-exports the public names
   opened for writing (``open_dir``, ``atomic_replace``), the agent's own private directories
   (``open_private_dir``, ``write_private_file``: credentials, backups);
 * here: ``HostFS``, the object the rest of the agent holds, with the read and write API.
+
+Using it (every call says whose file it is):
+
+* a user's file: ``fs.read(path, confine=user.home, user_uid=user.uid)``; to change it,
+  ``fs.open_dir(dirname, confine=user.home, user_uid=user.uid, create=CreateSpec(...))``, then
+  ``fs.read_at(dirh, name)`` and ``fs.atomic_replace(dirh, name, data, uid=, gid=, mode=,
+  expect=<the read's info>)``. ``DirHandle.user_may_own`` says whether a new file there may be
+  the user's (inside her home, in her directory); elsewhere create it root's (0644: sshd reads it
+  with the user's privileges);
+* root's own file outside any home (sshd_config, a KRL or CA list under /etc/ssh):
+  ``fs.read(path)``; to write, ``fs.open_dir(dirname, confine=dirname, user_uid=0)`` and
+  ``atomic_replace(..., uid=0, gid=0, mode=0o644)`` — every directory from ``/`` must be root's;
+* the agent's private files (state, credentials, backups): ``write_private_file`` /
+  ``read_private_file`` / ``remove_private_file`` (plain paths: configuration, not user input).
 """
 
 from __future__ import annotations

@@ -15,7 +15,17 @@ import stat
 from dataclasses import dataclass, field
 from typing import Final, Protocol
 
-from agent.host.safefs_walk import PROBE, FileInfo, Resolver, UnsafePath, Walk, check_name, components, kind
+from agent.host.safefs_walk import (
+    PROBE,
+    FileInfo,
+    Resolver,
+    Scope,
+    UnsafePath,
+    Walk,
+    check_name,
+    components,
+    kind,
+)
 
 READ: Final = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
 
@@ -75,28 +85,55 @@ def read_final(
     return data[:max_bytes], fs._info(realpath, st), truncated
 
 
+def check_foreign_link(fs: Resolver, scope: Scope, directory: FileInfo, info: FileInfo, path: str) -> None:
+    """A hard link in a directory the user controls, to a file the user does not own, is
+    somebody else's file put in the user's way (where protected_hardlinks is off): refused, so
+    its keys are never reported as the user's. Root's directories and plain files pass."""
+    if scope.home is None or info.nlink <= 1 or scope.is_roots(directory):
+        return
+    user = scope.uid
+    if user is None:
+        home = scope.resolved_home(fs)
+        user = home.uid if home is not None else None
+    if info.uid != user:
+        raise UnsafePath(f"has {info.nlink} hard links and is owned by uid {info.uid}, not by the user", path)
+
+
 class Reads(Resolver):
     """The read API of ``HostFS``."""
 
     max_bytes: int  # the default cap of a read
 
-    def read(self, path: str, *, confine: str | None = None, max_bytes: int | None = None) -> ReadResult:
-        """Read a regular file, following symlinks inside the root (and inside ``confine`` when given).
+    def read(
+        self,
+        path: str,
+        *,
+        confine: str | None = None,
+        user_uid: int | None = None,
+        max_bytes: int | None = None,
+    ) -> ReadResult:
+        """Read a regular file of the account ``user_uid`` whose home is ``confine`` (None, None:
+        one of root's own files), following symlinks inside the root as the trust rules allow
+        (``safefs_walk``). ``user_uid`` None with a ``confine``: the home's owner is the account.
 
         ``max_bytes`` overrides the instance cap for this call."""
+        return self.read_scoped(path, self.scope(confine, user_uid), max_bytes=max_bytes)
+
+    def read_scoped(self, path: str, scope: Scope, *, max_bytes: int | None = None) -> ReadResult:
         limit = self.max_bytes if max_bytes is None else max_bytes
-        walk, final = self._resolve(path, follow_final=True, confine=confine)
+        walk, final = self._resolve(path, follow_final=True, scope=scope)
         with walk:
             if final is None:
                 raise UnsafePath("is a directory", path)
             realpath = walk.child(final.name)
             data, info, truncated = read_final(self, walk.fd, final.name, final.st, realpath, path, limit)
+            check_foreign_link(self, scope, walk.infos[-1], info, path)
             return ReadResult(data, info, realpath, tuple(walk.infos), truncated)
 
-    def stat(self, path: str, *, confine: str | None = None) -> FileInfo | None:
+    def stat(self, path: str, *, confine: str | None = None, user_uid: int | None = None) -> FileInfo | None:
         """lstat semantics on the final component (parents are resolved); None when absent."""
         try:
-            walk, final = self._resolve(path, follow_final=False, confine=confine)
+            walk, final = self._resolve(path, follow_final=False, scope=self.scope(confine, user_uid))
         except (FileNotFoundError, NotADirectoryError):
             return None
         with walk:
@@ -104,29 +141,30 @@ class Reads(Resolver):
                 return walk.infos[-1]
             return self._info(walk.child(final.name), final.st)
 
-    def exists(self, path: str, *, confine: str | None = None) -> bool:
+    def exists(self, path: str, *, confine: str | None = None, user_uid: int | None = None) -> bool:
         """True when the path resolves (following symlinks) to something. UnsafePath propagates."""
         try:
-            walk, _ = self._resolve(path, follow_final=True, confine=confine)
+            walk, _ = self._resolve(path, follow_final=True, scope=self.scope(confine, user_uid))
         except (FileNotFoundError, NotADirectoryError):
             return False
         walk.reset()
         return True
 
-    def listdir(self, path: str, *, confine: str | None = None) -> list[str]:
-        """Sorted entry names of a directory (symlinks to it followed inside the root)."""
-        with self.open_read_dir(path, confine=confine) as directory:
+    def listdir(self, path: str, *, confine: str | None = None, user_uid: int | None = None) -> list[str]:
+        """Sorted entry names of a directory (symlinks to it followed as ``read`` follows them)."""
+        with self.open_read_dir(path, confine=confine, user_uid=user_uid) as directory:
             return directory.listdir()
 
-    def open_read_dir(self, path: str, *, confine: str | None = None) -> ReadDir:
+    def open_read_dir(self, path: str, *, confine: str | None = None, user_uid: int | None = None) -> ReadDir:
         """Resolve the directory ``path`` once (exactly as ``read`` resolves a file's parent) and
         hold it, to list it and read several names in it without walking again. The caller
         closes the handle. Raises like ``read``; NotADirectoryError when ``path`` is a file."""
-        walk, final = self._resolve(path, follow_final=True, confine=confine)
+        scope = self.scope(confine, user_uid)
+        walk, final = self._resolve(path, follow_final=True, scope=scope)
         if final is not None:
             walk.reset()
             raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), path)
-        return ReadDir(self, walk, path, confine)
+        return ReadDir(self, walk, path, scope)
 
     def glob(self, pattern: str) -> list[str]:
         """Sorted absolute paths matching ``pattern`` (fnmatch per component, like glob(3):
@@ -162,24 +200,31 @@ class Reads(Resolver):
 class FileReads(Protocol):
     """The read side discovery needs: ``HostFS`` itself, or ``DirReads`` over it."""
 
-    def read(self, path: str, *, confine: str | None = None) -> ReadResult: ...
+    def read(
+        self,
+        path: str,
+        *,
+        confine: str | None = None,
+        user_uid: int | None = None,
+        max_bytes: int | None = None,
+    ) -> ReadResult: ...
 
-    def listdir(self, path: str, *, confine: str | None = None) -> list[str]: ...
+    def listdir(self, path: str, *, confine: str | None = None, user_uid: int | None = None) -> list[str]: ...
 
 
 class ReadDir:
     """A directory held open for reading (see ``HostFS.open_read_dir``).
 
-    ``read(name)`` gives exactly what ``fs.read(path + "/" + name, confine=confine)`` gives: the
-    held walk is the one that read would make to the parent; the final name is probed with
-    O_PATH|O_NOFOLLOW and fstat, non-regular files are refused before opening, and a final
-    symlink is handed to the full ``read`` (so it is resolved and confined the usual way)."""
+    ``read(name)`` gives exactly what ``fs.read(path + "/" + name, ...)`` gives with the same
+    scope: the held walk is the one that read would make to the parent; the final name is probed
+    with O_PATH|O_NOFOLLOW and fstat, non-regular files are refused before opening, and a final
+    symlink is handed to the full read (so it is resolved and confined the usual way)."""
 
-    def __init__(self, fs: Reads, walk: Walk, path: str, confine: str | None) -> None:
+    def __init__(self, fs: Reads, walk: Walk, path: str, scope: Scope) -> None:
         self._fs = fs
         self._walk = walk
         self.path = path  # as asked for
-        self.confine = confine
+        self.scope = scope
         self.realpath = walk.path  # resolved path inside the root
         self.chain = tuple(walk.infos)  # directories from "/" down to and including this one
 
@@ -198,12 +243,13 @@ class ReadDir:
         finally:
             os.close(probe_fd)
         if stat.S_ISLNK(probe.st_mode):
-            return self._fs.read(path, confine=self.confine, max_bytes=max_bytes)
+            return self._fs.read_scoped(path, self.scope, max_bytes=max_bytes)
         if stat.S_ISDIR(probe.st_mode):
             raise UnsafePath("is a directory", path)
         limit = self._fs.max_bytes if max_bytes is None else max_bytes
         realpath = self._walk.child(name)
         data, info, truncated = read_final(self._fs, self._walk.fd, name, probe, realpath, path, limit)
+        check_foreign_link(self._fs, self.scope, self.chain[-1], info, path)
         return ReadResult(data, info, realpath, self.chain, truncated)
 
     def listdir(self) -> list[str]:
@@ -234,39 +280,43 @@ class DirReads:
 
     def __init__(self, fs: Reads) -> None:
         self._fs = fs
-        self._key: tuple[str, str | None] | None = None
+        self._key: tuple[str, str | None, int | None] | None = None
         self._dir: ReadDir | None = None
         self._error: OSError | UnsafePath | None = None
 
-    def read(self, path: str, *, confine: str | None = None) -> ReadResult:
+    def read(
+        self,
+        path: str,
+        *,
+        confine: str | None = None,
+        user_uid: int | None = None,
+        max_bytes: int | None = None,
+    ) -> ReadResult:
         parent, name = _split_simple(path)
         if name is None:
-            return self._fs.read(path, confine=confine)
+            return self._fs.read(path, confine=confine, user_uid=user_uid, max_bytes=max_bytes)
         try:
-            directory = self._open(parent, confine)
+            directory = self._open(parent, confine, user_uid)
         except UnsafePath as exc:
             raise UnsafePath(exc.reason, path) from None
         except OSError as exc:  # OSError() picks the subclass (FileNotFoundError, ...) from errno
             raise OSError(exc.errno, exc.strerror, path) from None
-        return directory.read(name)
+        return directory.read(name, max_bytes=max_bytes)
 
-    def listdir(self, path: str, *, confine: str | None = None) -> list[str]:
-        return self._open(path, confine).listdir()
+    def listdir(self, path: str, *, confine: str | None = None, user_uid: int | None = None) -> list[str]:
+        return self._open(path, confine, user_uid).listdir()
 
-    def _open(self, path: str, confine: str | None) -> ReadDir:
-        key = (path, confine)
+    def _open(self, path: str, confine: str | None, user_uid: int | None) -> ReadDir:
+        key = (path, confine, user_uid)
         if self._key == key:
             if self._dir is not None:
                 return self._dir
             assert self._error is not None
             raise self._error
-        # A confined walk that succeeded is also the unconfined walk (confine only adds checks).
-        if confine is None and self._dir is not None and self._dir.path == path:
-            return self._dir
         self.close()
         self._key = key
         try:
-            self._dir = self._fs.open_read_dir(path, confine=confine)
+            self._dir = self._fs.open_read_dir(path, confine=confine, user_uid=user_uid)
         except (OSError, UnsafePath) as exc:
             self._error = exc
             raise

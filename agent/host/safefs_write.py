@@ -6,8 +6,10 @@ descriptor, owner and mode set on its descriptor before any byte, all bytes writ
 the caller's last checks, a rename within that directory, an fsync of the directory. It serves:
 
 * users' authorized keys files (``atomic_replace``: in a directory opened by ``open_dir``, which
-  never follows a symlink below the home and checks owners and modes like StrictModes; guarded by
-  the stat of the read the new bytes are based on; the SELinux label kept);
+  walks from the root by the trust rules of ``safefs_walk`` — only root's links, none inside the
+  home — and checks every directory from ``/`` down like StrictModes and stricter; guarded by
+  the stat of the read the new bytes are based on; the SELinux label kept). Nothing the agent
+  creates for a user is the user's outside that user's own home (see ``open_dir``);
 * the agent's own files in its private directories (``write_private_file``: credentials,
   rotation backups), whose directory ``open_private_dir`` creates 0700 and refuses when it is a
   symlink or owned by another uid.
@@ -17,9 +19,12 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import os
+import posixpath
 import secrets
 import stat
+import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from types import TracebackType
@@ -30,11 +35,17 @@ from agent.host.safefs_walk import (
     DIR_PROBE,
     PROBE,
     FileInfo,
+    Home,
     Resolver,
+    Scope,
     UnsafePath,
+    Walk,
     check_name,
     components,
+    group_or_other_writable,
+    join,
     kind,
+    within,
 )
 
 SELINUX_XATTR: Final = "security.selinux"
@@ -43,13 +54,25 @@ CHANGED_SINCE_READ: Final = "changed since read"  # the reason a write guarded b
 
 _DIR_READ: Final = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _TEMP_CREATE: Final = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_NOCTTY | os.O_CLOEXEC
+# Inode flags (chattr): an append-only or immutable directory lets no entry be renamed or
+# removed, an append-only or immutable file cannot be replaced. <linux/fs.h>
+FS_IOC_GETFLAGS: Final = 0x80086601
+FS_IMMUTABLE_FL: Final = 0x00000010
+FS_APPEND_FL: Final = 0x00000020
 _XATTR_ABSENT: Final = frozenset({errno.ENODATA, errno.ENOTSUP, errno.EOPNOTSUPP})
 _XATTR_UNSUPPORTED: Final = frozenset({errno.ENOTSUP, errno.EOPNOTSUPP})
 
 
+# A directory open_dir creates where the user may not own it (outside the user's home, or in a
+# directory of root's): root's, and readable by everybody, because sshd reads authorized keys
+# files with the user's privileges (temporarily_use_uid in auth2-pubkey.c).
+ROOT_DIR_MODE: Final = 0o755
+
+
 @dataclass(frozen=True)
 class CreateSpec:
-    """Owner and mode of a directory that open_dir may create."""
+    """Owner and mode of a directory that open_dir may create *when the user may own it* (in a
+    directory the user owns inside the user's home); elsewhere it is root's, ``ROOT_DIR_MODE``."""
 
     uid: int
     gid: int
@@ -57,13 +80,28 @@ class CreateSpec:
 
 
 class DirHandle:
-    """A directory held open (O_RDONLY descriptor) for reading and atomically replacing files in it."""
+    """A directory held open (O_RDONLY descriptor) for reading and atomically replacing files in it.
 
-    def __init__(self, fd: int, path: str, chain: tuple[FileInfo, ...], owners: frozenset[int]) -> None:
+    ``home``: the real path of the account's home when this directory is at or below it, else
+    None. ``user_may_own``: new files here may be the user's (the directory is the user's own,
+    inside the user's home); otherwise a new file must be root's."""
+
+    def __init__(
+        self,
+        fd: int,
+        path: str,
+        chain: tuple[FileInfo, ...],
+        owners: frozenset[int],
+        *,
+        home: str | None = None,
+        user_may_own: bool = False,
+    ) -> None:
         self.fd = fd
         self.path = path  # real path inside the root
         self.chain = chain  # directories from "/" down to and including this one
         self.owners = owners  # uids allowed to own files written here (root and the user)
+        self.home = home
+        self.user_may_own = user_may_own
 
     @property
     def info(self) -> FileInfo:
@@ -105,6 +143,31 @@ def close_quietly(fd: int) -> None:
         os.close(fd)
 
 
+class TempFileLeft(OSError):
+    """The write failed and its temp file could not be removed either (e.g. the directory turned
+    append-only under it): the message names the file, so the operator can remove it."""
+
+
+def inode_flags(fd: int) -> int:
+    """The chattr flags of an open (not O_PATH) descriptor; 0 where the filesystem has none."""
+    try:
+        answer = fcntl.ioctl(fd, FS_IOC_GETFLAGS, b"\0\0\0\0")
+    except OSError:
+        return 0  # ENOTTY / EOPNOTSUPP: no inode flags here
+    return int.from_bytes(answer, sys.byteorder)
+
+
+def refuse_unreplaceable(fd: int, what: str, path: str, *, doing: str = "replaced atomically") -> None:
+    """An append-only or immutable directory or file cannot take an atomic replace (a rename) or
+    a removal: say so before anything is created."""
+    flags = inode_flags(fd)
+    for flag, word in ((FS_IMMUTABLE_FL, "immutable"), (FS_APPEND_FL, "append-only")):
+        if flags & flag:
+            raise PermissionError(
+                errno.EPERM, f"{what} is {word} (chattr +{word[0]}): nothing can be {doing}", path
+            )
+
+
 # -- the atomic-write primitive --------------------------------------------------------------------
 
 
@@ -117,6 +180,7 @@ def replace_file_at(
     owner: tuple[int, int] | None = None,
     label: bytes | None = None,
     before_rename: Callable[[], None] | None = None,
+    shown_dir: str | None = None,
 ) -> os.stat_result:
     """Atomically replace (or create) ``name`` in the directory held by ``dir_fd`` with ``data``.
 
@@ -125,8 +189,11 @@ def replace_file_at(
     before any byte is written; then every byte, fsync, the SELinux ``label`` (when given and the
     filesystem has labels), ``before_rename()`` (the caller's last checks; raising aborts), the
     rename over ``name`` within the same directory, and an fsync of the directory. On any failure
-    the temp file is removed and ``name`` is untouched. Returns the new file's stat."""
+    the temp file is removed and ``name`` is untouched — or, when even that fails, ``TempFileLeft``
+    names it (``shown_dir``: the directory's path for messages). Returns the new file's stat."""
     check_name(name)
+    where = (shown_dir.rstrip("/") + "/") if shown_dir else ""
+    refuse_unreplaceable(dir_fd, "its directory", where + name)
     tmp = f".{name}.sshklm-{secrets.token_hex(8)}.tmp"
     tfd = os.open(tmp, _TEMP_CREATE, 0o600, dir_fd=dir_fd)
     renamed = False
@@ -150,10 +217,22 @@ def replace_file_at(
         renamed = True
         os.fsync(dir_fd)
         return os.fstat(tfd)
-    except BaseException:
+    except BaseException as exc:
         if not renamed:
-            with contextlib.suppress(OSError):
+            try:
                 os.unlink(tmp, dir_fd=dir_fd)
+            except FileNotFoundError:
+                pass
+            except OSError as cleanup:
+                if not isinstance(exc, Exception):
+                    raise
+                why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+                raise TempFileLeft(
+                    exc.errno if isinstance(exc, OSError) and exc.errno else cleanup.errno,
+                    f"{why or type(exc).__name__}; the temp file {where}{tmp} could not be removed "
+                    f"({cleanup.strerror}): remove it by hand",
+                    where + name,
+                ) from exc
         raise
     finally:
         close_quietly(tfd)
@@ -232,6 +311,10 @@ def _not_dir_reason(dir_fd: int, name: str) -> str:
         st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
     except OSError:
         return "changed during the walk"
+    return _not_dir_reason_info(st)
+
+
+def _not_dir_reason_info(st: os.stat_result) -> str:
     if stat.S_ISLNK(st.st_mode):
         return "symlink on the write path"
     return "is not a directory" if stat.S_ISREG(st.st_mode) else kind(st.st_mode)
@@ -239,9 +322,34 @@ def _not_dir_reason(dir_fd: int, name: str) -> str:
 
 def _check_dir(info: FileInfo, owners: frozenset[int], path: str) -> None:
     if info.uid not in owners:
-        raise UnsafePath(f"directory {info.path} has a bad owner", path)
-    if info.mode & (stat.S_IWGRP | stat.S_IWOTH):
+        raise UnsafePath(f"directory {info.path} has a bad owner (uid {info.uid})", path)
+    if group_or_other_writable(info):
         raise UnsafePath(f"directory {info.path} is group- or other-writable", path)
+
+
+@dataclass(frozen=True)
+class _Rules:
+    """What every directory on a write path must satisfy (``Writes.open_dir``)."""
+
+    uid: int  # the account
+    home: Home | None  # its home, resolved by the rules (None: missing or unreachable)
+    owners: frozenset[int]  # root, the account, the agent's own uid
+
+    def check(self, walk: Walk, path: str) -> None:
+        """Every directory from the root down: root's or the user's, not group/other-writable;
+        when at or below the home, the home is the user's own."""
+        for info in walk.infos:
+            _check_dir(info, self.owners, path)
+        home = _home_of(walk, self.home)
+        if home is not None and home.uid != self.uid:
+            raise UnsafePath(f"home {home.path} is owned by uid {home.uid}, not by the user", path)
+
+
+def _home_of(walk: Walk, home: Home | None) -> FileInfo | None:
+    """The home's directory in the walk, when the walk is at or below the home."""
+    if home is None or not within(walk.names, home.names):
+        return None
+    return walk.infos[len(home.names)]
 
 
 def _make_dir(parent_fd: int, name: str, create: CreateSpec, path: str) -> int:
@@ -286,6 +394,15 @@ def _probe_target(dirh: DirHandle, name: str) -> os.stat_result | None:
     return st
 
 
+def _check_new_owner(dirh: DirHandle, uid: int, *, creating: bool, path: str) -> None:
+    """A file is owned by root or the directory's user; a new one by the user only where the
+    user may own it (``DirHandle.user_may_own``): never outside the user's own home."""
+    if uid not in dirh.owners:
+        raise UnsafePath(f"a file owned by uid {uid} is not written here", path)
+    if creating and uid not in (0, os.geteuid()) and not dirh.user_may_own:
+        raise UnsafePath(f"a new file of uid {uid} is created only in that user's own directories", path)
+
+
 def _check_expected(current: os.stat_result | None, expect: FileInfo | None, path: str) -> None:
     if expect is None:
         return
@@ -299,12 +416,15 @@ def _check_expected(current: os.stat_result | None, expect: FileInfo | None, pat
 
 
 def _selinux_label(dirh: DirHandle, name: str, probe: os.stat_result) -> bytes | None:
+    """The file's SELinux label (None when it has none); refuses a file that cannot be replaced
+    (append-only or immutable) before the write starts."""
     # fgetxattr needs a real (not O_PATH) descriptor; the probe already proved a regular file.
     fd = os.open(name, READ, dir_fd=dirh.fd)
     try:
         st = os.fstat(fd)
         if (st.st_dev, st.st_ino) != (probe.st_dev, probe.st_ino):
             raise UnsafePath("changed during the write", dirh.child(name))
+        refuse_unreplaceable(fd, "the file", dirh.child(name))
         return os.getxattr(fd, SELINUX_XATTR)
     except OSError as exc:
         if exc.errno in _XATTR_ABSENT:
@@ -323,45 +443,92 @@ class Writes(Resolver):
     def open_dir(
         self, path: str, *, create: CreateSpec | None = None, confine: str, user_uid: int | None = None
     ) -> DirHandle:
-        """Open the directory ``path`` (lexically at or under ``confine``, the home) for writing.
+        """Open the directory ``path`` for writing files of the account ``user_uid`` whose home is
+        ``confine``. ``path`` may be below the home or anywhere else (a central AuthorizedKeysFile
+        such as /etc/ssh/authorized_keys/%u); the rules are the same:
 
-        Components above and including ``confine`` are resolved like reads (root-controlled
-        layout such as a /home symlink); every component below it must be a real directory —
-        a symlink is refused, never followed. The home and every directory below it must be
-        owned by root or the user and not group/other-writable (like StrictModes). The user is
-        ``user_uid``, else ``create.uid``, else the owner of ``confine``. With ``create``, a
-        missing final directory is created and given that owner and mode (on its descriptor)."""
-        conf_parts = components(confine)
+        * the walk starts at the root and follows a symlink only in a directory of root's (root-
+          or agent-owned, not group/other-writable) and outside the home: no link the user (or
+          anyone but root) controls steers the write, and no link below the home is followed;
+        * every directory of the real path, from ``/`` down, is owned by root or the user and not
+          group- or other-writable (StrictModes checks only up to the home; a root process
+          writing must trust every component);
+        * when ``path`` is at or below the home, the home must be the user's own directory
+          (for a non-root account a root-owned home such as ``/`` or ``/etc``, or another
+          account's, is refused);
+        * with ``create``, a missing final directory is created: with ``create``'s owner and mode
+          when the user may own it (its parent is the user's, inside the user's home), else
+          root's with ``ROOT_DIR_MODE``. Nothing is ever created for the user outside that home.
+
+        The user is ``user_uid``, else ``create.uid``, else the owner of ``confine``."""
         parts = components(path)
-        if ".." in parts or ".." in conf_parts:
+        if ".." in parts or ".." in components(confine):
             raise UnsafePath("'..' is not allowed on the write path", path)
-        if parts[: len(conf_parts)] != conf_parts:
-            raise UnsafePath(f"outside {confine}", path)
-        rest = parts[len(conf_parts) :]
-        walk, final = self._resolve(confine, follow_final=True, confine=None)
+        uid = user_uid if user_uid is not None else create.uid if create is not None else None
+        scope = self.scope(confine, uid, writing=True)
+        home = scope.resolved_home(self)
+        if uid is None:
+            if home is None:
+                raise UnsafePath("home is missing or unsafe", confine)
+            uid = home.uid
+            scope = self.scope(confine, uid, writing=True)
+        owners = frozenset({0, uid, os.geteuid()})
+        walk = self._walk_to_dir(join(parts), scope, create, _Rules(uid, home, owners), path)
         with walk:
-            if final is not None:
-                raise UnsafePath("home is not a directory", confine)
-            uid = (
-                user_uid if user_uid is not None else create.uid if create is not None else walk.infos[-1].uid
-            )
-            owners = frozenset({0, uid})
-            _check_dir(walk.infos[-1], owners, confine)
-            for index, name in enumerate(rest):
-                last = index == len(rest) - 1
-                try:
-                    fd = os.open(name, DIR_PROBE, dir_fd=walk.fd)
-                except FileNotFoundError:
-                    if not (last and create is not None):
-                        raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), path) from None
-                    fd = _make_dir(walk.fd, name, create, path)
-                except NotADirectoryError:
-                    raise UnsafePath(_not_dir_reason(walk.fd, name), path) from None
-                st = os.fstat(fd)
-                walk.push(fd, name, st)
-                _check_dir(walk.infos[-1], owners, path)
+            home_info = _home_of(walk, home)
             dir_fd = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=walk.fd)
-            return DirHandle(dir_fd, walk.path, tuple(walk.infos), owners)
+            return DirHandle(
+                dir_fd,
+                walk.path,
+                tuple(walk.infos),
+                owners,
+                home=home_info.path if home_info is not None else None,
+                user_may_own=home_info is not None and walk.infos[-1].uid == uid,
+            )
+
+    def _walk_to_dir(
+        self, path: str, scope: Scope, create: CreateSpec | None, rules: _Rules, shown: str
+    ) -> Walk:
+        """The walk to the directory ``path`` (by the scope's rules), every directory checked
+        (``_Rules.check``) before anything is created; its last component created when missing
+        and ``create`` is given: the user's (``create``) only in a directory of the user's inside
+        the user's home, else root's (``ROOT_DIR_MODE``)."""
+        parent, name = posixpath.split(path)
+        uid, home = rules.uid, rules.home
+        walk, final = self._resolve(parent, follow_final=True, scope=scope)
+        try:
+            if final is not None:
+                raise UnsafePath(_not_dir_reason_info(final.st), shown)
+            rules.check(walk, shown)
+            if not name:
+                return walk
+            try:
+                fd = os.open(name, PROBE, dir_fd=walk.fd)
+            except FileNotFoundError:
+                if create is None:
+                    raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), shown) from None
+                parent_home = _home_of(walk, home)
+                if parent_home is None or parent_home.uid != uid or walk.infos[-1].uid != uid:
+                    create = CreateSpec(os.geteuid(), os.getegid(), ROOT_DIR_MODE)
+                fd = _make_dir(walk.fd, name, create, shown)
+            st = os.fstat(fd)
+            if stat.S_ISLNK(st.st_mode):
+                os.close(fd)
+                self._may_follow(walk, scope, shown)  # raises unless root's link outside the home
+                walk.reset()
+                walk, final = self._resolve(path, follow_final=True, scope=scope)
+                if final is not None:
+                    raise UnsafePath(_not_dir_reason_info(final.st), shown)
+            elif not stat.S_ISDIR(st.st_mode):
+                os.close(fd)
+                raise UnsafePath(_not_dir_reason_info(st), shown)
+            else:
+                walk.push(fd, name, st)
+            rules.check(walk, shown)
+            return walk
+        except BaseException:
+            walk.reset()
+            raise
 
     def read_at(self, dirh: DirHandle, name: str) -> ReadResult | None:
         """Read ``name`` in a held directory without following links; None when absent.
@@ -400,6 +567,8 @@ class Writes(Resolver):
         path = dirh.child(name)
         current = _probe_target(dirh, name)
         _check_expected(current, expect, path)
+        _check_new_owner(dirh, uid, creating=current is None, path=path)
+        refuse_unreplaceable(dirh.fd, f"directory {dirh.path}", path)
         label = _selinux_label(dirh, name, current) if current is not None else None
 
         def last_checks() -> None:
@@ -409,7 +578,14 @@ class Writes(Resolver):
             _check_expected(_probe_target(dirh, name), expect, path)
 
         st = replace_file_at(
-            dirh.fd, name, data, mode=mode, owner=(uid, gid), label=label, before_rename=last_checks
+            dirh.fd,
+            name,
+            data,
+            mode=mode,
+            owner=(uid, gid),
+            label=label,
+            before_rename=last_checks,
+            shown_dir=dirh.path,
         )
         return self._info(path, st)
 
@@ -419,5 +595,6 @@ class Writes(Resolver):
         check_name(name)
         path = dirh.child(name)
         _check_expected(_probe_target(dirh, name), expect, path)
+        refuse_unreplaceable(dirh.fd, f"directory {dirh.path}", path, doing="removed")
         os.unlink(name, dir_fd=dirh.fd)
         os.fsync(dirh.fd)

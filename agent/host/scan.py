@@ -92,7 +92,7 @@ def assemble(
 
     `key_users` is `users_per_key` over the whole host when `results` holds only part of it
     (only "shared" matters: entries with a single account may be left out)."""
-    records = [(r, res.orphaned) for res in results.values() for r in res.records]
+    records = [(r, res.orphaned, res.partly_read) for res in results.values() for r in res.records]
     errors = list(plan.errors) + [e for res in results.values() for e in res.errors]
     krls = {res.krl.path: res.krl for res in results.values() if res.krl is not None}
     global_krl = krls.get(plan.revoked_keys) if plan.revoked_keys else None
@@ -105,7 +105,7 @@ def assemble(
     # Keys differ in few ways that matter to risk: most records share their inputs with another
     # (same file age, type and size), and so can share one Risk.
     risks: dict[RiskInputs, Risk] = {}
-    for r, orphaned in records:
+    for r, orphaned, partly_read in records:
         if global_krl is not None or r.revoked or krl_for:
             r = with_krl(r, _krl_of(r.user, global_krl, krl_for, krls))
         kind = r.kind
@@ -124,6 +124,7 @@ def assemble(
             managed=r.managed_by is not None,
             has_from="from" in r.options,
             revoked=r.revoked,
+            partly_read=partly_read,
         )
         risk = risks.get(inputs)
         if risk is None:

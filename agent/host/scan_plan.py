@@ -12,12 +12,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from agent.host.safefs import HostFS, UnsafePath
-from agent.host.sshd_files import (
-    authorized_keys_confine,
-    authorized_keys_paths,
-    load_sshd_config,
-    normalize_path,
-)
+from agent.host.sshd_files import authorized_keys_paths, load_sshd_config, normalize_path
 from agent.host.users import User, UserSource
 from agent.inventory.model import ScanError, SshdSummary
 from agent.ssh.sshd_config import EffectiveSshdConfig, MatchContext, expand_user_path, resolve
@@ -48,7 +43,9 @@ class ScanSettings:
 
 @dataclass(frozen=True, slots=True)  # slots: one per planned file / account, 10,000s of them
 class Target:
-    """One place discovery reads. `not_read_by_sshd` marks files kept for visibility only."""
+    """One place discovery reads. `not_read_by_sshd` marks files kept for visibility only.
+    `confine` is the home of the account whose file it is (None for root's own files: host keys,
+    CA keys); the safe file layer follows links by the trust rules relative to it."""
 
     path: str
     kind: TargetKind
@@ -108,6 +105,7 @@ def plan_targets(
     parsed, errors = load_sshd_config(fs, settings.sshd_config)
     global_cfg = resolve(parsed, None)
     all_users = [u for u in users.all() if u.name not in settings.skip_users]
+    errors += [e for e in users.problems() if e.user not in settings.skip_users]
     targets: list[Target] = []
     if settings.host_keys:
         targets += _host_key_targets(fs, global_cfg)
@@ -128,10 +126,11 @@ def plan_targets(
         targets += _user_targets(user, eff, settings)
         homes.add(normalize_path(user.home))
     for ca in ca_files:
-        targets.append(Target(ca, "trusted_user_ca", confine=posixpath.dirname(ca) or "/"))
-    # sshd (root) follows a RevokedKeys symlink anywhere: a root-controlled path, read like sshd does.
+        targets.append(Target(ca, "trusted_user_ca"))
+    # Root's own files: sshd (root) follows a RevokedKeys symlink made by root, wherever it points;
+    # the safe file layer's trust rules for root's files do the same (confine None).
     for krl in krl_files:
-        targets.append(Target(krl, "revoked_keys", confine="/"))
+        targets.append(Target(krl, "revoked_keys"))
     if settings.orphan_homes:
         targets += _orphan_targets(fs, all_users, homes)
     return Plan(
@@ -163,7 +162,7 @@ def _host_key_targets(fs: HostFS, cfg: EffectiveSshdConfig) -> list[Target]:
     paths = [p + ".pub" for p in cfg.host_keys]
     paths += fs.glob("/etc/ssh/ssh_host_*_key.pub")
     paths += list(cfg.host_certificates)
-    return [Target(p, "host_key", confine="/") for p in dict.fromkeys(paths)]
+    return [Target(p, "host_key") for p in dict.fromkeys(paths)]
 
 
 def _user_targets(user: User, eff: EffectiveSshdConfig, settings: ScanSettings) -> list[Target]:
@@ -173,8 +172,7 @@ def _user_targets(user: User, eff: EffectiveSshdConfig, settings: ScanSettings) 
     read_by_sshd: list[str] = []
     for path in authorized_keys_paths(user, eff):
         read_by_sshd.append(path)
-        confine = authorized_keys_confine(path, home)
-        out.append(Target(path, "authorized_keys", user=user, confine=confine, grants_root=is_root))
+        out.append(Target(path, "authorized_keys", user=user, confine=home, grants_root=is_root))
     # Keys in the usual places that sshd is configured not to read are still worth reporting.
     for template in DEFAULT_AUTHORIZED_KEYS:
         path = normalize_path(posixpath.join(home, template))
@@ -202,8 +200,7 @@ def _user_targets(user: User, eff: EffectiveSshdConfig, settings: ScanSettings) 
             principals = None  # an unknown %-token: sshd fails the same way
         if principals is not None:
             path = normalize_path(principals)
-            confine = authorized_keys_confine(path, home)
-            out.append(Target(path, "authorized_principals", user=user, confine=confine, grants_root=is_root))
+            out.append(Target(path, "authorized_principals", user=user, confine=home, grants_root=is_root))
     return out
 
 

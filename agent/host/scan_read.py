@@ -1,6 +1,15 @@
 """Discovery, step two: read one planned file through the safe file layer and turn it into
 records (authorized keys lines, host keys, CA keys, the public half of identity keys). A missing
 file is normal; an unsafe or unreadable one is a ScanError, never a crash and never its content.
+
+What one user's files can cost is bounded (docs/choices.md, "Bounds on one user's files"):
+* a file is read up to ``discovery.max_file_bytes``; past it, a problem says which lines were not
+  checked (sshd reads them) and the keys that were read carry the risk factor ``file_partly_read``;
+* at most ``MAX_PROBLEMS_PER_FILE`` problems are kept per file, the rest counted in one more;
+* in ~/.ssh, at most ``MAX_SSH_DIR_FILES`` files are examined for private keys — OpenSSH's own
+  identity names first, then files with a ``.pub`` beside them, then the rest by name — and each
+  only as far as a private key can be long (``IDENTITY_MAX_BYTES``); the rest is counted;
+* a name that is not valid UTF-8 is a problem, never a string that JSON cannot carry.
 """
 
 from __future__ import annotations
@@ -17,7 +26,7 @@ from agent.host.keygen import KeygenError, SshKeygen
 from agent.host.safefs import DirReads, FileInfo, FileReads, HostFS, ReadResult, UnsafePath, failure_reason
 from agent.host.scan_plan import Plan, Target, TargetKey, target_key
 from agent.host.sshd_files import normalize_path
-from agent.host.users import User
+from agent.host.users import User, printable
 from agent.inventory.evaluate import LineFacts, Policy, SshdFacts, line_problem, strict_modes_problem
 from agent.inventory.model import (
     NO_OPTIONS,
@@ -28,7 +37,13 @@ from agent.inventory.model import (
     PrincipalLine,
     ScanError,
 )
-from agent.ssh.authorized_keys import DEFAULT_OPTIONS, expiry_time_utc, parse_authorized_keys
+from agent.ssh.authorized_keys import (
+    DEFAULT_OPTIONS,
+    AuthorizedLine,
+    expiry_time_utc,
+    parse_authorized_line,
+    split_lines,
+)
 from agent.ssh.keys import InvalidKey, PublicKey, parse_public_blob, parse_public_key_text
 from agent.ssh.krl import KrlError, flat_list_contents, is_krl
 from agent.ssh.principals import parse_principals
@@ -44,7 +59,66 @@ _NOT_IDENTITY = (
     "environment",
     "rc",
 )
-_IDENTITY_HEAD_BYTES = 64 * 1024
+# OpenSSH's default identity files (ssh(1) -i): examined first in ~/.ssh.
+DEFAULT_IDENTITIES: Final = frozenset(
+    {"id_rsa", "id_ecdsa", "id_ecdsa_sk", "id_ed25519", "id_ed25519_sk", "id_xmss", "id_dsa"}
+)
+# A private key file is a few kB (an RSA 16,384-bit key in OpenSSH's format: ~12.5 kB).
+IDENTITY_MAX_BYTES: Final = 64 * 1024
+MAX_SSH_DIR_FILES: Final = 100  # files of one ~/.ssh examined for private keys
+MAX_PROBLEMS_PER_FILE: Final = 20  # problems kept per file (the rest are counted)
+
+
+class Problems:
+    """The problems of one file (or directory): the first ``MAX_PROBLEMS_PER_FILE`` kept, the rest
+    counted in one more ("and K more <what>")."""
+
+    __slots__ = ("_kept", "_more", "path", "user", "what")
+
+    def __init__(self, path: str, user: str | None, what: str) -> None:
+        self.path, self.user, self.what = path, user, what
+        self._kept: list[ScanError] = []
+        self._more = 0
+
+    def add(self, error: str, line: int | None = None, path: str | None = None) -> None:
+        if len(self._kept) < MAX_PROBLEMS_PER_FILE:
+            self._kept.append(ScanError(path or self.path, self.user, error, line=line))
+        else:
+            self._more += 1
+
+    def note(self, error: ScanError) -> None:
+        if len(self._kept) < MAX_PROBLEMS_PER_FILE:
+            self._kept.append(error)
+        else:
+            self._more += 1
+
+    def __bool__(self) -> bool:
+        return bool(self._kept)
+
+    def all(self) -> tuple[ScanError, ...]:
+        if not self._more:
+            return tuple(self._kept)
+        return (*self._kept, ScanError(self.path, self.user, f"and {self._more} more {self.what}"))
+
+
+def complete_lines(result: ReadResult) -> tuple[bytes, str | None]:
+    """The bytes to parse — a file cut at the byte cap loses its partial last line, which must
+    never be read as a shorter line — and the problem that says what was not checked."""
+    if not result.truncated:
+        return result.data, None
+    data = result.data[: result.data.rfind(b"\n") + 1]
+    lines = data.count(b"\n")
+    return data, (
+        f"larger than discovery.max_file_bytes ({len(result.data)} bytes): the lines after line "
+        f"{lines} were not checked, and sshd reads them"
+    )
+
+
+def file_lines(data: bytes) -> Iterable[AuthorizedLine]:
+    """The lines of an authorized keys file one at a time (never all parsed lines at once: a file
+    of 524,288 invalid lines must not hold 524,288 objects)."""
+    for number, raw in enumerate(split_lines(data), 1):
+        yield parse_authorized_line(raw, number)
 
 
 @dataclass(frozen=True, slots=True)  # slots: one per planned file / account, 10,000s of them
@@ -59,6 +133,8 @@ class FileResult:
     # A RevokedKeys file: what sshd makes of it. An AuthorizedPrincipalsFile: its principals.
     krl: KrlSummary | None = None
     principals: tuple[PrincipalLine, ...] = ()
+    # Only the first discovery.max_file_bytes were read: a key may hide after them.
+    partly_read: bool = False
 
 
 # Most planned files do not exist (authorized_keys2, homes without keys): one shared result.
@@ -95,7 +171,7 @@ def read_target(fs: FileReads, target: Target, plan: Plan, ctx: ScanContext) -> 
     try:
         if target.kind == "identity_dir":
             return _read_identity_dir(fs, target, ctx)
-        result = fs.read(target.path, confine=target.confine)
+        result = fs.read(target.path, confine=target.confine, user_uid=_uid(target))
     except (FileNotFoundError, NotADirectoryError):
         return NOTHING_THERE
     except (UnsafePath, OSError) as exc:
@@ -187,11 +263,18 @@ def _truncation_error(result: ReadResult, target: Target) -> tuple[ScanError, ..
     return (ScanError(target.path, user, "file larger than discovery.max_file_bytes; rest not read"),)
 
 
+def _uid(target: Target) -> int | None:
+    return target.user.uid if target.user is not None else None
+
+
 def _authorized_records(result: ReadResult, target: Target, plan: Plan, ctx: ScanContext) -> FileResult:
     user = target.user
     user_name = user.name if user else None
     uid = user.uid if user else None
-    errors = list(_truncation_error(result, target))
+    data, cut = complete_lines(result)
+    errors = Problems(target.path, user_name, "invalid lines")
+    if cut is not None:
+        errors.add(cut)
     file_problem = target.not_read_by_sshd
     if file_problem is None and user is not None and plan.sshd.strict_modes:
         file_problem = strict_modes_problem(
@@ -222,10 +305,10 @@ def _authorized_records(result: ReadResult, target: Target, plan: Plan, ctx: Sca
     # A line without options or certificate gets the same verdict as every other such line of
     # this file: evaluate it once (most lines are plain).
     plain_problem = problem_of(_PLAIN_LINE)
-    for line in parse_authorized_keys(result.data):
+    for line in file_lines(data):
         if line.kind != "key" or line.key is None:
             if line.kind == "invalid":
-                errors.append(ScanError(path, user_name, line.error or "invalid line", line=line.number))
+                errors.add(line.error or "invalid line", line=line.number)
             continue
         key = line.key
         opts = line.options
@@ -279,7 +362,9 @@ def _authorized_records(result: ReadResult, target: Target, plan: Plan, ctx: Sca
                 expires_at=expires_at,
             )
         )
-    return FileResult(tuple(records), tuple(errors), read=True, orphaned=orphaned)
+    return FileResult(
+        tuple(records), errors.all(), read=True, orphaned=orphaned, partly_read=result.truncated
+    )
 
 
 _PLAIN_LINE: Final = LineFacts(
@@ -294,19 +379,22 @@ _PLAIN_LINE: Final = LineFacts(
 
 def _plain_key_records(result: ReadResult, target: Target, ctx: ScanContext) -> FileResult:
     """Host keys, host certificates and TrustedUserCAKeys: one public key per line."""
-    errors = list(_truncation_error(result, target))
+    data, cut = complete_lines(result)
+    errors = Problems(target.path, None, "invalid lines")
+    if cut is not None:
+        errors.add(cut)
     records: list[KeyRecord] = []
     kind: KeyKind = "host_key" if target.kind == "host_key" else "trusted_user_ca"
-    for line in parse_authorized_keys(result.data):
+    for line in file_lines(data):
         if line.kind == "invalid" or (line.kind == "key" and line.options_text):
-            errors.append(ScanError(target.path, None, line.error or "unexpected options", line=line.number))
+            errors.add(line.error or "unexpected options", line=line.number)
             continue
         if line.kind != "key" or line.key is None:
             continue
         records.append(
             _record(kind, None, 0, target.path, line.number, line.key, line.comment, result.info, ctx)
         )
-    return FileResult(tuple(records), tuple(errors), read=True)
+    return FileResult(tuple(records), errors.all(), read=True, partly_read=result.truncated)
 
 
 def _record(
@@ -340,33 +428,56 @@ def _record(
     )
 
 
+def identity_candidates(names: Iterable[str]) -> list[str]:
+    """The names of ~/.ssh worth examining for a private key, in the order they are examined:
+    OpenSSH's default identity names, then names with a ``.pub`` beside them (what ssh-keygen
+    writes), then the rest; never a ``.pub`` or a file OpenSSH gives another meaning. Pure."""
+    names = sorted(names)
+    present = set(names)
+    candidates = [n for n in names if not n.endswith(".pub") and not n.startswith(_NOT_IDENTITY)]
+
+    def rank(name: str) -> int:
+        return 0 if name in DEFAULT_IDENTITIES else 1 if name + ".pub" in present else 2
+
+    return sorted(candidates, key=rank)  # stable: by name within a rank
+
+
 def _read_identity_dir(fs: FileReads, target: Target, ctx: ScanContext) -> FileResult:
     user = target.user
     assert user is not None
-    names = fs.listdir(target.path)
+    uid = user.uid
+    names = fs.listdir(target.path, confine=target.confine, user_uid=uid)
     records: list[KeyRecord] = []
-    errors: list[ScanError] = []
-    for name in names:
-        if name.endswith(".pub") or name.startswith(_NOT_IDENTITY):
-            continue
+    errors = Problems(target.path, user.name, "problems")
+    candidates = identity_candidates(names)
+    for name in candidates[:MAX_SSH_DIR_FILES]:
         path = posixpath.join(target.path, name)
+        if printable(name) != name:
+            errors.add("file name is not valid UTF-8; not read", path=printable(path))
+            continue
         try:
-            result = fs.read(path, confine=target.confine)
+            result = fs.read(path, confine=target.confine, user_uid=uid, max_bytes=IDENTITY_MAX_BYTES)
         except (UnsafePath, OSError) as exc:
             if name.startswith("id_"):
-                errors.append(ScanError(path, user.name, failure_reason(exc)))
+                errors.add(failure_reason(exc), path=path)
             continue
-        head = result.data[:_IDENTITY_HEAD_BYTES]
-        if not looks_like_private_key(head):
+        if not looks_like_private_key(result.data):
+            continue
+        if result.truncated:
+            errors.add(f"larger than {IDENTITY_MAX_BYTES} bytes: not read as a private key", path=path)
             continue
         record_or_error = _identity_record(fs, path, result, user, target, ctx)
         if isinstance(record_or_error, ScanError):
-            errors.append(record_or_error)
+            errors.note(record_or_error)
         else:
             records.append(record_or_error)
-    if not records and not errors:
+    unread = len(candidates) - MAX_SSH_DIR_FILES
+    found = errors.all()
+    if unread > 0:
+        found += (ScanError(target.path, user.name, f"and {unread} more files not examined"),)
+    if not records and not found:
         return READ_NOTHING
-    return FileResult(tuple(records), tuple(errors), read=True)
+    return FileResult(tuple(records), found, read=True)
 
 
 def _identity_record(
@@ -384,7 +495,9 @@ def _identity_record(
             key = parse_public_blob(parsed.public_blob)
         else:
             # Encrypted PEM keys do not carry the public half in the clear: use the .pub beside it.
-            pub = fs.read(path + ".pub", confine=target.confine)
+            pub = fs.read(
+                path + ".pub", confine=target.confine, user_uid=user.uid, max_bytes=IDENTITY_MAX_BYTES
+            )
             key, comment = parse_public_key_text(pub.text().strip())
     except FileNotFoundError:
         return ScanError(path, user.name, "encrypted private key without a .pub file; public key unknown")
@@ -410,7 +523,9 @@ def _identity_record(
 
 def _pub_comment(fs: FileReads, path: str, target: Target) -> str:
     try:
-        pub = fs.read(path + ".pub", confine=target.confine)
+        pub = fs.read(
+            path + ".pub", confine=target.confine, user_uid=_uid(target), max_bytes=IDENTITY_MAX_BYTES
+        )
         _, comment = parse_public_key_text(pub.text().strip())
         return comment
     except (InvalidKey, UnsafePath, OSError):

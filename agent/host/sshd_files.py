@@ -71,15 +71,3 @@ def authorized_keys_paths(user: User, eff: EffectiveSshdConfig, *, conditional: 
         if path is not None:
             out.append(normalize_path(path))
     return out
-
-
-def authorized_keys_confine(path: str, home: str) -> str:
-    """The directory a read or write of `path` must stay inside: the home when the file is
-    under it (the user controls it), else the file's own directory."""
-    home = normalize_path(home)
-    return home if is_under(path, home) else posixpath.dirname(path)
-
-
-def is_under(path: str, directory: str) -> bool:
-    """Is normalised `path` `directory` itself or below it (lexically)?"""
-    return directory == "/" or path == directory or path.startswith(directory.rstrip("/") + "/")

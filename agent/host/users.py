@@ -4,20 +4,29 @@
 `NssUserSource` asks the C library, so LDAP/SSSD users count too (as far as the NSS
 backend enumerates them: SSSD with `enumerate = false` lists only local users in `all()`,
 while `get(name)` still finds directory users).
-Home paths are returned as given; the scanner treats them as paths inside the root.
+
+One odd account never stops the agent (`vet_user`, pure): an account whose name or home is not
+valid UTF-8, or whose name holds a '/', is left out; a relative or empty home is read the way
+sshd reads it (relative to its working directory, `/`); a duplicate name keeps its first entry
+(as getpwnam does); a malformed passwd line is skipped. Each is a problem (`problems()`: a
+ScanError naming the account and the reason, never more of the line) that discovery reports in
+the inventory's `errors`. Homes are returned absolute and normalised, as paths inside the root.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import grp
 import os
+import posixpath
 import pwd
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Final, Protocol
 
 from agent.host.safefs import HostFS
+from agent.inventory.model import ScanError
 
 PASSWD_PATH: Final = "/etc/passwd"  # noqa: S105 - a path, not a password
 GROUP_PATH: Final = "/etc/group"
@@ -46,6 +55,67 @@ class UserSource(Protocol):
 
     def get(self, name: str) -> User | None: ...
 
+    def problems(self) -> list[ScanError]:
+        """The accounts (and lines) `all()` left out or read differently, and why."""
+        ...
+
+
+def printable(text: str) -> str:
+    """`text` as valid UTF-8: bytes that were not (surrogate escapes) shown as \\xNN."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def _valid_utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def vet_user(user: User) -> tuple[User | None, str | None]:
+    """The account as discovery uses it (None: left out) and the problem with it, if any. Pure."""
+    if not _valid_utf8(user.name):
+        return None, "account name is not valid UTF-8; not scanned"
+    if "/" in user.name:
+        return None, "account name contains '/'; not scanned"
+    home = user.home
+    if not _valid_utf8(home):
+        return None, "home is not valid UTF-8; not scanned"
+    if home.startswith("/"):
+        normal = posixpath.normpath(home)
+        normal = "/" if normal == "//" else normal
+        return (user if normal == home else dataclasses.replace(user, home=normal)), None
+    # sshd prefixes a relative AuthorizedKeysFile with pw_dir + "/" and opens it from its working
+    # directory, "/": an empty home reads /.ssh/..., a relative one /<home>/.ssh/...
+    absolute = posixpath.normpath("/" + home) if home else "/"
+    absolute = "/" if absolute == "//" else absolute
+    why = "home is empty" if not home else "home is not an absolute path"
+    return dataclasses.replace(user, home=absolute), f"{why}; read as {printable(absolute)}, as sshd does"
+
+
+def vet_users(
+    passwd: list[PasswdEntry], groups: Iterable[GroupEntry], source: str, malformed: Iterable[int] = ()
+) -> tuple[list[User], list[ScanError]]:
+    """The accounts discovery uses, and the problems: malformed lines of `source` (by number),
+    duplicate names (the first entry wins, as with getpwnam), and `vet_user`'s. Pure."""
+    problems = [ScanError(source, None, f"line {n}: not a valid passwd entry; skipped") for n in malformed]
+    seen: set[str] = set()
+    for name, *_ in passwd:
+        if name in seen:
+            problems.append(
+                ScanError(source, printable(name), "duplicate account name; the first entry is used")
+            )
+        seen.add(name)
+    kept: list[User] = []
+    for user in build_users(passwd, groups):
+        vetted, problem = vet_user(user)
+        if problem is not None:
+            problems.append(ScanError(source, printable(user.name), problem))
+        if vetted is not None:
+            kept.append(vetted)
+    return kept, problems
+
 
 def _parse_id(text: str) -> int | None:
     if not text.isascii() or not text.isdigit():
@@ -54,24 +124,30 @@ def _parse_id(text: str) -> int | None:
     return value if value <= _MAX_ID else None
 
 
-def _records(text: str, field_count: int) -> Iterable[list[str]]:
-    """Well-formed colon-separated records: skips blank, comment, NIS compat (+/-) and malformed lines."""
-    for line in text.splitlines():  # also splits on \r\n
+def _records(text: str, field_count: int, malformed: list[int] | None) -> Iterator[tuple[int, list[str]]]:
+    """(line number, fields) of well-formed colon-separated records: skips blank, comment, NIS
+    compat (+/-) and malformed lines (their numbers go to `malformed`, when given)."""
+    for number, line in enumerate(text.splitlines(), 1):  # also splits on \r\n
         line = line.rstrip("\r")
         if not line.strip() or line.lstrip().startswith("#") or line[0] in "+-":
             continue
         fields = line.split(":")
         if len(fields) != field_count or not fields[0]:
+            if malformed is not None:
+                malformed.append(number)
             continue
-        yield fields
+        yield number, fields
 
 
-def parse_passwd(text: str) -> list[PasswdEntry]:
-    """passwd(5) lines -> (name, uid, gid, home, shell), in file order (pure)."""
+def parse_passwd(text: str, malformed: list[int] | None = None) -> list[PasswdEntry]:
+    """passwd(5) lines -> (name, uid, gid, home, shell), in file order (pure). The numbers of
+    malformed lines (wrong field count, empty name, bad uid/gid) go to `malformed` when given."""
     out: list[PasswdEntry] = []
-    for name, _pw, uid_text, gid_text, _gecos, home, shell in _records(text, 7):
+    for number, (name, _pw, uid_text, gid_text, _gecos, home, shell) in _records(text, 7, malformed):
         uid, gid = _parse_id(uid_text), _parse_id(gid_text)
         if uid is None or gid is None:
+            if malformed is not None:
+                malformed.append(number)
             continue
         out.append((name, uid, gid, home, shell))
     return out
@@ -80,7 +156,7 @@ def parse_passwd(text: str) -> list[PasswdEntry]:
 def parse_group(text: str) -> list[GroupEntry]:
     """group(5) lines -> (name, gid, members), in file order (pure)."""
     out: list[GroupEntry] = []
-    for name, _pw, gid_text, members_text in _records(text, 4):
+    for _number, (name, _pw, gid_text, members_text) in _records(text, 4, None):
         gid = _parse_id(gid_text)
         if gid is None:
             continue
@@ -127,7 +203,7 @@ class RootUserSource:
 
     def __init__(self, fs: HostFS) -> None:
         self._fs = fs
-        self._cache: tuple[tuple[object, ...], list[User], dict[str, User]] | None = None
+        self._cache: tuple[tuple[object, ...], list[User], dict[str, User], list[ScanError]] | None = None
 
     def _text(self, path: str) -> str:
         result = self._fs.read(path, max_bytes=ACCOUNT_DB_MAX_BYTES)
@@ -135,7 +211,9 @@ class RootUserSource:
         if result.truncated:
             # Never parse a cut-off last line (it would yield a wrong home or shell).
             data = data[: data.rfind(b"\n") + 1]
-        return data.decode("utf-8", errors="replace")
+        # As the C library hands them over: bytes that are not UTF-8 kept (as surrogate escapes)
+        # for vet_user to find, never silently turned into another name.
+        return data.decode("utf-8", errors="surrogateescape")
 
     def _identity(self) -> tuple[object, ...]:
         out: list[object] = []
@@ -144,34 +222,50 @@ class RootUserSource:
             out.append(None if info is None else (info.dev, info.ino, info.size, info.mtime))
         return tuple(out)
 
-    def _load(self) -> tuple[list[User], dict[str, User]]:
+    def _load(self) -> tuple[tuple[object, ...], list[User], dict[str, User], list[ScanError]]:
         identity = self._identity()
         cached = self._cache
         if cached is not None and cached[0] == identity and identity[0] is not None:
-            return cached[1], cached[2]
-        passwd = parse_passwd(self._text(PASSWD_PATH))
+            return cached
+        malformed: list[int] = []
+        passwd = parse_passwd(self._text(PASSWD_PATH), malformed)
         try:
             groups = parse_group(self._text(GROUP_PATH))
         except FileNotFoundError:
             groups = []
-        users = build_users(passwd, groups)
-        self._cache = (identity, users, {u.name: u for u in users})
-        return users, self._cache[2]
+        users, problems = vet_users(passwd, groups, PASSWD_PATH, sorted(malformed))
+        self._cache = (identity, users, {u.name: u for u in users}, problems)
+        return self._cache
 
     def all(self) -> list[User]:
-        return list(self._load()[0])
+        return list(self._load()[1])
 
     def get(self, name: str) -> User | None:
-        return self._load()[1].get(name)
+        return self._load()[2].get(name)
+
+    def problems(self) -> list[ScanError]:
+        return list(self._load()[3])
+
+
+# Where NSS accounts come from, as the `path` of their problems (the passwd database).
+NSS_SOURCE: Final = "passwd (NSS)"
 
 
 class NssUserSource:
     """Users from the C library's NSS (files, LDAP, SSSD...)."""
 
+    def __init__(self) -> None:
+        self._problems: list[ScanError] = []
+
     def all(self) -> list[User]:
         passwd = [(p.pw_name, p.pw_uid, p.pw_gid, p.pw_dir, p.pw_shell) for p in pwd.getpwall()]
         groups = [(g.gr_name, g.gr_gid, tuple(g.gr_mem)) for g in grp.getgrall()]
-        return build_users(passwd, groups)
+        users, self._problems = vet_users(passwd, groups, NSS_SOURCE)
+        return users
+
+    def problems(self) -> list[ScanError]:
+        """The problems of the last `all()`."""
+        return list(self._problems)
 
     def get(self, name: str) -> User | None:
         try:
@@ -189,4 +283,5 @@ class NssUserSource:
                 names.add(grp.getgrgid(gid).gr_name)
             except KeyError:
                 continue
-        return User(p.pw_name, p.pw_uid, p.pw_gid, p.pw_dir, p.pw_shell, tuple(sorted(names)))
+        user, _ = vet_user(User(p.pw_name, p.pw_uid, p.pw_gid, p.pw_dir, p.pw_shell, tuple(sorted(names))))
+        return user

@@ -28,7 +28,7 @@ from datetime import datetime
 from typing import Any
 
 from agent.host.safefs import CHANGED_SINCE_READ, CreateSpec, FileInfo, ReadResult, UnsafePath
-from agent.host.sshd_files import authorized_keys_confine
+from agent.host.sshd_files import normalize_path
 from agent.host.users import User
 from agent.instructions.backups import Backups, sha256_hex
 from agent.instructions.errors import ApplyFailed
@@ -46,21 +46,39 @@ Planner = Callable[[Sequence[tuple[str, bytes]]], Sequence[EditPlan]]
 Managed = tuple[str, str, datetime | None]
 
 NEW_FILE_MODE = 0o600
+# A file that is root's (a central AuthorizedKeysFile, or any file outside the user's own
+# directories): readable by everybody, because sshd opens authorized keys files with the user's
+# privileges (temporarily_use_uid in auth2-pubkey.c): a root-owned 0600 file is never read.
+ROOT_FILE_MODE = 0o644
 SSH_DIR_MODE = 0o700
 ATTEMPTS = 3  # re-plan when a file changed between our read and our write
 
 
-def keep_or_default_ownership(current: FileInfo | None, user: User) -> tuple[int, int, int]:
+def keep_or_default_ownership(
+    current: FileInfo | None, user: User, *, user_may_own: bool = True
+) -> tuple[int, int, int]:
     """Keep the file's owner and mode when sshd's StrictModes accepts them (owner root or the
-    user, no group/other write); otherwise (and for a new file) the user, its group, 0600.
-    Set-id and sticky bits are never carried over."""
+    user, no group/other write); otherwise (and for a new file) the directory's convention:
+    the user, its group, 0600 where the user may own the file (``KeysDir.user_may_own``: a
+    directory of the user's inside the user's home), else root, 0644. Set-id and sticky bits
+    are never carried over."""
     if (
         current is not None
         and current.uid in (0, user.uid)
         and not current.mode & (stat.S_IWGRP | stat.S_IWOTH)
     ):
         return current.uid, current.gid, stat.S_IMODE(current.mode) & 0o755
-    return user.uid, user.gid, NEW_FILE_MODE
+    if user_may_own:
+        return user.uid, user.gid, NEW_FILE_MODE
+    return 0, 0, ROOT_FILE_MODE
+
+
+def refuse_shared_home(view: HostView, user: User, real_home: str, path: str) -> None:
+    """A file inside a home that another account (another uid) has too, by its passwd entry or
+    because this user's home resolves to it, would give that account's login to the key: refused."""
+    others = view.accounts_with_home({normalize_path(user.home), real_home}, except_uid=user.uid)
+    if others:
+        raise UnsafePath(f"home {real_home} is also the home of {', '.join(sorted(others))}", path)
 
 
 def io_reason(exc: BaseException) -> str:
@@ -155,7 +173,7 @@ class FileEditor:
         raise AssertionError("unreachable")
 
     @contextlib.contextmanager
-    def _open_plans(self, req: EditRequest) -> Iterator[list[FilePlan]]:
+    def _open_plans(self, req: EditRequest, view: HostView) -> Iterator[list[FilePlan]]:
         """Open each file's directory safely, read every file, then plan them together.
         Directories stay open for the write."""
         user = req.user
@@ -164,20 +182,19 @@ class FileEditor:
         try:
             for path in paths:
                 creating = req.create and path == paths[0]
-                confine = authorized_keys_confine(path, user.home)
                 directory, name = posixpath.split(path)
-                spec = (
-                    CreateSpec(user.uid, user.gid, SSH_DIR_MODE)
-                    if creating and directory != confine
-                    else None
-                )
+                # Who owns what is created is the safe file layer's rule (the user's own only
+                # inside her own home, root's everywhere else): docs/rotation.md, trust rules.
+                spec = CreateSpec(user.uid, user.gid, SSH_DIR_MODE) if creating else None
                 try:
-                    held = self.files.open_dir(directory, create=spec, confine=confine, user_uid=user.uid)
+                    held = self.files.open_dir(directory, create=spec, confine=user.home, user_uid=user.uid)
                 except (FileNotFoundError, NotADirectoryError):
                     if creating:
                         raise
                     continue  # no such directory: nothing of this user's there
                 try:
+                    if held.home is not None:
+                        refuse_shared_home(view, user, held.home, path)
                     current = held.read(name)
                     if current is not None and current.truncated:
                         raise UnsafePath("file too large to rewrite safely", path)
@@ -217,7 +234,7 @@ class FileEditor:
     def _edit_once(self, req: EditRequest, view: HostView) -> Outcome:
         user = req.user
         outcome = Outcome()
-        with self._open_plans(req) as plans:
+        with self._open_plans(req, view) as plans:
             changes = [p for p in plans if p.plan.new_data is not None]
             if not changes:
                 outcome.fingerprints_after = view.fingerprints_of(user)
@@ -246,7 +263,9 @@ class FileEditor:
 
     def _write(self, req: EditRequest, p: FilePlan, outcome: Outcome) -> None:
         assert p.plan.new_data is not None
-        uid, gid, mode = keep_or_default_ownership(p.current.info if p.current else None, req.user)
+        uid, gid, mode = keep_or_default_ownership(
+            p.current.info if p.current else None, req.user, user_may_own=p.directory.user_may_own
+        )
         if req.managed is not None:
             fingerprint, managed_by, expires_at = req.managed
             self.hooks.note_managed(fingerprint, req.user.name, p.path, managed_by, expires_at)

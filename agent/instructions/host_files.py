@@ -43,6 +43,14 @@ class SafeKeysDir:
     def path(self) -> str:
         return self._dirh.path
 
+    @property
+    def home(self) -> str | None:
+        return self._dirh.home
+
+    @property
+    def user_may_own(self) -> bool:
+        return self._dirh.user_may_own
+
     def read(self, name: str) -> ReadResult | None:
         return self._fs.read_at(self._dirh, name)
 
@@ -65,8 +73,8 @@ class SafeHostFiles:
         self.fs = fs
         self.backups_dir = backups_dir
 
-    def read(self, path: str, *, confine: str) -> bytes:
-        return self.fs.read(path, confine=confine).data
+    def read(self, path: str, *, confine: str, user_uid: int) -> bytes:
+        return self.fs.read(path, confine=confine, user_uid=user_uid).data
 
     def sshd_config(self, path: str) -> ParsedSshdConfig:
         parsed, _ = load_sshd_config(self.fs, path)

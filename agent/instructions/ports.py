@@ -29,6 +29,17 @@ class KeysDir(Protocol):
     @property
     def path(self) -> str: ...
 
+    @property
+    def home(self) -> str | None:
+        """The real path of the user's home when this directory is at or below it, else None."""
+        ...
+
+    @property
+    def user_may_own(self) -> bool:
+        """May a new file here be the user's? Only in a directory of the user's inside the user's
+        own home; elsewhere (a central directory, root's ~/.ssh) a new file is root's."""
+        ...
+
     def read(self, name: str) -> ReadResult | None:
         """The file's bytes and stat, None when absent. Symlinks, hard links and anything but a
         regular file are refused (UnsafePath)."""
@@ -52,8 +63,9 @@ class HostFiles(Protocol):
     """Every host-file operation the applier makes. Errors: UnsafePath (refused on safety grounds),
     FileNotFoundError / NotADirectoryError (absent), other OSError."""
 
-    def read(self, path: str, *, confine: str) -> bytes:
-        """An authorized keys file's bytes, read-only (symlinks followed inside `confine` only)."""
+    def read(self, path: str, *, confine: str, user_uid: int) -> bytes:
+        """An authorized keys file's bytes, read-only: the file of the account `user_uid` whose
+        home is `confine` (symlinks followed by the safe file layer's trust rules)."""
         ...
 
     def sshd_config(self, path: str) -> ParsedSshdConfig:
@@ -61,9 +73,11 @@ class HostFiles(Protocol):
         ...
 
     def open_dir(self, path: str, *, confine: str, user_uid: int, create: CreateSpec | None) -> KeysDir:
-        """Open the directory `path` at or below `confine` (the home) for an edit: no symlink below
-        the home, each directory owned by root or the user and not group/other-writable. With
-        `create`, a missing final directory is created with that owner and mode."""
+        """Open the directory `path` for an edit of the account `user_uid` whose home is `confine`
+        (`HostFS.open_dir`: only root's links outside the home, none inside it; every directory
+        from `/` owned by root or the user and not group/other-writable; a home that is not the
+        user's own refused). With `create`, a missing final directory is created: `create`'s
+        owner and mode inside the user's home, root's (0755) elsewhere."""
         ...
 
     def write_backup(self, name: str, data: bytes) -> None:

@@ -13,7 +13,6 @@ import posixpath
 from dataclasses import dataclass
 
 from agent.host.safefs import ReadResult
-from agent.host.sshd_files import authorized_keys_confine
 from agent.host.users import User
 from agent.instructions.backups import Backups, sha256_hex
 from agent.instructions.edit import keep_or_default_ownership
@@ -63,7 +62,7 @@ class Rollback:
                     directory, name = posixpath.split(item.path)
                     held = self.files.open_dir(
                         directory,
-                        confine=authorized_keys_confine(item.path, item.user.home),
+                        confine=item.user.home,
                         user_uid=item.user.uid,
                         create=None,
                     )
@@ -79,7 +78,7 @@ class Rollback:
                 for item, name, held, current in staged:
                     if item.existed or current is None:
                         uid, gid, mode = keep_or_default_ownership(
-                            current.info if current else None, item.user
+                            current.info if current else None, item.user, user_may_own=held.user_may_own
                         )
                         held.replace(
                             name,

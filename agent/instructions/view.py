@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, tzinfo
 
 from agent.host.safefs import UnsafePath
-from agent.host.sshd_files import authorized_keys_confine, authorized_keys_paths
+from agent.host.sshd_files import authorized_keys_paths, normalize_path
 from agent.host.users import User, UserSource
 from agent.instructions.errors import ApplyFailed
 from agent.instructions.plan import honoured_by_sshd
@@ -37,6 +37,7 @@ class HostView:
         # The unit's time, and the zone sshd reads an `expiry-time` without "Z" in (as discovery).
         self.now = now if now is not None else datetime.now(UTC)
         self.local_tz: tzinfo = self.now.astimezone().tzinfo or UTC
+        self._homes: dict[str, list[tuple[str, int]]] | None = None
 
     def honours(self, ln: AuthorizedLine) -> bool:
         """Would sshd use this line now (plan.honoured_by_sshd)?"""
@@ -59,6 +60,16 @@ class HostView:
             raise ApplyFailed("NOT_FOUND", "no such user")
         return user
 
+    def accounts_with_home(self, homes: set[str], *, except_uid: int) -> list[str]:
+        """Names of the accounts (other than uid `except_uid`) whose passwd home is one of `homes`
+        (normalised paths). The user database is listed once per unit of work."""
+        if self._homes is None:
+            index: dict[str, list[tuple[str, int]]] = {}
+            for account in self._users.all():
+                index.setdefault(normalize_path(account.home), []).append((account.name, account.uid))
+            self._homes = index
+        return [name for home in homes for name, uid in self._homes.get(home, ()) if uid != except_uid]
+
     def paths(self, user: User, *, conditional: bool = True) -> list[str]:
         """The authorized keys files sshd reads for `user` (as discovery resolves them)."""
         if self._parsed is None:
@@ -74,8 +85,8 @@ class HostView:
         return paths[0]
 
     def read_keys(self, user: User, path: str) -> bytes:
-        """One of the user's files, read-only (confined to the home when it is under it)."""
-        return self.files.read(path, confine=authorized_keys_confine(path, user.home))
+        """One of the user's files, read-only (links followed by the trust rules for this user)."""
+        return self.files.read(path, confine=user.home, user_uid=user.uid)
 
     def fingerprints_of(self, user: User) -> list[str]:
         """The keys sshd honours in the user's authorized keys files, in reading order (best

@@ -136,6 +136,9 @@ RISK_WEIGHTS: dict[str, int] = {
     # The KRL revokes it, yet it is still in an authorized keys file: sshd refuses it today, but
     # it grants access again the day the KRL stops naming it (a rebuilt host, a lost file).
     "revoked_key_present": 30,
+    # The file holding the key was read only up to discovery.max_file_bytes: sshd reads the
+    # rest, so another key of this account may be hidden there, unseen.
+    "file_partly_read": 20,
 }
 POLICY_WEIGHT = 15
 
@@ -165,6 +168,7 @@ class RiskInputs(NamedTuple):
     managed: bool
     has_from: bool
     revoked: bool = False
+    partly_read: bool = False
 
 
 def risk_of(inputs: RiskInputs, policy: Policy | None) -> Risk:
@@ -188,6 +192,8 @@ def risk_of(inputs: RiskInputs, policy: Policy | None) -> Risk:
         factors.append("never_rotated")
     if inputs.revoked and inputs.kind in ("authorized_key", "authorized_principal_ca"):
         factors.append("revoked_key_present")
+    if inputs.partly_read:
+        factors.append("file_partly_read")
     score = sum(RISK_WEIGHTS[f] for f in factors)
     if policy is not None:
         for violation in policy_violations(inputs, policy):

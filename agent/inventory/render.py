@@ -1,8 +1,13 @@
-"""Human-readable rendering of an Inventory (the `scan --format table` view). Pure."""
+"""Human-readable rendering of an Inventory (the `scan --format table` view). Pure.
+
+Every cell and every problem line goes through `agent.log.escape_controls`, the one escaping of
+text a user may have chosen (file names, comments, account names): a newline or an escape
+sequence in it shows as `\n` / `\x1b`, never as a forged row or a command to the terminal."""
 
 from __future__ import annotations
 
 from agent.inventory.model import Inventory, KeyRecord
+from agent.log import escape_controls
 
 _KIND = {
     "authorized_key": "auth",
@@ -35,7 +40,7 @@ def keygen_short_type(type_name: str) -> str:
 
 
 def _fit(text: str, width: int, *, left: bool = False) -> str:
-    text = "".join(ch if ch.isprintable() else "?" for ch in text)
+    text = escape_controls(text)
     if len(text) <= width:
         return text.ljust(width)
     return ("…" + text[-(width - 1) :]) if left else (text[: width - 1] + "…")
@@ -90,7 +95,7 @@ def render_table(inventory: Inventory, *, width: int = 120, homes: dict[str, str
         )
     for err in inventory.errors:
         where = f"{err.path}:{err.line}" if err.line else err.path
-        lines.append(f"problem: {where}: {err.error}")
+        lines.append(escape_controls(f"problem: {where}: {err.error}"))
     return "\n".join(lines) + "\n"
 
 

@@ -220,12 +220,17 @@ def make_applier(
     )
 
 
-def snapshot(root: Path) -> dict[str, tuple[Any, ...]]:
-    """Every entry under root: type, mode, owner, size, inode, content digest or link target."""
+def snapshot(root: Path, *, exact: bool = False) -> dict[str, tuple[Any, ...]]:
+    """Every entry under root: type, mode, owner, size, inode, content digest or link target.
+    `exact` adds root itself, each entry's device and mtime (ns): a directory's mtime moves when
+    an entry is created and removed again in it, so a temp file that came and went shows."""
     out: dict[str, tuple[Any, ...]] = {}
     for dirpath, dirnames, filenames in os.walk(root):
-        for name in dirnames + filenames:
-            path = os.path.join(dirpath, name)
+        names = [*dirnames, *filenames]
+        if exact and dirpath == str(root):
+            names.append(".")
+        for name in names:
+            path = os.path.normpath(os.path.join(dirpath, name))
             st = os.lstat(path)
             rel = os.path.relpath(path, root)
             if stat.S_ISREG(st.st_mode):
@@ -243,6 +248,7 @@ def snapshot(root: Path) -> dict[str, tuple[Any, ...]]:
                 st.st_ino,
                 st.st_nlink,
                 detail,
+                *((st.st_dev, st.st_mtime_ns) if exact else ()),
             )
     return out
 

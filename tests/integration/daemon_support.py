@@ -11,6 +11,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -77,14 +78,19 @@ class Agent:
         return self.log.read_text() if self.log.exists() else ""
 
 
+def with_host_identity(root: FakeRoot) -> FakeRoot:
+    """The machine-id and hostname a fake root needs to be enrolled."""
+    (root.root / "etc/machine-id").write_text("0123456789abcdef0123456789abcdef\n")
+    (root.root / "etc/hostname").write_text("test-host\n")
+    return root
+
+
 @pytest.fixture
 def fr(tmp_path: Path) -> FakeRoot:
     root = FakeRoot(tmp_path / "root")
     root.add_user("alice", 1000)
     root.authorized_keys("alice", [ed25519_line("initial")])
-    (root.root / "etc/machine-id").write_text("0123456789abcdef0123456789abcdef\n")
-    (root.root / "etc/hostname").write_text("test-host\n")
-    return root
+    return with_host_identity(root)
 
 
 @pytest.fixture
@@ -146,6 +152,18 @@ def start_enrolled(
     agents.append(agent)
     wait_for(lambda: cp.inventory(host_id) is not None, what="first inventory")
     return host_id, config, agent
+
+
+def jti_of(token: str) -> str:
+    """The jti of an instruction (a compact JWS), read without verifying it."""
+    import jwt
+
+    return str(jwt.decode(token, options={"verify_signature": False})["jti"])
+
+
+def results_for(cp: ControlPlane, jti: str) -> list[dict[str, Any]]:
+    """The results the agent posted for the instruction `jti`."""
+    return [r for r in cp.instruction_results() if r["jti"] == jti]
 
 
 def appended_fingerprints(cp: ControlPlane, host_id: str, kind: str = "key_added") -> list[str]:

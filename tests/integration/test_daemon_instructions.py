@@ -14,16 +14,14 @@ from tests.integration.daemon_support import (
     Agent,
     enroll,
     fingerprint_of,
+    jti_of,
     owned_root,
+    results_for,
     wait_for,
     write_config,
 )
 
 pytestmark = pytest.mark.slow
-
-
-def results(cp: ControlPlane, jti: str) -> list[dict]:  # type: ignore[type-arg]
-    return [r for r in cp.instruction_results() if r["jti"] == jti]
 
 
 def test_rotation_add_and_forged_instruction(tmp_path: Path, agents: list[Agent]) -> None:
@@ -41,15 +39,17 @@ def test_rotation_add_and_forged_instruction(tmp_path: Path, agents: list[Agent]
         body = {"rotation_id": "rot_test1", "user": "alice", "action": "add", "new_key": new}
         good = cp.issue_instruction(host_id, "rotation", body)
         forged = cp.issue_instruction(host_id, "rotation", {**body, "rotation_id": "rot_forged"}, sign=False)
-        good_jti = _jti(good)
-        forged_jti = _jti(forged)
-        wait_for(lambda: results(cp, good_jti) and results(cp, forged_jti), timeout=30, what="both results")
-        assert results(cp, good_jti)[0]["status"] == "applied"
-        assert results(cp, forged_jti)[0]["status"] == "rejected"
+        good_jti = jti_of(good)
+        forged_jti = jti_of(forged)
+        wait_for(
+            lambda: results_for(cp, good_jti) and results_for(cp, forged_jti), timeout=30, what="both results"
+        )
+        assert results_for(cp, good_jti)[0]["status"] == "applied"
+        assert results_for(cp, forged_jti)[0]["status"] == "rejected"
         text = fr.path("/home/alice/.ssh/authorized_keys").read_text()
         assert new in text and "initial" in text
         fp = fingerprint_of(new)
-        assert fp in results(cp, good_jti)[0]["result"]["fingerprints_after"]
+        assert fp in results_for(cp, good_jti)[0]["result"]["fingerprints_after"]
 
         def attributed() -> bool:
             return any(
@@ -93,9 +93,9 @@ def test_ephemeral_sweep_runs_at_the_configured_interval(tmp_path: Path, agents:
             "public_key": ed25519_line("visitor"),
             "expires_at": expires.strftime("%Y-%m-%dT%H:%M:%SZ"),
         }
-        jti = _jti(cp.issue_instruction(host_id, "ephemeral", body))
-        wait_for(lambda: results(cp, jti), timeout=6, what="the grant's result")
-        assert results(cp, jti)[0]["status"] == "applied"
+        jti = jti_of(cp.issue_instruction(host_id, "ephemeral", body))
+        wait_for(lambda: results_for(cp, jti), timeout=6, what="the grant's result")
+        assert results_for(cp, jti)[0]["status"] == "applied"
         ak = ssh / "authorized_keys"
         assert "sshklm-ephemeral:eph_sweep1" in ak.read_text()
         os.chmod(ssh, 0o770)  # group-writable: every write below it is refused
@@ -113,9 +113,3 @@ def test_ephemeral_sweep_runs_at_the_configured_interval(tmp_path: Path, agents:
         wait_for(lambda: "sshklm-ephemeral:eph_sweep1" not in ak.read_text(), timeout=20, what="the sweep")
         assert "initial" in ak.read_text()
         assert agent.stop() == 0
-
-
-def _jti(token: str) -> str:
-    import jwt
-
-    return str(jwt.decode(token, options={"verify_signature": False})["jti"])

@@ -407,7 +407,9 @@ def test_dropin_installed_checked_and_rolled_back(env: Env, tmp_path: Path) -> N
     sshd -t / -T accept it, sshd is reloaded, and a revoked key is refused there too. A config
     without the Include gets the drop-in rolled back; one with its own RevokedKeys is not touched."""
     tmp_path.chmod(0o755)
-    dropins = tmp_path / "sshd_config.d"
+    # Under /run like the agent's directory: every directory above a file root writes for sshd must
+    # be root's and not group/other-writable, and /tmp is world-writable (docs/rotation.md).
+    dropins = env.base / "sshd_config.d"
     port = free_port()
     config = tmp_path / "sshd_config"
     config.write_text(f"Include {dropins}/*.conf\n" + sshd_config_text(tmp_path, port))
@@ -443,7 +445,7 @@ def test_dropin_installed_checked_and_rolled_back(env: Env, tmp_path: Path) -> N
     # Not included: sshd -T does not show the values, so the drop-in is taken back out.
     excluded = tmp_path / "no_include_config"
     excluded.write_text(sshd_config_text(tmp_path, free_port()))
-    other_dir = tmp_path / "unused.d"
+    other_dir = env.base / "unused.d"
     control = SshdControl(config=str(excluded), reload_command=("false",))
     with pytest.raises(SshdError, match="does not read"):
         install_dropin(fs, str(other_dir), env.layout, control)

@@ -2,9 +2,11 @@
 
 `FakeHostFiles` keeps directories (owner, mode) and files (bytes, owner, mode, inode, mtime) in
 dictionaries and behaves like the safe file layer where the applier's logic depends on it: a
-directory is opened below the home only (created when asked), a write is refused "changed since
-read" when the file is not the one its read saw, paths can be made unsafe, and hooks run just
-before a write lands (a concurrent change) or instead of it (a crash). It records what happened:
+directory is opened (created when asked: the user's inside the user's home, root's elsewhere), it
+knows whether it is inside the home and whether a new file there may be the user's, a write is
+refused "changed since read" when the file is not the one its read saw, paths can be made unsafe,
+and hooks run just before a write lands (a concurrent change) or instead of it (a crash). It
+records what happened:
 the writes, the directories opened and whether they were closed. The production implementation
 is `agent.instructions.host_files.SafeHostFiles`; the root tests (tests/integration/test_apply*.py)
 run the same logic over it.
@@ -24,7 +26,7 @@ from agent.host.safefs import CHANGED_SINCE_READ, CreateSpec, FileInfo, ReadResu
 from agent.host.users import User
 from agent.instructions.apply import Applier, ApplierSettings
 from agent.inventory.evaluate import Policy
-from agent.inventory.model import Event
+from agent.inventory.model import Event, ScanError
 from agent.ssh.sshd_config import ParsedSshdConfig, parse_sshd_config
 from agent.store.db import open_database
 from agent.store.state import StateStore
@@ -44,14 +46,24 @@ class FakeFile:
 
 
 class FakeKeysDir:
-    def __init__(self, host: FakeHostFiles, path: str) -> None:
+    def __init__(self, host: FakeHostFiles, path: str, home: str | None, user_may_own: bool) -> None:
         self.host = host
         self._path = path
+        self._home = home
+        self._user_may_own = user_may_own
         self.closed = False
 
     @property
     def path(self) -> str:
         return self._path
+
+    @property
+    def home(self) -> str | None:
+        return self._home
+
+    @property
+    def user_may_own(self) -> bool:
+        return self._user_may_own
 
     def _child(self, name: str) -> str:
         assert not self.closed, "used after close"
@@ -147,7 +159,7 @@ class FakeHostFiles:
 
     # -- HostFiles --
 
-    def read(self, path: str, *, confine: str) -> bytes:
+    def read(self, path: str, *, confine: str, user_uid: int) -> bytes:
         self.check_safe(path)
         self.reads.append(path)
         f = self.files.get(path)
@@ -160,15 +172,19 @@ class FakeHostFiles:
         return parse_sshd_config(self.sshd_config_text, path, lambda pattern: [])
 
     def open_dir(self, path: str, *, confine: str, user_uid: int, create: CreateSpec | None) -> FakeKeysDir:
-        if not (path == confine or path.startswith(confine.rstrip("/") + "/")):
-            raise UnsafePath(f"outside {confine}", path)
+        in_home = path == confine or path.startswith(confine.rstrip("/") + "/")
         self.check_safe(path)
         if path not in self.dirs:
-            if create is None or posixpath.dirname(path) not in self.dirs:
+            parent = posixpath.dirname(path)
+            if create is None or parent not in self.dirs:
                 raise FileNotFoundError(2, "No such file or directory", path)
-            self.dirs[path] = (create.uid, create.gid, create.mode)
+            if in_home and self.dirs[parent][0] == user_uid:
+                self.dirs[path] = (create.uid, create.gid, create.mode)
+            else:
+                self.dirs[path] = (0, 0, 0o755)
             self.created_dirs.append(path)
-        handle = FakeKeysDir(self, path)
+        mine = in_home and self.dirs[path][0] == user_uid
+        handle = FakeKeysDir(self, path, confine if in_home else None, mine)
         self.opened.append(handle)
         return handle
 
@@ -195,6 +211,9 @@ class FakeUsers:
 
     def get(self, name: str) -> User | None:
         return self.by_name.get(name)
+
+    def problems(self) -> list[ScanError]:
+        return []
 
 
 @dataclass

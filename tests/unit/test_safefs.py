@@ -204,8 +204,14 @@ def test_symlink_out_of_home_refused_with_confine(fs: HostFS, root: Path, target
         fs.read(AK, confine=HOME)
     assert info.value.reason == "symlink leaves /home/u"
     assert "hash-that" not in str(info.value) and "hash-that" not in repr(info.value)
-    # Without confine the same link is followed, re-rooted at the fake root (never the host's /etc).
-    assert fs.read(AK).data == SECRET
+    # Without an account (root's own files) a link is followed only in a directory of root's: as
+    # root, the user's ~/.ssh is not one; unprivileged, the tree is the agent's own and the link
+    # is followed, re-rooted at the fake root (never the host's /etc).
+    if IS_ROOT:
+        with pytest.raises(UnsafePath, match="symlink in /home/u/.ssh, owned by uid 12345"):
+            fs.read(AK)
+    else:
+        assert fs.read(AK).data == SECRET
 
 
 def test_directory_symlink_out_of_home_refused(fs: HostFS, root: Path) -> None:
@@ -255,8 +261,8 @@ def test_dotdot_never_climbs_above_root(fs: HostFS, path: str) -> None:
 
 
 def test_relative_symlink_dotdot_clamped_at_root(fs: HostFS, root: Path) -> None:
-    (root / "home/u/up").symlink_to("../../../../../../../../../etc/hostname")
-    result = fs.read("/home/u/up")
+    (root / "etc/up").symlink_to("../../../../../../../../../etc/hostname")
+    result = fs.read("/etc/up")
     assert (result.data, result.realpath) == (b"fake-root\n", "/etc/hostname")
 
 
@@ -271,8 +277,8 @@ def test_symlink_loops_refused(fs: HostFS, root: Path) -> None:
             fs.read(f"{SSH}/{name}", confine=HOME)
     # Many hops through a directory link are counted too.
     with pytest.raises(UnsafePath, match="too many symlinks"):
-        fs.read(SSH + "/dirloop" * (MAX_SYMLINKS + 1) + "/authorized_keys")
-    assert fs.read(SSH + "/dirloop" * MAX_SYMLINKS + "/authorized_keys").data == KEYS
+        fs.read(SSH + "/dirloop" * (MAX_SYMLINKS + 1) + "/authorized_keys", confine=HOME)
+    assert fs.read(SSH + "/dirloop" * MAX_SYMLINKS + "/authorized_keys", confine=HOME).data == KEYS
 
 
 def test_chain_of_exactly_max_links_is_followed(fs: HostFS, root: Path) -> None:
@@ -280,10 +286,10 @@ def test_chain_of_exactly_max_links_is_followed(fs: HostFS, root: Path) -> None:
     (ssh / "l0").symlink_to("authorized_keys")
     for i in range(1, MAX_SYMLINKS):
         (ssh / f"l{i}").symlink_to(f"l{i - 1}")
-    assert fs.read(f"{SSH}/l{MAX_SYMLINKS - 1}").data == KEYS
+    assert fs.read(f"{SSH}/l{MAX_SYMLINKS - 1}", confine=HOME).data == KEYS
     (ssh / f"l{MAX_SYMLINKS}").symlink_to(f"l{MAX_SYMLINKS - 1}")
     with pytest.raises(UnsafePath, match="too many symlinks"):
-        fs.read(f"{SSH}/l{MAX_SYMLINKS}")
+        fs.read(f"{SSH}/l{MAX_SYMLINKS}", confine=HOME)
 
 
 def test_fifo_is_refused_without_hanging(fs: HostFS, root: Path) -> None:
@@ -326,7 +332,7 @@ def test_missing_and_not_a_directory(fs: HostFS, root: Path) -> None:
         fs.read("/home/u/.ssh/authorized_keys/x")
     (root / "home/u/dangling").symlink_to("nowhere")
     with pytest.raises(FileNotFoundError):
-        fs.read("/home/u/dangling")
+        fs.read("/home/u/dangling", confine=HOME)
     with pytest.raises(ValueError):
         fs.read("relative/path")
 
@@ -362,15 +368,19 @@ def test_stat_listdir_exists(fs: HostFS, root: Path) -> None:
     home = fs.stat(HOME)
     assert home is not None and stat.S_ISDIR(home.mode) and home.path == HOME
     assert fs.listdir(SSH) == ["authorized_keys", "id_ed25519", "link"]
-    assert fs.exists(f"{SSH}/link") and not fs.exists(f"{SSH}/missing")
-    (ssh / "dangling").symlink_to("/nowhere")
-    assert not fs.exists(f"{SSH}/dangling")
+    assert fs.exists(f"{SSH}/link", confine=HOME) and not fs.exists(f"{SSH}/missing")
+    (ssh / "dangling").symlink_to("/home/u/nowhere")
+    assert not fs.exists(f"{SSH}/dangling", confine=HOME)
     with pytest.raises(NotADirectoryError):
         fs.listdir(AK)
     (root / "home/u/evil").symlink_to("/etc")
     with pytest.raises(UnsafePath):
         fs.listdir("/home/u/evil", confine=HOME)
-    assert fs.listdir("/home/u/evil") == ["hostname", "shadow"]  # re-rooted without confine
+    if IS_ROOT:  # without an account only root's links are followed: /home/u is the user's
+        with pytest.raises(UnsafePath, match="symlink in /home/u, owned by uid 12345"):
+            fs.listdir("/home/u/evil")
+    else:  # unprivileged, the whole tree is the agent's own: re-rooted at the fake root
+        assert fs.listdir("/home/u/evil") == ["hostname", "shadow"]
 
 
 def test_glob(fs: HostFS, root: Path) -> None:
@@ -575,9 +585,18 @@ def test_bad_directory_owner_or_mode_refused(fs: HostFS, root: Path, owner: tupl
     assert snapshot(root) == before
 
 
-def test_write_path_outside_confine_or_dotdot_refused(fs: HostFS, owner: tuple[int, int]) -> None:
-    with pytest.raises(UnsafePath, match="outside /home/u"):
-        fs.open_dir("/srv/victim", confine=HOME)
+def test_write_path_outside_the_home_or_dotdot(fs: HostFS, root: Path, owner: tuple[int, int]) -> None:
+    """A directory outside the home (a central AuthorizedKeysFile) is written only through root's
+    directories, and nothing new there is the user's."""
+    before = snapshot(root)
+    with fs.open_dir("/srv/victim", confine=HOME) as dirh:
+        assert dirh.home is None and not dirh.user_may_own
+        if IS_ROOT:
+            with pytest.raises(UnsafePath, match="created only in that user's own directories"):
+                fs.atomic_replace(dirh, "new", b"k\n", uid=owner[0], gid=owner[1], mode=0o600, expect=None)
+            with pytest.raises(UnsafePath, match="a file owned by uid 4242 is not written here"):
+                fs.atomic_replace(dirh, "new", b"k\n", uid=4242, gid=4242, mode=0o600, expect=None)
+    assert snapshot(root) == before
     with pytest.raises(UnsafePath, match="'..'"):
         fs.open_dir("/home/u/../../srv/victim", confine=HOME)
     with pytest.raises(FileNotFoundError):
@@ -709,3 +728,19 @@ def test_file_info_is_frozen_and_comparable(fs: HostFS) -> None:
     assert isinstance(a, FileInfo) and a == b
     with pytest.raises(AttributeError):
         a.uid = 0  # type: ignore[misc]
+
+
+def test_roots_own_file_outside_any_home(fs: HostFS, root: Path) -> None:
+    """How a root-owned file outside any home is written (a KRL, a CA list under /etc/ssh): the
+    directory opened with itself as `confine` and root as the account; the file root's."""
+    me = 0 if IS_ROOT else os.geteuid()
+    (root / "etc" / "ssh").mkdir()
+    before = snapshot(root)
+    with fs.open_dir("/etc/ssh", confine="/etc/ssh", user_uid=me) as dirh:
+        assert dirh.user_may_own and fs.read_at(dirh, "revoked_keys") is None
+        fs.atomic_replace(
+            dirh, "revoked_keys", b"k\n", uid=me, gid=me if IS_ROOT else os.getegid(), mode=0o644, expect=None
+        )
+    assert changed_paths(before, snapshot(root)) == {"etc/ssh/revoked_keys"}
+    st = os.stat(root / "etc/ssh/revoked_keys")
+    assert (st.st_uid, stat.S_IMODE(st.st_mode)) == (me, 0o644)

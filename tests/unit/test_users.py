@@ -183,3 +183,49 @@ def test_nss_user_source_matches_the_c_library() -> None:
     mine = source.get(me.pw_name)
     assert mine is not None
     assert {grp.getgrgid(g).gr_name for g in os.getgrouplist(me.pw_name, me.pw_gid)} == set(mine.groups)
+
+
+@pytest.mark.parametrize(
+    ("home", "expected", "problem"),
+    [
+        ("/home/a", "/home/a", None),
+        ("/home//a/./b/../c/", "/home/a/c", None),
+        ("var/lib/svc", "/var/lib/svc", "home is not an absolute path; read as /var/lib/svc, as sshd does"),
+        ("", "/", "home is empty; read as /, as sshd does"),
+        ("//", "/", None),
+        ("../../x", "/x", "home is not an absolute path; read as /x, as sshd does"),
+    ],
+)
+def test_vet_user_homes(home: str, expected: str, problem: str | None) -> None:
+    user, why = users_mod.vet_user(User("a", 1, 1, home, "/bin/sh", ()))
+    assert user is not None and user.home == expected
+    assert why == problem
+
+
+@pytest.mark.parametrize(
+    ("name", "home", "problem"),
+    [
+        ("b\udcffad", "/home/b", "account name is not valid UTF-8; not scanned"),
+        ("good", "/home/\udcfe", "home is not valid UTF-8; not scanned"),
+        ("a/b", "/home/ab", "account name contains '/'; not scanned"),
+    ],
+)
+def test_vet_user_leaves_out_what_cannot_be_reported(name: str, home: str, problem: str) -> None:
+    assert users_mod.vet_user(User(name, 1, 1, home, "/bin/sh", ())) == (None, problem)
+
+
+def test_vet_users_names_lines_and_duplicates_never_content() -> None:
+    malformed: list[int] = []
+    passwd = parse_passwd(PASSWD, malformed)
+    users, problems = users_mod.vet_users(passwd, parse_group(GROUP), "/etc/passwd", malformed)
+    assert [u.name for u in users] == ["root", "daemon", "alice", "svc", "bob"]
+    assert [(p.user, p.error) for p in problems] == [
+        (None, "line 7: not a valid passwd entry; skipped"),
+        (None, "line 8: not a valid passwd entry; skipped"),
+        (None, "line 9: not a valid passwd entry; skipped"),
+        (None, "line 10: not a valid passwd entry; skipped"),
+        (None, "line 11: not a valid passwd entry; skipped"),
+        (None, "line 12: not a valid passwd entry; skipped"),
+        ("alice", "duplicate account name; the first entry is used"),
+    ]
+    assert users_mod.printable("b\udcffad") == "b\\xffad"
