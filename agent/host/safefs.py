@@ -37,9 +37,11 @@ Where things are (this module is the entry point; it re-exports the public names
   resolution (``Resolver``), ``UnsafePath``, ``FileInfo``;
 * ``safefs_read.py``: the final open of a file (probe first, O_NOFOLLOW|O_NONBLOCK, byte cap),
   directories held open for reading several files (``ReadDir``, ``DirReads``);
-* ``safefs_write.py``: THE atomic-write primitive (``replace_file_at``), users' directories
-  opened for writing (``open_dir``, ``atomic_replace``), the agent's own private directories
-  (``open_private_dir``, ``write_private_file``: credentials, backups);
+* ``safefs_atomic.py``: THE atomic-write primitive (``replace_file_at``);
+* ``safefs_write.py``: users' directories opened for writing by the trust rules (``open_dir``,
+  ``atomic_replace``, ``remove_at``);
+* ``safefs_private.py``: the agent's own private directories (``open_private_dir``,
+  ``write_private_file``: credentials, backups);
 * here: ``HostFS``, the object the rest of the agent holds, with the read and write API.
 
 Using it (every call says whose file it is):
@@ -60,6 +62,13 @@ Using it (every call says whose file it is):
 from __future__ import annotations
 
 from agent.host.mounts import Mount, parse_mountinfo
+from agent.host.safefs_atomic import SELINUX_XATTR, replace_file_at, write_all
+from agent.host.safefs_private import (
+    open_private_dir,
+    read_private_file,
+    remove_private_file,
+    write_private_file,
+)
 from agent.host.safefs_read import DirReads, FileReads, ReadDir, ReadResult, Reads
 from agent.host.safefs_walk import (
     MAX_SYMLINKS,
@@ -68,20 +77,7 @@ from agent.host.safefs_walk import (
     UnsafePath,
     failure_reason,
 )
-from agent.host.safefs_write import (
-    CHANGED_SINCE_READ,
-    SELINUX_XATTR,
-    BeforeRename,
-    CreateSpec,
-    DirHandle,
-    Writes,
-    open_private_dir,
-    read_private_file,
-    remove_private_file,
-    replace_file_at,
-    write_all,
-    write_private_file,
-)
+from agent.host.safefs_write import CHANGED_SINCE_READ, BeforeRename, CreateSpec, DirHandle, Writes
 
 __all__ = [
     "CHANGED_SINCE_READ",

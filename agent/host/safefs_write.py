@@ -13,23 +13,27 @@ the caller's last checks, a rename within that directory, an fsync of the direct
 * the agent's own files in its private directories (``write_private_file``: credentials,
   rotation backups), whose directory ``open_private_dir`` creates 0700 and refuses when it is a
   symlink or owned by another uid.
+
+The primitive itself is ``safefs_atomic.py``; the private directories ``safefs_private.py``. This
+module holds users' directories: ``open_dir``'s walk and rules, ``atomic_replace``, ``remove_at``.
 """
 
 from __future__ import annotations
 
-import contextlib
 import errno
-import fcntl
 import os
 import posixpath
-import secrets
 import stat
-import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Final
 
+from agent.host.safefs_atomic import (
+    SELINUX_XATTR,
+    refuse_unreplaceable,
+    replace_file_at,
+)
 from agent.host.safefs_read import READ, ReadResult, read_final
 from agent.host.safefs_walk import (
     DIR_PROBE,
@@ -48,19 +52,10 @@ from agent.host.safefs_walk import (
     within,
 )
 
-SELINUX_XATTR: Final = "security.selinux"
-PRIVATE_DIR_MODE: Final = 0o700
 CHANGED_SINCE_READ: Final = "changed since read"  # the reason a write guarded by `expect` is refused
 
 _DIR_READ: Final = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-_TEMP_CREATE: Final = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_NOCTTY | os.O_CLOEXEC
-# Inode flags (chattr): an append-only or immutable directory lets no entry be renamed or
-# removed, an append-only or immutable file cannot be replaced. <linux/fs.h>
-FS_IOC_GETFLAGS: Final = 0x80086601
-FS_IMMUTABLE_FL: Final = 0x00000010
-FS_APPEND_FL: Final = 0x00000020
 _XATTR_ABSENT: Final = frozenset({errno.ENODATA, errno.ENOTSUP, errno.EOPNOTSUPP})
-_XATTR_UNSUPPORTED: Final = frozenset({errno.ENOTSUP, errno.EOPNOTSUPP})
 
 
 # A directory open_dir creates where the user may not own it (outside the user's home, or in a
@@ -128,179 +123,6 @@ class DirHandle:
 
 
 BeforeRename = Callable[[DirHandle, str], None]
-
-
-def write_all(fd: int, data: bytes) -> None:
-    """os.write until every byte is written (a write may be short)."""
-    view = memoryview(data)
-    while view:
-        written = os.write(fd, view)
-        view = view[written:]
-
-
-def close_quietly(fd: int) -> None:
-    with contextlib.suppress(OSError):
-        os.close(fd)
-
-
-class TempFileLeft(OSError):
-    """The write failed and its temp file could not be removed either (e.g. the directory turned
-    append-only under it): the message names the file, so the operator can remove it."""
-
-
-def inode_flags(fd: int) -> int:
-    """The chattr flags of an open (not O_PATH) descriptor; 0 where the filesystem has none."""
-    try:
-        answer = fcntl.ioctl(fd, FS_IOC_GETFLAGS, b"\0\0\0\0")
-    except OSError:
-        return 0  # ENOTTY / EOPNOTSUPP: no inode flags here
-    return int.from_bytes(answer, sys.byteorder)
-
-
-def refuse_unreplaceable(fd: int, what: str, path: str, *, doing: str = "replaced atomically") -> None:
-    """An append-only or immutable directory or file cannot take an atomic replace (a rename) or
-    a removal: say so before anything is created."""
-    flags = inode_flags(fd)
-    for flag, word in ((FS_IMMUTABLE_FL, "immutable"), (FS_APPEND_FL, "append-only")):
-        if flags & flag:
-            raise PermissionError(
-                errno.EPERM, f"{what} is {word} (chattr +{word[0]}): nothing can be {doing}", path
-            )
-
-
-# -- the atomic-write primitive --------------------------------------------------------------------
-
-
-def replace_file_at(
-    dir_fd: int,
-    name: str,
-    data: bytes,
-    *,
-    mode: int,
-    owner: tuple[int, int] | None = None,
-    label: bytes | None = None,
-    before_rename: Callable[[], None] | None = None,
-    shown_dir: str | None = None,
-) -> os.stat_result:
-    """Atomically replace (or create) ``name`` in the directory held by ``dir_fd`` with ``data``.
-
-    The temp file ``.<name>.sshklm-<random>.tmp`` is created O_EXCL|O_NOFOLLOW (0600) in that
-    directory; ``owner`` (uid, gid; None: the caller's) and ``mode`` are set on its descriptor
-    before any byte is written; then every byte, fsync, the SELinux ``label`` (when given and the
-    filesystem has labels), ``before_rename()`` (the caller's last checks; raising aborts), the
-    rename over ``name`` within the same directory, and an fsync of the directory. On any failure
-    the temp file is removed and ``name`` is untouched — or, when even that fails, ``TempFileLeft``
-    names it (``shown_dir``: the directory's path for messages). Returns the new file's stat."""
-    check_name(name)
-    where = (shown_dir.rstrip("/") + "/") if shown_dir else ""
-    refuse_unreplaceable(dir_fd, "its directory", where + name)
-    tmp = f".{name}.sshklm-{secrets.token_hex(8)}.tmp"
-    tfd = os.open(tmp, _TEMP_CREATE, 0o600, dir_fd=dir_fd)
-    renamed = False
-    try:
-        if owner is not None:
-            st = os.fstat(tfd)
-            if (st.st_uid, st.st_gid) != owner:
-                os.fchown(tfd, *owner)
-        os.fchmod(tfd, mode)
-        write_all(tfd, data)
-        os.fsync(tfd)
-        if label is not None:
-            try:
-                os.setxattr(tfd, SELINUX_XATTR, label)
-            except OSError as exc:
-                if exc.errno not in _XATTR_UNSUPPORTED:
-                    raise
-        if before_rename is not None:
-            before_rename()
-        os.rename(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
-        renamed = True
-        os.fsync(dir_fd)
-        return os.fstat(tfd)
-    except BaseException as exc:
-        if not renamed:
-            try:
-                os.unlink(tmp, dir_fd=dir_fd)
-            except FileNotFoundError:
-                pass
-            except OSError as cleanup:
-                if not isinstance(exc, Exception):
-                    raise
-                why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-                raise TempFileLeft(
-                    exc.errno if isinstance(exc, OSError) and exc.errno else cleanup.errno,
-                    f"{why or type(exc).__name__}; the temp file {where}{tmp} could not be removed "
-                    f"({cleanup.strerror}): remove it by hand",
-                    where + name,
-                ) from exc
-        raise
-    finally:
-        close_quietly(tfd)
-
-
-# -- the agent's own directories (state, backups) ---------------------------------------------------
-
-
-def open_private_dir(path: str) -> int:
-    """The agent's own directory ``path`` (configuration, not user input), created 0700 with its
-    parents when absent. Refused (UnsafePath) when it is a symlink or not a directory, or owned by
-    another uid (we run as root: a directory someone else controls could be swapped under us);
-    a looser mode is tightened to 0700. Returns an O_RDONLY directory descriptor to close."""
-    try:
-        os.makedirs(path, mode=PRIVATE_DIR_MODE, exist_ok=True)
-    except FileExistsError:
-        raise UnsafePath(_NOT_PLAIN_DIR, path) from None
-    try:
-        fd = os.open(path, _DIR_READ)
-    except OSError as exc:
-        if exc.errno in (errno.ELOOP, errno.ENOTDIR):
-            raise UnsafePath(_NOT_PLAIN_DIR, path) from None
-        raise
-    try:
-        st = os.fstat(fd)
-        if st.st_uid != os.geteuid():
-            raise UnsafePath(f"is owned by uid {st.st_uid}, not by us", path)
-        if stat.S_IMODE(st.st_mode) != PRIVATE_DIR_MODE:
-            os.fchmod(fd, PRIVATE_DIR_MODE)
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd
-
-
-_NOT_PLAIN_DIR: Final = "is not a plain directory (a symlink, or not a directory)"
-
-
-@contextlib.contextmanager
-def _private_dir(directory: str) -> Iterator[int]:
-    fd = open_private_dir(directory)
-    try:
-        yield fd
-    finally:
-        os.close(fd)
-
-
-def write_private_file(directory: str, name: str, data: bytes, mode: int) -> None:
-    """Atomically replace ``directory/name`` (a private directory, see ``open_private_dir``) with
-    ``data``, owned by the agent, at ``mode`` (never wider while being written)."""
-    with _private_dir(directory) as fd:
-        replace_file_at(fd, name, data, mode=mode)
-
-
-def read_private_file(directory: str, name: str) -> bytes:
-    """The bytes of ``directory/name`` in a private directory; a symlink is refused (ELOOP)."""
-    check_name(name)
-    with _private_dir(directory) as fd:
-        f = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
-        with os.fdopen(f, "rb") as fh:
-            return fh.read()
-
-
-def remove_private_file(directory: str, name: str) -> None:
-    """Remove ``directory/name`` from a private directory (FileNotFoundError when absent)."""
-    check_name(name)
-    with _private_dir(directory) as fd:
-        os.unlink(name, dir_fd=fd)
 
 
 # -- users' directories ----------------------------------------------------------------------------
