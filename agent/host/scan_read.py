@@ -10,6 +10,10 @@ What one user's files can cost is bounded (docs/choices.md, "Bounds on one user'
   identity names first, then files with a ``.pub`` beside them, then the rest by name — and each
   only as far as a private key can be long (``IDENTITY_MAX_BYTES``); the rest is counted;
 * a name that is not valid UTF-8 is a problem, never a string that JSON cannot carry.
+
+(Over 500 lines: one reader per kind of target — authorized keys, identity directories, host and
+CA keys, sshd's KRL and principals files — all producing the one FileResult that `read_target`
+dispatches on; the parsing itself is in agent/ssh, the verdicts in agent/inventory/evaluate.)
 """
 
 from __future__ import annotations
