@@ -46,7 +46,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from tests.system.container import Container, default_mirror
-from tests.system.operator import Operator
+from tests.system.operator import UNIT, Operator
 
 # CI runs Debian 12 and 13 (the default). Opt-in with --suites: forky (Debian testing, python3 3.14:
 # a moving target must not turn CI red) and Ubuntu 24.04 (python3 3.12) and 22.04 (python3 3.10, so
@@ -107,9 +107,18 @@ class Suite:
             self.passed += 1
         else:
             self.failed.append(name)
+            self._log_unit_state()
             if required:
                 raise Abort(name)
         return ok
+
+    def _log_unit_state(self) -> None:
+        """After a failure: the unit's state and its last journal lines, into the log only."""
+        if self.container.pid is None:
+            return
+        with contextlib.suppress(Exception):
+            self.container.run("systemctl", "status", "--no-pager", "-l", "-n", "0", UNIT, check=False)
+            self.container.run("journalctl", "-u", UNIT, "--no-pager", "-n", "40", check=False)
 
     def run(self) -> None:
         op = Operator(self.container, self.args, self.log)
