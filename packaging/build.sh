@@ -275,7 +275,23 @@ cmd_build() {
 	changelog "$version-$PKG_RELEASE" >"$WORK/changelog"
 	gzip -9n <"$WORK/changelog" >"$nf/usr/share/doc/sshklm-agent/changelog.Debian.gz"
 	chmod 0644 "$nf/usr/share/doc/sshklm-agent/changelog.Debian.gz"
-	cp -r "$here/scripts" "$nf/scripts"
+	install -D -m 0644 "$here/sshd/sshklm-agent.conf" "$nf/usr/share/doc/sshklm-agent/examples/sshd_config.d/sshklm-agent.conf"
+	install -D -m 0644 "$root/systemd/install-sshd-dropin.conf" \
+		"$nf/usr/share/doc/sshklm-agent/examples/sshklm-agent.service.d/install-sshd-dropin.conf"
+	# Maintainer scripts: a line "#@include FILE" becomes packaging/scripts/FILE (the purge/erase
+	# step for the trust files runs after the package's own files are gone: nothing to source).
+	mkdir -p "$nf/scripts/deb" "$nf/scripts/rpm"
+	for s in "$here"/scripts/deb/* "$here"/scripts/rpm/*; do
+		awk -v dir="$here/scripts" '
+			/^#@include [A-Za-z0-9._-]+$/ {
+				file = dir "/" $2
+				while ((getline line < file) > 0) print line
+				if (close(file) != 0) { print "cannot include " file > "/dev/stderr"; exit 1 }
+				next
+			}
+			{ print }' "$s" >"$nf/scripts/${s#"$here"/scripts/}" || die "cannot assemble $s"
+		chmod 0755 "$nf/scripts/${s#"$here"/scripts/}"
+	done
 
 	# 5. Both packages.
 	for packager in deb rpm; do

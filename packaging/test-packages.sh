@@ -4,7 +4,10 @@
 # Takes the .deb and .rpm of version X (agent/__init__.py) and X+1 (with a changed shipped config)
 # that `make test-packages` built into $PACKAGES/x and $PACKAGES/y, then: lintian; dpkg -i; the installed
 # CLI (--version, scan, check-config); systemd-analyze verify + security on the installed
-# unit; conffile edit kept across an upgrade to X+1; dpkg -r; dpkg -P (no dpkg warnings); rpmlint;
+# unit; conffile edit kept across an upgrade to X+1; dpkg -r (keeps /etc/ssh/sshklm-agent and its
+# KRL); dpkg -P (no dpkg warnings; the trust directory goes, since no sshd configuration here names
+# it: the cases where it must stay are tests/integration/test_trust_release.py, against a real
+# sshd, and the system test); rpmlint;
 # rpm queries (files, noreplace config, scriptlets, requires, resolution against stand-ins) and an
 # rpm upgrade into a scratch root. The same packages under a real systemd, on Debian 12 and 13, and the rpm
 # scriptlets run into a Debian root: tests/system/nspawn.py (make system-test).
@@ -88,6 +91,12 @@ installed_layout() {
 	[ "$(cat /usr/lib/sshklm-agent/python-versions)" = "3.11 3.12 3.13 3.14" ] || { echo "python-versions: $(cat /usr/lib/sshklm-agent/python-versions)"; ok=1; }
 	[ ! -e /opt/sshklm-agent ] || { echo "/opt/sshklm-agent exists"; ok=1; }
 	[ "$(stat -c %a /var/lib/sshklm-agent)" = 700 ] || { echo "/var/lib/sshklm-agent not 0700"; ok=1; }
+	# the agent's files for sshd: the sandboxed agent cannot create this directory itself
+	[ "$(stat -c '%U:%G %a' /etc/ssh/sshklm-agent 2>&1)" = "root:root 755" ] || { echo "/etc/ssh/sshklm-agent: $(stat -c '%U:%G %a' /etc/ssh/sshklm-agent 2>&1)"; ok=1; }
+	for f in sshd_config.d/sshklm-agent.conf sshklm-agent.service.d/install-sshd-dropin.conf; do
+		[ -f "/usr/share/doc/sshklm-agent/examples/$f" ] || { echo "example $f missing"; ok=1; }
+	done
+	[ ! -e /etc/ssh/sshd_config.d/sshklm-agent.conf ] || { echo "the sshd drop-in is active"; ok=1; }
 	dpkg -L sshklm-agent | grep -qx /usr/lib/systemd/system/sshklm-agent.service || { echo "unit not in /usr/lib/systemd/system"; ok=1; }
 	grep -qx /etc/sshklm-agent/agent.toml /var/lib/dpkg/info/sshklm-agent.conffiles || { echo "agent.toml not a conffile"; ok=1; }
 	# postinst compiled the bytecode for the interpreter the launcher picks (the service sees /usr read-only)
@@ -165,13 +174,16 @@ removed_not_purged() {
 	[ ! -e /usr/bin/sshklm-agent ] || { echo "/usr/bin/sshklm-agent left"; ok=1; }
 	[ ! -e /etc/systemd/system/multi-user.target.wants/sshklm-agent.service ] || { echo "enablement link left"; ok=1; }
 	[ -f /etc/sshklm-agent/agent.toml ] || { echo "conffile removed by dpkg -r"; ok=1; }
+	# remove keeps the files sshd may be reading (a KRL planted before the removal)
+	[ -f /etc/ssh/sshklm-agent/revoked_keys ] || { echo "/etc/ssh/sshklm-agent/revoked_keys removed by dpkg -r"; ok=1; }
 	return $ok
 }
 
 purged() {
 	local ok=0
 	[ -z "$(deb_installed_version)" ] || dpkg-query -W -f='${Status}\n' sshklm-agent | grep -q 'not-installed' || { echo "status: $(deb_installed_version)"; ok=1; }
-	for p in /etc/sshklm-agent /var/lib/sshklm-agent /usr/lib/sshklm-agent /usr/lib/systemd/system/sshklm-agent.service; do
+	# /etc/ssh/sshklm-agent: nothing in this machine's sshd configuration names it
+	for p in /etc/sshklm-agent /var/lib/sshklm-agent /usr/lib/sshklm-agent /usr/lib/systemd/system/sshklm-agent.service /etc/ssh/sshklm-agent; do
 		[ ! -e "$p" ] || { echo "$p left after purge"; ok=1; }
 	done
 	return $ok
@@ -181,7 +193,9 @@ rpm_files() {
 	local want missing=0 list
 	list=$(rpm -qlp "$1" 2>/dev/null) || return 1
 	for want in /usr/lib/sshklm-agent/main.py /usr/lib/sshklm-agent/python3.13 /usr/bin/sshklm-agent /usr/lib/systemd/system/sshklm-agent.service \
-		/etc/sshklm-agent/agent.toml /var/lib/sshklm-agent /usr/share/man/man8/sshklm-agent.8.gz; do
+		/etc/sshklm-agent/agent.toml /var/lib/sshklm-agent /usr/share/man/man8/sshklm-agent.8.gz \
+		/usr/share/doc/sshklm-agent/examples/sshd_config.d/sshklm-agent.conf \
+		/usr/share/doc/sshklm-agent/examples/sshklm-agent.service.d/install-sshd-dropin.conf; do
 		echo "$list" | grep -qx "$want" || { echo "missing $want"; missing=1; }
 	done
 	! echo "$list" | grep -q '^/lib/systemd' || { echo "rpm uses /lib/systemd"; missing=1; }
@@ -207,8 +221,23 @@ rpm_scriptlets() {
 	echo "$s" | grep -q '^postuninstall scriptlet' || return 1
 	echo "$s" | grep -q 'systemctl --no-reload enable sshklm-agent.service' || return 1
 	echo "$s" | grep -q 'systemctl try-restart sshklm-agent.service' || return 1
-	# every scriptlet is valid sh
-	for f in "$here"/scripts/rpm/*; do sh -n "$f" || return 1; done
+	# erase releases the trust files (trust-files.sh included at build time, then called)
+	echo "$s" | grep -q '^sshklm_release_trust_files() {' || { echo "trust-files.sh not included"; return 1; }
+	echo "$s" | grep -q 'sshklm_release_trust_files /etc/ssh/sshklm-agent ' || return 1
+	! echo "$s" | grep -q '^#@include' || { echo "an #@include left"; return 1; }
+	# every scriptlet is valid sh, as written and as assembled
+	for f in "$here"/scripts/rpm/* "$here"/scripts/trust-files.sh; do sh -n "$f" || return 1; done
+	rpm -qp --queryformat '%{POSTUN}\n' "$1" | sh -n || return 1
+}
+
+# The deb's postrm as dpkg runs it: trust-files.sh included (its purge step needs no file of the
+# package, which is gone by then), valid sh.
+deb_postrm_assembled() {
+	local t=$T/control
+	rm -rf "$t" && dpkg-deb -e "$1" "$t" || return 1
+	grep -q '^sshklm_release_trust_files() {' "$t/postrm" || { echo "trust-files.sh not included"; return 1; }
+	grep -q '^#@include' "$t/postrm" && { echo "an #@include left"; return 1; }
+	sh -n "$t/postrm"
 }
 
 rpm_requires() {
@@ -337,9 +366,10 @@ echo "packages: $X and $Y from $PACKAGES"
 check "lintian: no errors or warnings beyond packaging/lintian-overrides" \
 	lintian --fail-on error,warning "$DEB_X"
 check "deb Depends: any CPython >= 3.11 the distribution offers, glibc >= 2.28" deb_depends "$DEB_X"
+check "deb postrm: trust-files.sh included, valid sh" deb_postrm_assembled "$DEB_X"
 check "dpkg -i $X (no systemd as PID 1 here: nothing started, nothing broken)" dpkg -i "$DEB_X"
 check "installed: $X" sh -c "dpkg-query -W -f='\${Status} \${Version}' sshklm-agent | grep -qx 'install ok installed $X-1'"
-check "layout: launcher, /usr/lib/sshklm-agent/python3.{11..14}, state 0700, conffile, bytecode, enabled" installed_layout
+check "layout: launcher, /usr/lib/sshklm-agent/python3.{11..14}, state 0700, /etc/ssh/sshklm-agent 0755, examples, conffile, bytecode, enabled" installed_layout
 check "sshklm-agent --version prints $X" expect_output "sshklm-agent $X" /usr/bin/sshklm-agent --version
 check "sshklm-agent scan of this host exits 0 with a JSON inventory" scan_real_host
 check "sshklm-agent scan --root finds a key planted in a fixture root" scan_fixture_root
@@ -357,10 +387,12 @@ check "sshklm-agent --version prints $Y after upgrade" expect_output "sshklm-age
 check "edited conffile survives the upgrade (new one as .dpkg-dist)" conffile_edit_kept "$edit"
 # as if an administrator ran the CLI once: bytecode outside the package must not block removal
 /usr/bin/python3 -c 'import sys; sys.path[:0] = ["/usr/lib/sshklm-agent/common"]; import agent.cli' >/dev/null 2>&1
-check "dpkg -r: no warnings; program and enablement gone, conffile kept" dpkg_quietly -r sshklm-agent
+# as the agent leaves it: a KRL in its directory (dpkg does not own the files, remove must keep them)
+ssh-keygen -q -k -f /etc/ssh/sshklm-agent/revoked_keys /dev/null && chmod 644 /etc/ssh/sshklm-agent/revoked_keys
+check "dpkg -r: no warnings; program and enablement gone, conffile and trust files kept" dpkg_quietly -r sshklm-agent
 check "after dpkg -r" removed_not_purged
 check "dpkg -P: no warnings (nothing shipped outside the agent's own directories)" dpkg_quietly -P sshklm-agent
-check "after dpkg -P: /etc/sshklm-agent, /var/lib/sshklm-agent, /usr/lib/sshklm-agent gone" purged
+check "after dpkg -P: /etc/sshklm-agent, /var/lib/sshklm-agent, /usr/lib/sshklm-agent, /etc/ssh/sshklm-agent (unnamed by sshd) gone" purged
 
 check "rpm -qlp: files at their paths (/usr/lib/systemd/system), no __pycache__" rpm_files "$RPM_X"
 check "rpm: agent.toml is %config(noreplace), state dir 0700" rpm_config_noreplace "$RPM_X"

@@ -23,6 +23,8 @@ from urllib.parse import urlsplit
 from agent.config import Config
 
 Severity = Literal["error", "warning"]
+# The directories the packaged unit makes writable by default (StateDirectory=, ReadWritePaths=).
+DEFAULT_DIRS = {"state.dir": Config().state.dir, "trust.dir": Config().trust.dir}
 
 
 @dataclass(frozen=True)
@@ -64,14 +66,40 @@ def check_root(root: str | None) -> Finding | None:
     return None
 
 
-def _creatable(key: str, path: str) -> Finding | None:
-    """A directory the agent creates when absent: its nearest existing ancestor must be a
-    directory the caller may write in."""
+def _read_only(path: str) -> bool:
+    """`path` is on a file system mounted read-only for this process: under the packaged unit
+    (ProtectSystem=strict) everything but the directories it names is, root or not."""
+    try:
+        return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
+    except OSError:
+        return False
+
+
+def _read_only_error(key: str, path: str, mode: int, *, exists: bool) -> Finding:
+    """The unit makes the default directories writable (StateDirectory=, ReadWritePaths=): the
+    default trust.dir only once it exists (the package creates it); another path needs a drop-in."""
+    what = (
+        f"{path} is read-only here" if exists else f"{path}: cannot be created: its parent is read-only here"
+    )
+    create = f"create it (`install -d -m {mode:04o} {path}`)"
+    if path == DEFAULT_DIRS.get(key):
+        fix = f"{create} and restart; the package does that when installed"
+    else:
+        writable = f"make it writable (`systemctl edit sshklm-agent`: [Service] ReadWritePaths={path})"
+        fix = writable if exists else f"{create}, then {writable}"
+    return _error(key, f"{what} (under systemd: the unit's ProtectSystem=strict): {fix}")
+
+
+def _creatable(key: str, path: str, mode: int) -> Finding | None:
+    """A directory the agent creates (with `mode`) when absent: its nearest existing ancestor
+    must be a directory the caller may write in."""
     parent = os.path.dirname(os.path.abspath(path))
     while not os.path.exists(parent):
         parent = os.path.dirname(parent)
     if not os.path.isdir(parent):
         return _error(key, f"{path}: cannot be created: {parent} is not a directory")
+    if _read_only(parent):
+        return _read_only_error(key, path, mode, exists=False)
     if not os.access(parent, os.W_OK | os.X_OK):
         return _error(
             key,
@@ -83,8 +111,11 @@ def _creatable(key: str, path: str) -> Finding | None:
 
 def check_trust_dir(path: str) -> Finding | None:
     """The directory of the agent's files for sshd (KRL, CA keys, principals): it creates the
-    directory itself, but not its parents (they are sshd's configuration directory)."""
+    directory itself, but not its parents (they are sshd's configuration directory). The
+    package creates the default one, which the unit makes writable (ReadWritePaths=)."""
     if os.path.isdir(path):
+        if _read_only(path):
+            return _read_only_error("trust.dir", path, 0o755, exists=True)
         return None
     if os.path.lexists(path):
         return _error("trust.dir", f"{path}: exists and is not a directory")
@@ -94,7 +125,7 @@ def check_trust_dir(path: str) -> Finding | None:
             "trust.dir",
             f"{path}: its parent {parent} is not a directory (the agent creates only the last one)",
         )
-    return _creatable("trust.dir", path)
+    return _creatable("trust.dir", path, 0o755)
 
 
 def check_state_dir(path: str) -> Finding | None:
@@ -105,12 +136,14 @@ def check_state_dir(path: str) -> Finding | None:
     try:
         st = os.lstat(path)
     except FileNotFoundError:
-        return _creatable("state.dir", path)
+        return _creatable("state.dir", path, 0o700)
     except OSError as exc:
         return _error("state.dir", f"{path}: {exc.strerror}")
     problem = state_dir_problem(path, st)
     if problem is not None:
         return _error("state.dir", problem)
+    if _read_only(path):
+        return _read_only_error("state.dir", path, 0o700, exists=True)
     if not os.access(path, os.R_OK | os.W_OK | os.X_OK):
         return _error("state.dir", f"{path}: no read/write access: run as root")
     return None

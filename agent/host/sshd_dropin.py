@@ -39,11 +39,13 @@ DIRECTIVES: Final = {
 
 
 def dropin_text(layout: TrustLayout) -> str:
-    """The drop-in for `layout` (the shipped packaging/sshd/sshklm-agent.conf is this for the default)."""
+    """The drop-in for `layout` (the shipped packaging/sshd/sshklm-agent.conf is this for the default).
+    Its first line is how purging the package knows the file is the agent's (packaging/scripts/
+    trust-files.sh, SSHKLM_DROPIN_HEADER): keep it."""
     return (
         "# Installed by sshklm-agent (trust.install_sshd_dropin): sshd uses the agent's key revocation\n"
-        "# list and CA trust. Remove it only after removing these lines' files from every other place\n"
-        "# that names them; sshd refuses every public key when RevokedKeys cannot be read.\n"
+        "# list and CA trust. Purging the package removes this file and reloads sshd before the files\n"
+        "# go; by hand, the same order: sshd refuses every public key when RevokedKeys cannot be read.\n"
         f"RevokedKeys {layout.revoked_keys}\n"
         f"TrustedUserCAKeys {layout.trusted_user_ca_keys}\n"
         f"AuthorizedPrincipalsFile {layout.principals_template}\n"

@@ -6,6 +6,7 @@ sshd drop-in (host/sshd_dropin.py). `trust_from` builds it over the real host; t
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 from collections.abc import Callable
@@ -84,7 +85,7 @@ class Trust:
         except SshdError as exc:
             log.error("sshd drop-in not installed (sshd refused it; nothing changed): %s", exc.message)
         except (OSError, UnsafePath) as exc:
-            log.error("sshd drop-in not installed: %s", exc)
+            log.error("sshd drop-in not installed: %s%s", exc, _read_only_hint(exc))
 
     def _not_ready(self) -> str | None:
         """Why sshd must not be pointed at our files yet (None: they are there and valid): a
@@ -130,6 +131,17 @@ class Trust:
         else:
             self._problems[part] = problem
             log.error("%s: %s", part, problem)
+
+
+def _read_only_hint(exc: Exception) -> str:
+    """What to do when the drop-in directory is read-only: the packaged unit keeps it so
+    (ProtectSystem=strict) unless the operator adds the shipped unit drop-in."""
+    if not isinstance(exc, OSError) or exc.errno != errno.EROFS:
+        return ""
+    return (
+        " (the service may not write there: add ReadWritePaths= for it, see "
+        "/usr/share/doc/sshklm-agent/examples/sshklm-agent.service.d/install-sshd-dropin.conf)"
+    )
 
 
 class SshdView:

@@ -9,6 +9,9 @@ host's loopback (the container shares the network):
   enrol       `sshklm-agent enroll`, restart: a key appended -> key_added at the control plane; a login
               through the container's sshd -> key_used; a signed rotation -> the new key logs in, the
               old one does not
+  trust       the agent's files for sshd made in the sandbox; sshd pointed at them (Debian 12: by hand;
+              Debian 13: the agent installs its drop-in); revoke_keys / unrevoke_keys and trust_ca /
+              untrust_ca through the control plane, proven by logins (tests/system/trust.py)
   reload      `systemctl reload` returns with the changed setting in force; a broken file is refused
               (the reload fails) and the running configuration stays
   watchdog    WATCHDOG=1 pings for a whole WatchdogSec with the same main process and no restart
@@ -21,9 +24,12 @@ host's loopback (the container shares the network):
               the dpkg trigger restarts the agent on the new interpreter. Debian 13: a damaged
               installation makes the start fail, `systemctl status` says what to run, and running it
               brings the agent back
-  remove      `apt-get remove` keeps configuration and state; `purge` removes both, dpkg warns of nothing
+  remove      `apt-get remove` keeps configuration and state; `purge` removes both, dpkg warns of nothing;
+              the trust files stay while sshd's configuration names them (Debian 12), else purge takes
+              the agent's sshd drop-in out, reloads sshd and deletes them (Debian 13); a key logs in
   rpm         the rpm's scriptlets run by `rpm --root` into the stopped root: install (bytecode,
-              enablement, state 0700), upgrade (edited %config kept), erase (configuration and state gone)
+              enablement, state 0700, trust directory), upgrade (edited %config kept), erase
+              (configuration and state gone; the trust files as purge above)
 
 Test-only drop-in (never shipped): SystemCallErrorNumber=kill, and the container's boot id bound
 over /proc/sys/kernel/random/boot_id, because nspawn fakes the boot id while the unit's fresh /proc
@@ -46,7 +52,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from tests.system.container import Container, default_mirror
-from tests.system.operator import Operator
+from tests.system.operator import UNIT, Operator
 
 # CI runs Debian 12 and 13 (the default). Opt-in with --suites: forky (Debian testing, python3 3.14:
 # a moving target must not turn CI red) and Ubuntu 24.04 (python3 3.12) and 22.04 (python3 3.10, so
@@ -107,9 +113,18 @@ class Suite:
             self.passed += 1
         else:
             self.failed.append(name)
+            self._log_unit_state()
             if required:
                 raise Abort(name)
         return ok
+
+    def _log_unit_state(self) -> None:
+        """After a failure: the unit's state and its last journal lines, into the log only."""
+        if self.container.pid is None:
+            return
+        with contextlib.suppress(Exception):
+            self.container.run("systemctl", "status", "--no-pager", "-l", "-n", "0", UNIT, check=False)
+            self.container.run("journalctl", "-u", UNIT, "--no-pager", "-n", "40", check=False)
 
     def run(self) -> None:
         op = Operator(self.container, self.args, self.log)

@@ -27,6 +27,7 @@ from typing import IO, Any
 from tests.controlplane import ControlPlane
 from tests.system.container import Container
 from tests.system.rpm_root import rpm_scriptlets
+from tests.system.trust import TRUST_DIR, TrustSteps
 
 UNIT = "sshklm-agent.service"
 CONFIG = "/etc/sshklm-agent/agent.toml"
@@ -98,6 +99,7 @@ class Operator:
         self.rpm_pending = False
         self.main_pid = 0
         self.active_since_usec = 0
+        self.trust = TrustSteps(self)
 
     def close(self) -> None:
         if self.cp is not None:
@@ -148,13 +150,19 @@ class Operator:
         return self.keys[name]
 
     def login(self, key: str) -> bool:
+        return self.login_with(self.keys[key][0])
+
+    def login_with(self, identity: Path, certificate: Path | None = None) -> bool:
+        """`ssh alice@127.0.0.1 true` through the container's sshd with this key (and certificate)."""
         cmd = ["ssh", "-F", "/dev/null", "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=no"]
         cmd += ["-o", "UserKnownHostsFile=/dev/null", "-o", "IdentitiesOnly=yes", "-o", "ConnectTimeout=10"]
+        if certificate is not None:
+            cmd += ["-o", f"CertificateFile={certificate}"]
         cmd += [
             "-o",
             "LogLevel=ERROR",
             "-i",
-            str(self.keys[key][0]),
+            str(identity),
             "-p",
             str(self.ssh_port),
             "alice@127.0.0.1",
@@ -198,8 +206,16 @@ class Operator:
         (repo / "Packages").write_text("\n".join(stanzas))
         self.c.write("/etc/apt/sources.list.d/sshklm.list", "deb [trusted=yes] file:/root/repo ./\n")
 
+    def apt_both(self, *args: str) -> str:
+        """apt-get's output and what the maintainer scripts said on stderr."""
+        done = self.c.run(*self.apt_command(*args), timeout=900)
+        return done.stdout + done.stderr
+
     def apt(self, *args: str) -> str:
-        cmd = [
+        return self.c.run(*self.apt_command(*args), timeout=900).stdout
+
+    def apt_command(self, *args: str) -> list[str]:
+        return [
             "apt-get",
             "-y",
             "-q",
@@ -208,7 +224,6 @@ class Operator:
             "Dpkg::Options::=--force-confold",
             *args,
         ]
-        return self.c.run(*cmd, timeout=900).stdout
 
     # -- steps -----------------------------------------------------------------------------
 
@@ -243,6 +258,17 @@ class Operator:
         check("a key appended -> key_added at the control plane", self.key_added)
         check("a login through the container's sshd -> key_used", self.key_used)
         check("a signed rotation: the new key logs in, the old one no longer", self.rotation)
+        check("the agent's files for sshd, made in the sandbox: a KRL ssh-keygen reads", self.trust.files)
+        how = "the agent installs its drop-in" if self.trust.agent_installs else "by hand"
+        check(f"sshd pointed at the agent's files ({how}); the key still logs in", self.trust.sshd)
+        check(
+            "revoke_keys by fingerprint: sshd refuses it, authorized_keys unchanged; withdrawn: logs in",
+            self.trust.revoke,
+        )
+        check(
+            "trust_ca: a certificate for alice's principal logs in, another's not; untrust_ca: refused",
+            self.trust.ca,
+        )
         check("systemctl reload returns with the changed setting in force", self.reload_applies)
         check("systemctl reload of a broken file fails; the running configuration stays", self.reload_refuses)
         check("watchdog pings for a whole WatchdogSec, same process, no restart", self.watchdog)
@@ -319,7 +345,9 @@ class Operator:
         text = self.c.run("cat", CONFIG).stdout
         for wanted in edits.values():
             assert re.search("^" + re.escape(wanted) + "$", text, re.M), f"config edit missing: {wanted}"
-        assert self.c.run("sshklm-agent", "check-config").stdout.strip() == "ok"
+        # Not enrolled yet: check-config warns so (one line) and still says ok.
+        said = self.c.run("sshklm-agent", "check-config").stdout.strip().splitlines()
+        assert said[-1] == "ok" and all(line.startswith("warning: ") for line in said[:-1]), said
         self.c.run("install", "-m", "600", "/dev/stdin", "/run/sshklm-token", input=self.cp.bootstrap_token)
         self.c.run("sshklm-agent", "enroll", "--server", self.cp.url, "--token-file", "/run/sshklm-token")
         self.c.run("rm", "/run/sshklm-token")
@@ -436,21 +464,26 @@ class Operator:
         assert verify.returncode == 0 and not ours, "\n".join(said)
         exposure = float(found.group(1))
         assert exposure <= self.args.max_exposure, f"exposure {exposure}"
-        # The agent's own view of the file system (its mount namespace): configuration read-only
-        # (no ConfigurationDirectory=), state writable.
+        # The agent's own view of the file system (its mount namespace): configuration and sshd's
+        # read-only (no ConfigurationDirectory=), state and its files for sshd writable, sshd's
+        # drop-in directory only with the unit drop-in for trust.install_sshd_dropin.
         probe = "touch {0}/.probe 2>&1 && rm {0}/.probe && echo writable || true"
+        dirs = ("/etc/sshklm-agent", "/etc/ssh", "/etc/ssh/sshd_config.d", "/var/lib/sshklm-agent", TRUST_DIR)
         view = {
             d: self.c.run(
                 "nsenter", "-t", str(self.main_pid), "-m", "sh", "-c", probe.format(d)
             ).stdout.strip()
-            for d in ("/etc/sshklm-agent", "/var/lib/sshklm-agent")
+            for d in dirs
         }
-        assert "Read-only file system" in view["/etc/sshklm-agent"], view
-        assert view["/var/lib/sshklm-agent"] == "writable", view
+        writable = {"/var/lib/sshklm-agent", TRUST_DIR}
+        if self.trust.agent_installs:
+            writable.add("/etc/ssh/sshd_config.d")
+        for d, seen in view.items():
+            assert seen == "writable" if d in writable else "Read-only file system" in seen, view
         others = (
             f"; verify said {len(said)} lines about the distribution's units, none about ours" if said else ""
         )
-        return f"exposure {exposure}; /etc/sshklm-agent read-only, /var/lib/sshklm-agent writable{others}"
+        return f"exposure {exposure}; writable: {', '.join(sorted(writable))}; the rest read-only{others}"
 
     def stop_quietly(self) -> str:
         cursor = self.journal_cursor()
@@ -558,7 +591,9 @@ class Operator:
         assert self.exists("/var/lib/sshklm-agent"), "state removed"
         assert self.props("LoadState")["LoadState"] == "not-found"
         assert not self.exists("/usr/lib/sshklm-agent")
-        out = self.apt("purge", "sshklm-agent")
+        self.trust.after_remove()
+        out = self.apt_both("purge", "sshklm-agent")
+        trust = self.trust.after_purge(out)
         tolerated = ""
         if self.c.suite == "jammy" and JAMMY_UNIT_DIR in out:
             # Documented (docs/choices.md, Packaging): on Ubuntu 22.04 no other package owns the
@@ -572,7 +607,12 @@ class Operator:
             "/usr/bin/sshklm-agent",
         ):
             assert not self.exists(gone), f"{gone} left after purge"
-        return "remove kept /etc/sshklm-agent and /var/lib/sshklm-agent; purge removed them" + tolerated
+        return (
+            f"remove kept /etc/sshklm-agent and /var/lib/sshklm-agent; purge removed them; {trust}"
+            + tolerated
+        )
 
     def rpm_scriptlets(self) -> str:
-        return rpm_scriptlets(self.c.root, self.rpm_x, self.rpm_y, self.log)
+        return rpm_scriptlets(
+            self.c.root, self.rpm_x, self.rpm_y, self.log, trust_named=not self.trust.agent_installs
+        )

@@ -7,6 +7,7 @@ tests/integration/test_e2e_trust.py."""
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import sqlite3
@@ -385,3 +386,21 @@ def test_no_dropin_while_the_agents_files_are_not_there_and_valid(tmp_path: Path
     del w.files.files[REVOKED_KEYS]
     w.trust.start()  # built now: installed
     assert installed == [True]
+
+
+def test_a_read_only_dropin_directory_names_the_unit_dropin(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Under the packaged unit sshd_config.d is read-only until the operator adds the shipped
+    unit drop-in: the log line says which file to add."""
+
+    def install() -> Any:
+        raise OSError(errno.EROFS, "Read-only file system", "/etc/ssh/sshd_config.d")
+
+    w = make_trust_world(tmp_path / "state")
+    w.trust._install_dropin = install
+    caplog.set_level(logging.ERROR, logger="sshklm.trust")
+    w.trust.start()
+    (line,) = [r.getMessage() for r in caplog.records]
+    assert line.startswith("sshd drop-in not installed: [Errno 30] Read-only file system")
+    assert "examples/sshklm-agent.service.d/install-sshd-dropin.conf" in line
