@@ -17,6 +17,7 @@ read everything and are not charged (they are the periodic safety net).
 from __future__ import annotations
 
 import dataclasses
+import fnmatch
 import logging
 import posixpath
 import threading
@@ -259,6 +260,8 @@ class LiveDiscovery:
             files = {t.path for t in self._plan.targets if t.kind != "identity_dir"}
             files |= set(self._plan.config_files) | set(USER_DATABASE) | set(self._via_link)
             dirs = {t.path for t in self._plan.targets if t.kind == "identity_dir"}
+            # Include directories: every entry is a target, so a drop-in that appears is seen.
+            dirs |= include_dirs(self._plan.include_patterns)
             return WatchSet(frozenset(files), frozenset(dirs))
 
     def _needs_replan(self, paths: set[str]) -> bool:
@@ -266,9 +269,11 @@ class LiveDiscovery:
         replan_files = set(self._plan.config_files) | set(USER_DATABASE)
         if paths & replan_files:
             return True
-        # A new file in an Include directory (sshd_config.d/*.conf) is not in config_files yet.
-        include_dirs = {posixpath.dirname(p) for p in self._plan.config_files}
-        return any(posixpath.dirname(p) in include_dirs and p.endswith(".conf") for p in paths)
+        # A file that comes to match an Include pattern (a new sshd_config.d/*.conf) is not in
+        # config_files yet; the directory itself (watched as a whole) means: look again.
+        patterns = self._plan.include_patterns
+        dirs = include_dirs(patterns)
+        return any(p in dirs or matches_include(p, patterns) for p in paths)
 
     def _targets_for(self, paths: set[str]) -> list[Target]:
         out: dict[TargetKey, Target] = {}
@@ -340,3 +345,33 @@ def share_final_records(
             result = dataclasses.replace(result, records=records)
         shared[key] = result
     return shared
+
+
+def include_dirs(patterns: Iterable[str]) -> set[str]:
+    """The directories of Include patterns whose directory part is a plain path (no glob
+    characters): the ones a watch can cover. Pure."""
+    out: set[str] = set()
+    for pattern in patterns:
+        directory = posixpath.dirname(pattern)
+        if directory and not any(c in directory for c in "*?["):
+            out.add(directory)
+    return out
+
+
+def matches_include(path: str, patterns: Iterable[str]) -> bool:
+    """Would sshd's glob() of one of `patterns` include `path`? Component by component, as
+    glob(3) matches (a `*` never crosses a `/`), and a leading dot only by an explicit one. Pure."""
+    parts = path.split("/")
+    for pattern in patterns:
+        wanted = pattern.split("/")
+        if len(wanted) != len(parts):
+            continue
+        if all(_component_matches(name, glob) for name, glob in zip(parts, wanted, strict=True)):
+            return True
+    return False
+
+
+def _component_matches(name: str, glob: str) -> bool:
+    if name.startswith(".") and not glob.startswith("."):
+        return False
+    return fnmatch.fnmatchcase(name, glob)

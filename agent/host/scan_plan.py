@@ -71,6 +71,9 @@ class Plan:
     revoked_keys: str | None = None
     revoked_keys_for: Mapping[str, str | None] = field(default_factory=dict)
     ssh_keygen: str = DEFAULT_SSH_KEYGEN
+    # sshd_config's Include patterns (absolute globs): a file that comes to match one is a new
+    # part of sshd's configuration, even in a directory that holds none yet.
+    include_patterns: tuple[str, ...] = ()
 
 
 def _summary(eff: EffectiveSshdConfig, version: str | None) -> SshdSummary:
@@ -144,6 +147,7 @@ def plan_targets(
         revoked_keys=global_cfg.revoked_keys,
         revoked_keys_for=krl_for,
         ssh_keygen=settings.ssh_keygen,
+        include_patterns=tuple(parsed.include_patterns),
     )
 
 
