@@ -19,7 +19,7 @@ import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, TypedDict
+from typing import Any, NamedTuple, TypedDict
 from urllib.parse import quote
 
 import httpx
@@ -43,12 +43,14 @@ from agent.control.errors import (
     ApiError,
     error_from_response,
 )
+from agent.control.retry import Attempt, CallRetry, TransportKind
 from agent.control.tokens import AuthState, TokenManager
 
 log = logging.getLogger("sshklm.control")
 
 USER_AGENT = f"sshklm-agent/{__version__}"
 MAX_EVENTS_PER_CALL = 500
+MAX_WAIT_S = 60  # §6.1: 1 <= wait <= 60
 _WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 
 JSONDict = dict[str, Any]
@@ -81,6 +83,27 @@ class EventBatchResult(TypedDict):
     dropped: list[DroppedEvent]  # rejected one by one as invalid: ack (drop) them too
 
 
+class Instructions(NamedTuple):
+    """A §6 answer: the pending instructions (compact JWS, oldest first), the server's poll interval,
+    and whether it honoured a `wait` (§6.1: it held the request; absent: an older server)."""
+
+    tokens: list[str]
+    poll_interval: int | None
+    wait_supported: bool
+
+
+@dataclass(frozen=True)
+class _Request:
+    """One logical request, as every attempt of it sends it."""
+
+    method: str
+    path: str
+    json: Mapping[str, Any] | None
+    content: bytes | None
+    headers: dict[str, str]  # the Authorization header is refreshed before each attempt
+    timeout: httpx.Timeout
+
+
 DEFAULT_TIMEOUTS = Timeouts()
 DEFAULT_BACKOFF = BackoffPolicy()
 
@@ -107,6 +130,19 @@ def _untrusted_certificate(exc: BaseException) -> bool:
             return True
         seen = seen.__cause__ or seen.__context__
     return False
+
+
+def transport_kind(exc: httpx.TransportError) -> TransportKind:
+    """How an attempt failed without an answer (see agent/control/retry.py)."""
+    if _untrusted_certificate(exc):
+        # A configuration problem (ca_file, the server's certificate), not a blip: retrying within
+        # the call cannot help. The next scheduled call tries again.
+        return "tls"
+    if isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout):
+        return "connect"
+    if isinstance(exc, httpx.TimeoutException):
+        return "timeout"
+    return "dropped"  # RemoteProtocolError (closed without an answer), ReadError/WriteError (reset)
 
 
 def _seg(value: str) -> str:
@@ -193,6 +229,11 @@ class ApiClient:
         """Keep to a pause after the API key was refused, begun by an earlier process (wall time)."""
         self._tokens.hold(until)
 
+    @property
+    def token_stale_at(self) -> float | None:
+        """When the access token is due for renewal (wall time; None before authenticating)."""
+        return self._tokens.stale_at
+
     def ensure_token(self) -> None:
         """Refresh (or re-authenticate) now if the access token is within a minute of expiry."""
         self._tokens.access_token()
@@ -218,7 +259,13 @@ class ApiClient:
         return enrollment
 
     def heartbeat(
-        self, host_id: str, body: Mapping[str, Any], *, idempotency_key: str | None = None, wait: bool = True
+        self,
+        host_id: str,
+        body: Mapping[str, Any],
+        *,
+        idempotency_key: str | None = None,
+        wait: bool = True,
+        attempts: int | None = None,
     ) -> JSONDict:
         return self._call_json(
             "POST",
@@ -226,6 +273,7 @@ class ApiClient:
             json=body,
             idempotency_key=idempotency_key,
             wait=wait,
+            attempts=attempts,
         )
 
     def put_inventory(
@@ -235,6 +283,7 @@ class ApiClient:
         *,
         idempotency_key: str | None = None,
         wait: bool = True,
+        attempts: int | None = None,
     ) -> JSONDict:
         """`inventory_json`: the document, or its JSON text (Inventory.to_json_text)."""
         return self._call_json(
@@ -243,6 +292,7 @@ class ApiClient:
             **_json_body(inventory_json),
             idempotency_key=idempotency_key,
             wait=wait,
+            attempts=attempts,
         )
 
     def post_events(
@@ -262,12 +312,26 @@ class ApiClient:
             self._post_event_batch(path, events[start : start + MAX_EVENTS_PER_CALL], result, wait)
         return result
 
-    def get_instructions(self, host_id: str, *, wait: bool = True) -> tuple[list[str], int | None]:
-        answer = self._call_json("GET", f"/v1/hosts/{_seg(host_id)}/instructions", wait=wait)
+    def get_instructions(
+        self, host_id: str, *, wait_s: int | None = None, attempts: int | None = None, wait: bool = True
+    ) -> Instructions:
+        """Pending instructions (§6); with `wait_s` (1..60) the server may hold the request until one
+        is pending or `wait_s` passed (§6.1), and the read timeout grows by `wait_s`. `attempts`: see
+        `_call` (the instruction channel makes one and decides itself what follows a failure)."""
+        path = f"/v1/hosts/{_seg(host_id)}/instructions"
+        if wait_s is not None:
+            if not 1 <= wait_s <= MAX_WAIT_S:
+                raise ValueError(f"wait_s must be 1..{MAX_WAIT_S}")
+            path += f"?wait={wait_s}"
+        answer = self._call_json("GET", path, wait=wait, attempts=attempts, hold_s=float(wait_s or 0))
         raw = answer.get("instructions")
         instructions = [item for item in raw if isinstance(item, str)] if isinstance(raw, list) else []
         poll = answer.get("poll_interval")
-        return instructions, poll if isinstance(poll, int) and not isinstance(poll, bool) else None
+        return Instructions(
+            instructions,
+            poll if isinstance(poll, int) and not isinstance(poll, bool) else None,
+            answer.get("wait_supported") is True,
+        )
 
     def post_instruction_result(
         self, jti: str, body: Mapping[str, Any], *, idempotency_key: str | None = None, wait: bool = True
@@ -298,11 +362,13 @@ class ApiClient:
         )
 
     def get_policy(
-        self, host_id: str, etag: str | None, *, wait: bool = True
+        self, host_id: str, etag: str | None, *, wait: bool = True, attempts: int | None = None
     ) -> tuple[JSONDict | None, str | None]:
         """(policy, etag); (None, etag) when the server answers 304 Not Modified."""
         headers = {"If-None-Match": etag} if etag else None
-        response = self._call("GET", f"/v1/hosts/{_seg(host_id)}/policy", headers=headers, wait=wait)
+        response = self._call(
+            "GET", f"/v1/hosts/{_seg(host_id)}/policy", headers=headers, wait=wait, attempts=attempts
+        )
         if response.status_code == 304:
             return None, etag
         return _json_object(response), response.headers.get("ETag", etag)
@@ -327,89 +393,116 @@ class ApiClient:
         idempotency_key: str | None = None,
         extra_secrets: Iterable[str] = (),
         wait: bool = True,
+        attempts: int | None = None,
+        hold_s: float = 0.0,
     ) -> httpx.Response:
+        """One logical call: the shell that carries out CallRetry's decisions (agent/control/retry.py).
+
+        `attempts`: tries at most (default `backoff.max_attempts`); `hold_s`: the server may hold
+        this request that long before answering (a long-poll), so the read timeout grows by it."""
         cls = classify(method, path)
         send_headers = dict(headers or {})
         if content is not None:
             send_headers["Content-Type"] = "application/json"
         if method.upper() in _WRITE_METHODS:
             send_headers["Idempotency-Key"] = idempotency_key or str(uuid.uuid4())
-        retried_401 = False
-        failures = 0
+        request = _Request(method, path, json, content, send_headers, self._timeout_holding(hold_s))
+        retry = CallRetry(self.backoff, attempts=attempts, wait=wait)
         while True:
             self._await_budget(cls, wait)
             token = self._tokens.access_token() if auth else None  # its errors are final here
             if token is not None:
                 send_headers["Authorization"] = f"Bearer {token}"
-            try:
-                response = self._http.request(method, path, json=json, content=content, headers=send_headers)
-            except httpx.UnsupportedProtocol as exc:
-                raise ApiError(TRANSPORT_ERROR, f"unsupported URL: {exc}") from None
-            except httpx.TransportError as exc:  # timeouts, connection and protocol errors
-                err = ApiError(TRANSPORT_ERROR, f"{type(exc).__name__}: {exc}")
-                if _untrusted_certificate(exc):
-                    # A configuration problem (ca_file, the server's certificate), not a blip:
-                    # retrying within the call cannot help. The next scheduled call tries again.
-                    raise err from None
-            else:
-                self._hold_if_exhausted(cls, response)
-                if response.status_code < 400:
-                    return response
-                err = error_from_response(
-                    response.status_code,
-                    response.read(),
-                    (*self._tokens.secrets(), *extra_secrets),
-                )
-                if response.status_code == 401 and token is not None and not retried_401:
-                    retried_401 = True
-                    log.info("%s %s: access token refused (%s); renewing once", method, path, err.code)
-                    self._tokens.reject(token)
-                    continue
-                if response.status_code == 429:
-                    failures += 1
-                    self._throttle(cls, err, response, failures)
-                    if not wait or failures >= self.backoff.max_attempts:
-                        raise err
-                    continue
-                if response.status_code < 500:
-                    if err.code == VALIDATION_ERROR:
-                        log.warning("%s %s refused: %s details=%s", method, path, err, err.details)
-                    raise err
-            failures += 1
-            if failures >= self.backoff.max_attempts:
-                log.warning("%s %s failed after %d attempts: %s", method, path, failures, err)
+            response, err, attempt = self._attempt(request, extra_secrets)
+            decision = retry.decide(attempt, self._rng, authenticated=token is not None)
+            if decision.hold_class_s is not None:
+                self._hold_class(cls, decision.hold_class_s, attempt)
+            if response is not None:  # done: a success ends the call whatever else is true
+                return response
+            assert err is not None
+            if attempt.status == 429:
+                err.details.setdefault("retry_after", round(decision.hold_class_s or 0.0, 3))
+            if decision.verdict == "renew":
+                log.info("%s %s: access token refused (%s); renewing once", method, path, err.code)
+                self._tokens.reject(token or "")
+                continue
+            if decision.verdict == "give_up":
+                self._log_final(method, path, err, attempt, decision.failures, retry.attempts)
                 raise err
-            delay = self.backoff.transient_delay(failures - 1, self._rng)
-            log.warning(
-                "%s %s: %s; retry %d/%d in %.2f s",
-                method,
-                path,
-                err,
-                failures,
-                self.backoff.max_attempts - 1,
-                delay,
-            )
-            self._sleep(delay)
+            if attempt.status != 429:  # a 429 waits in _await_budget: its class is held
+                log.warning(
+                    "%s %s: %s; retry %d/%d in %.2f s",
+                    method,
+                    path,
+                    err,
+                    decision.failures,
+                    retry.attempts - 1,
+                    decision.sleep_s,
+                )
+                self._sleep(decision.sleep_s)
 
-    def _hold_if_exhausted(self, cls: RequestClass, response: httpx.Response) -> None:
-        """The server says this class's budget is spent: wait for its reset rather than earn a 429."""
-        wait = exhausted_budget_wait(
+    def _attempt(
+        self, request: _Request, extra_secrets: Iterable[str]
+    ) -> tuple[httpx.Response | None, ApiError | None, Attempt]:
+        """Send once: (the response when it is a success, else the error, and what happened)."""
+        try:
+            response = self._http.request(
+                request.method,
+                request.path,
+                json=request.json,
+                content=request.content,
+                headers=request.headers,
+                timeout=request.timeout,
+            )
+        except httpx.UnsupportedProtocol as exc:
+            return None, ApiError(TRANSPORT_ERROR, f"unsupported URL: {exc}"), Attempt(None, "unsupported")
+        except httpx.TransportError as exc:  # timeouts, connection and protocol errors
+            kind = transport_kind(exc)
+            err = ApiError(TRANSPORT_ERROR, f"{type(exc).__name__}: {exc}", {"transport": kind})
+            return None, err, Attempt(None, kind)
+        budget_wait = exhausted_budget_wait(
             response.headers.get("X-RateLimit-Remaining"), response.headers.get("X-RateLimit-Reset")
         )
-        if wait is not None:
-            self.budget.block_until(cls, self._monotonic() + wait)
-            log.info("%s budget spent on the server; next %s call in %.0f s", cls, cls, wait)
+        if response.status_code < 400:
+            return response, None, Attempt(response.status_code, budget_wait=budget_wait)
+        err = error_from_response(
+            response.status_code, response.read(), (*self._tokens.secrets(), *extra_secrets)
+        )
+        retry_after = None
+        if response.status_code == 429:
+            now_wall = datetime.fromtimestamp(self._clock(), UTC)
+            retry_after = parse_retry_after(response.headers.get("Retry-After"), now_wall)
+            if retry_after is None:
+                retry_after = retry_after_from_details(err.details)
+        return None, err, Attempt(response.status_code, retry_after=retry_after, budget_wait=budget_wait)
 
-    def _throttle(self, cls: RequestClass, err: ApiError, response: httpx.Response, failures: int) -> None:
-        """A 429: block the whole class for at least Retry-After (header, else details, else exponential)."""
-        now_wall = datetime.fromtimestamp(self._clock(), UTC)
-        retry_after = parse_retry_after(response.headers.get("Retry-After"), now_wall)
-        if retry_after is None:
-            retry_after = retry_after_from_details(err.details)
-        delay = self.backoff.rate_limited_delay(retry_after, failures - 1, self._rng)
-        self.budget.block_until(cls, self._monotonic() + delay)
-        err.details.setdefault("retry_after", round(delay, 3))
-        log.warning("%s calls rate limited by the server (%s); pausing them for %.2f s", cls, err.code, delay)
+    def _hold_class(self, cls: RequestClass, seconds: float, attempt: Attempt) -> None:
+        """No call of `cls` for `seconds`: the server throttled it (429) or said its budget is spent."""
+        self.budget.block_until(cls, self._monotonic() + seconds)
+        if attempt.status == 429:
+            log.warning(
+                "%s calls rate limited by the server (RATE_LIMITED); pausing them for %.2f s", cls, seconds
+            )
+        else:
+            log.info("%s budget spent on the server; next %s call in %.0f s", cls, cls, seconds)
+
+    @staticmethod
+    def _log_final(
+        method: str, path: str, err: ApiError, attempt: Attempt, failures: int, attempts: int
+    ) -> None:
+        if (attempt.status is None or attempt.status >= 500) and attempts > 1:
+            log.warning("%s %s failed after %d attempts: %s", method, path, failures, err)
+        elif err.code == VALIDATION_ERROR:
+            log.warning("%s %s refused: %s details=%s", method, path, err, err.details)
+
+    def _timeout_holding(self, hold_s: float) -> httpx.Timeout:
+        """The client's timeouts, the read timeout grown by a long-poll's hold."""
+        base = self._http.timeout
+        if hold_s <= 0:
+            return base
+        return httpx.Timeout(
+            connect=base.connect, read=(base.read or 0.0) + hold_s, write=base.write, pool=base.pool
+        )
 
     def _await_budget(self, cls: RequestClass, wait: bool) -> None:
         while True:
@@ -505,6 +598,7 @@ __all__ = [
     "DroppedEvent",
     "Enrollment",
     "EventBatchResult",
+    "Instructions",
     "Timeouts",
     "tls_context",
 ]

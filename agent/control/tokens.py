@@ -82,6 +82,14 @@ def token_set_from_response(
     return TokenSet(access, refresh_token, access_exp, refresh_exp, now)
 
 
+def stale_at(tokens: TokenSet, margin: float) -> float:
+    """When the access token should be renewed (pure): about `margin` before it expires, but never
+    more than half its lifetime early, so a short-lived token (tests, a strict server) is not renewed
+    on every call."""
+    lifetime = tokens.access_expires_at - tokens.obtained_at
+    return tokens.access_expires_at - min(margin, max(lifetime, 0.0) / 2)
+
+
 class TokenManager:
     def __init__(
         self,
@@ -117,6 +125,12 @@ class TokenManager:
     def token_expires_at(self) -> datetime | None:
         tokens = self._tokens
         return None if tokens is None else datetime.fromtimestamp(tokens.access_expires_at, UTC)
+
+    @property
+    def stale_at(self) -> float | None:
+        """When the current access token is due for renewal (wall time); None without one."""
+        tokens = self._tokens
+        return None if tokens is None else stale_at(tokens, self._refresh_margin)
 
     def secrets(self) -> tuple[str, ...]:
         """Every secret currently held, so error messages from the server can be scrubbed of them."""
@@ -167,11 +181,7 @@ class TokenManager:
     # -- internals (called with the lock held) --
 
     def _stale(self, tokens: TokenSet) -> bool:
-        # About a minute early, but never more than half the lifetime: a short-lived token
-        # (tests, a strict server) must not be renewed on every call.
-        lifetime = tokens.access_expires_at - tokens.obtained_at
-        margin = min(self._refresh_margin, max(lifetime, 0.0) / 2)
-        return self._clock() >= tokens.access_expires_at - margin
+        return self._clock() >= stale_at(tokens, self._refresh_margin)
 
     def _renew(self, tokens: TokenSet | None) -> TokenSet:
         if tokens is not None and tokens.refresh_token and self._refresh_usable(tokens):

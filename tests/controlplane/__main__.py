@@ -25,6 +25,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--rate-scan", type=int, default=10, help="POST /v1/scans per minute per key")
     p.add_argument("--rate-ephemeral", type=int, default=50, help="POST /v1/ephemeral per minute per key")
     p.add_argument("--poll-interval", type=int, default=60, help="poll_interval sent to agents, seconds")
+    p.add_argument(
+        "--no-long-poll", action="store_true", help="ignore `wait` on instruction requests (an older server)"
+    )
+    p.add_argument("--max-held", type=int, default=1000, help="requests held at once for §6.1 (default 1000)")
     p.add_argument("--signing-key", help="Ed25519 private key file (PEM or OpenSSH); created if absent")
     p.add_argument("-v", "--verbose", action="store_true", help="log every request line")
     return p.parse_args(argv)
@@ -50,6 +54,8 @@ def main(argv: list[str] | None = None) -> int:
         signing_key=load_or_create_signing_key(args.signing_key) if args.signing_key else None,
         poll_interval=args.poll_interval,
     )
+    cp.long_poll = not args.no_long_poll
+    cp.max_held = args.max_held
     # The banner is the only place secrets are printed: the operator needs them to enroll and administer.
     print(f"url: {cp.url}")
     print(f"bootstrap_token: {cp.bootstrap_token}")

@@ -39,6 +39,9 @@ class Faults:
         self._fails: list[FailRule] = []
         self._drops: list[DropRule] = []
         self._delays: dict[str | None, float] = {}
+        # A proxy in front that cuts idle connections: a held (§6.1) request is dropped, unanswered,
+        # after this many seconds. None: no such proxy.
+        self.cut_idle_s: float | None = None
 
     def fail_next(
         self,
@@ -69,7 +72,13 @@ class Faults:
         with self._lock:
             self._drops.append(DropRule(n, path_prefix, after_processing))
 
+    def cut_idle(self, seconds: float | None) -> None:
+        """Drop every request held longer than `seconds` without an answer (None: never), as a proxy
+        with an idle timeout does."""
+        self.cut_idle_s = seconds
+
     def clear(self) -> None:
+        self.cut_idle_s = None
         with self._lock:
             self._fails.clear()
             self._drops.clear()

@@ -68,6 +68,13 @@ def _route(cp: ControlPlane, req: Request) -> Response:  # noqa: C901 - a flat d
         cp.faults.drop_next(
             _int(body, "n", 1), _opt_str(body, "path_prefix"), bool(body.get("after_processing"))
         )
+    elif method == "POST" and path == "/_test/faults/cut-idle":
+        seconds = body.get("seconds")
+        if seconds is not None and (not isinstance(seconds, int | float) or isinstance(seconds, bool)):
+            raise ApiError(422, "seconds must be a number or null", {"field": "seconds"})
+        cp.faults.cut_idle(None if seconds is None else float(seconds))
+    elif method == "POST" and path == "/_test/long-poll":
+        cp.long_poll = bool(body.get("enabled", True))
     elif method == "POST" and path == "/_test/faults/clear":
         cp.faults.clear()
     elif method == "POST" and path == "/_test/tokens/expire-access":
