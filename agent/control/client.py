@@ -51,6 +51,7 @@ log = logging.getLogger("sshklm.control")
 USER_AGENT = f"sshklm-agent/{__version__}"
 MAX_EVENTS_PER_CALL = 500
 MAX_WAIT_S = 60  # §6.1: 1 <= wait <= 60
+TOKEN_CALL_ATTEMPTS = 1  # POST /v1/auth/token and /v1/auth/refresh (see _token_post)
 _WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 
 JSONDict = dict[str, Any]
@@ -376,7 +377,10 @@ class ApiClient:
     # -- the request engine --
 
     def _token_post(self, path: str, body: Mapping[str, Any]) -> Mapping[str, Any]:
-        return self._call_json("POST", path, json=body, auth=False)
+        # One attempt: a token exchange happens inside another call (or the link's token duty),
+        # whose owner retries on its own schedule. Retrying here too multiplied every call's
+        # attempts during an outage (the fleet simulator measured ~5x the load).
+        return self._call_json("POST", path, json=body, auth=False, attempts=TOKEN_CALL_ATTEMPTS)
 
     def _call_json(self, method: str, path: str, **kwargs: Any) -> JSONDict:
         return _json_object(self._call(method, path, **kwargs))
