@@ -6,6 +6,7 @@ by a stand-in handler: applying them is the applier's business (tests/integratio
 from __future__ import annotations
 
 import contextlib
+import os
 import threading
 import time
 from collections.abc import Iterator
@@ -19,7 +20,7 @@ from agent.control.enroll import enroll_host
 from agent.daemon.server_link import ServerLink
 from tests.controlplane import ControlPlane, RequestRecord
 from tests.fakeroot import FakeRoot
-from tests.integration.daemon_support import wait_for
+from tests.integration.daemon_support import Agent, enroll, wait_for, write_config
 from tests.unit.test_server_link import FACTS, FakeDaemon, _config, _prepared
 
 pytestmark = pytest.mark.slow
@@ -231,3 +232,26 @@ def test_an_access_token_that_expires_during_a_wait(tmp_path: Path) -> None:
         # A 401 is renewed once and retried at once, never a loop of refusals.
         refused = [r for r in instruction_requests(cp, host_id) if r.status == 401]
         assert len(refused) <= 1
+
+
+def test_the_daemon_long_polls_with_heartbeats_every_five_minutes_within_its_thread_budget(
+    tmp_path: Path, agents: list[Agent]
+) -> None:
+    # A real agent (heartbeat_s = 1): once its request waits at the server, it stops heartbeating
+    # every second (§6.1: every 5 minutes), and the channel's thread keeps it within 10 threads.
+    fr = FakeRoot(tmp_path / "root")
+    fr.add_user("alice", 1000)
+    with ControlPlane.start() as cp:
+        state = tmp_path / "state"
+        host_id = enroll(cp, state)
+        agent = Agent(write_config(tmp_path / "agent.toml", state, cp.url), fr.root).start()
+        agents.append(agent)
+        wait_for(lambda: waiting(cp), what="a request waiting at the server")
+        assert agent.proc is not None
+        threads = len(os.listdir(f"/proc/{agent.proc.pid}/task"))
+        assert threads <= 10
+        wait_for(lambda: cp.inventory(host_id) is not None, what="first inventory")
+        time.sleep(4.0)
+        heartbeats = [r for r in cp.requests if r.path.endswith("/heartbeat")]
+        assert 1 <= len(heartbeats) <= 2  # the first, perhaps one before the wait was confirmed
+        assert agent.stop() == 0
