@@ -18,7 +18,6 @@ Usage: python benchmarks/bench_long_poll.py [--agents 5] [--window 12] [--rotati
 from __future__ import annotations
 
 import argparse
-import os
 import random
 import shutil
 import subprocess
@@ -35,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from agent.control.enroll import enroll_host
 from tests.controlplane import ControlPlane
-from tests.fakeroot import FakeRoot, ed25519_line
+from tests.fakeroot import ed25519_line, writable_root
 
 
 @dataclass
@@ -51,15 +50,9 @@ class Group:
 
 
 def start_agents(group: Group, n: int, work: Path) -> None:
-    uid = os.geteuid() or 1000
     for i in range(n):
         base = work / f"{group.label}-{i}"
-        fr = FakeRoot(base / "root")
-        home = fr.add_user("alice", uid)
-        fr.authorized_keys("alice", [ed25519_line(f"initial-{i}")])
-        if os.geteuid() == 0:
-            for p in (home, home / ".ssh", home / ".ssh/authorized_keys"):
-                os.chown(p, uid, uid)
+        fr = writable_root(base / "root", comment=f"initial-{i}")
         state = base / "state"
         facts = {
             "machine_id": f"{group.label}-{i}",

@@ -434,6 +434,8 @@ class ServerLink:
                 "instructions request: %s; next in %.1f s", exc, max(0.0, next_at - self._clock())
             )
             return
+        if self._stopping.is_set():
+            return  # what it brought stays pending at the server: the next start applies it
         settled = self._apply(batch.tokens)
         with self._timing_lock:
             self._schedule.channel.answered(

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
 
 from tests.controlplane import ControlPlane
-from tests.fakeroot import FakeRoot, ed25519_line
+from tests.fakeroot import ed25519_line, writable_root
 from tests.integration.daemon_support import Agent, enroll, fingerprint_of, wait_for, write_config
 
 pytestmark = pytest.mark.slow
@@ -20,13 +19,7 @@ def results(cp: ControlPlane, jti: str) -> list[dict]:  # type: ignore[type-arg]
 
 def test_rotation_add_and_forged_instruction(tmp_path: Path, agents: list[Agent]) -> None:
     # The fake user owns its files as whoever runs the test (root in CI), so writes pass the owner checks.
-    uid = os.geteuid() or 1000
-    fr = FakeRoot(tmp_path / "root")
-    home = fr.add_user("alice", uid)
-    fr.authorized_keys("alice", [ed25519_line("initial")])
-    if os.geteuid() == 0:
-        for p in (home, home / ".ssh", home / ".ssh/authorized_keys"):
-            os.chown(p, uid, uid)
+    fr = writable_root(tmp_path / "root")
     with ControlPlane.start() as cp:
         cp.poll_interval = 1  # the server's poll_interval wins over the agent's when larger
         state = tmp_path / "state"

@@ -4,28 +4,20 @@ the reference control plane with a fault on one call."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import jwt
 import pytest
 
 from tests.controlplane import ControlPlane
-from tests.fakeroot import FakeRoot, ed25519_line
+from tests.fakeroot import FakeRoot, ed25519_line, writable_root
 from tests.integration.daemon_support import Agent, enroll, wait_for, write_config
 
 pytestmark = pytest.mark.slow
 
 
 def _owned_root(tmp_path: Path) -> FakeRoot:
-    uid = os.geteuid() or 1000
-    fr = FakeRoot(tmp_path / "root")
-    home = fr.add_user("alice", uid)
-    fr.authorized_keys("alice", [ed25519_line("initial")])
-    if os.geteuid() == 0:
-        for p in (home, home / ".ssh", home / ".ssh/authorized_keys"):
-            os.chown(p, uid, uid)
-    return fr
+    return writable_root(tmp_path / "root")
 
 
 def _start(cp: ControlPlane, tmp_path: Path, fr: FakeRoot, agents: list[Agent], host_id: str) -> None:
