@@ -58,6 +58,10 @@ class _Server(ThreadingHTTPServer):
         if isinstance(exc, ssl.SSLError):
             log.debug("TLS handshake with %s failed: %s", client_address[0], exc)
             return
+        if isinstance(exc, ConnectionResetError | BrokenPipeError):
+            # A client that went away (an agent stopped while its long-poll waited): not a fault.
+            log.debug("client %s went away: %s", client_address[0], exc)
+            return
         super().handle_error(request, client_address)
 
 
