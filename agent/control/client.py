@@ -6,7 +6,11 @@ token from the TokenManager (refreshing once on a 401); gives every POST/PUT an 
 that all retries of that logical request reuse; retries 5xx/timeouts/connection errors with
 exponential backoff and full jitter up to ``max_attempts``; honours 429 Retry-After for the whole
 class; and raises ApiError for everything else (403 and validation errors are never retried).
-Time, sleep and randomness are injected so every branch is testable without waiting.
+What follows each attempt is decided by agent/control/retry.py (CallRetry, pure); `_call` sends,
+describes the outcome (`_attempt`) and carries the decision out. Time, sleep and randomness are
+injected so every branch is testable without waiting.
+
+(Over 500 lines: every contract call of the agent on one client, with its request engine.)
 """
 
 from __future__ import annotations

@@ -15,6 +15,9 @@ It sees the daemon only as the `Core` it is given at prepare(): it reads the inv
 there and hands back a new policy through it. Credentials come from `server.api_key_file` +
 `server.host_id`, else from what `enroll` stored; without either the link waits (events stay in the
 outbox) and says so in status.
+
+(Over 500 lines: one class whose parts - connection, duties, instruction channel, the sender's
+destination - share one client, one set of credentials and one schedule under one lock.)
 """
 
 from __future__ import annotations

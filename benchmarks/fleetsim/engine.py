@@ -12,6 +12,9 @@ limits (tests/controlplane/ratelimit.py, the reference server's own limiter) and
 
 Not simulated: the content of requests (an inventory's size, the instructions themselves), network
 latency beyond a fixed round trip, and the local work of a host (scans take no virtual time).
+
+(Over 500 lines: the two sides of the conversation and the host's three shells, kept together so
+the mirror of each shell stays next to the others.)
 """
 
 from __future__ import annotations
