@@ -120,7 +120,7 @@ class InstructionChannel:
         self.rng = rng
         self.mode: ChannelMode = "long_poll" if timing.wait_s > 0 else "polling"
         self.wait_s = min(timing.wait_s, MAX_WAIT_S)
-        self.poll_interval = timing.heartbeat_s
+        self.server_poll_interval: float | None = None  # the server's poll_interval, when it gave one
         self.failures = 0
         self.confirmed = False  # a server answered a wait with wait_supported since the mode began
         self.next_at = first_contact
@@ -135,12 +135,22 @@ class InstructionChannel:
         """A request is (or is about to be) waiting at a server that holds them: §6.1's heartbeat."""
         return self.mode == "long_poll" and self.confirmed and self.failures == 0
 
+    @property
+    def poll_interval(self) -> float:
+        """How often to poll (and heartbeat) when not long-polling: the server's poll_interval wins
+        while it is larger than `heartbeat_s`."""
+        return max(self.timing.heartbeat_s, self.server_poll_interval or 0.0)
+
     def retime(self, timing: LinkTiming) -> None:
+        """New settings (a reload)."""
         self.timing = timing
-        self.poll_interval = max(timing.heartbeat_s, self.poll_interval)
-        if timing.wait_s <= 0:
-            self.mode = "polling"
-        self.wait_s = min(self.wait_s, timing.wait_s) if timing.wait_s > 0 else 0
+        full = min(timing.wait_s, MAX_WAIT_S)
+        if full <= 0:
+            self.mode, self.confirmed, self.wait_s = "polling", False, 0
+            return
+        if self.mode == "polling" and self.retry_wait_at is None:  # polling by configuration until now
+            self.mode, self._spread = "long_poll", True
+        self.wait_s = full if self.restore_wait_at is None else min(self.wait_s, full)
 
     def next_request(self, now: float) -> ChannelRequest:
         """What to send next and when (a plain poll, or a long-poll with its wait)."""
@@ -173,7 +183,7 @@ class InstructionChannel:
         """An answer came (`brought` instructions, `settled`: each one's result was delivered).
         Returns when to send next."""
         if poll_interval is not None and poll_interval > 0:
-            self.poll_interval = max(self.timing.heartbeat_s, float(poll_interval))
+            self.server_poll_interval = float(poll_interval)
         self._cut_hold = None
         if asked_wait is not None and not wait_supported:
             # An older server (§6.1): poll, and ask again in an hour.
@@ -287,7 +297,7 @@ class LinkSchedule:
     def heartbeat_interval(self) -> float:
         if self.channel.long_polling:
             return LONG_POLL_HEARTBEAT_S
-        return max(self.timing.heartbeat_s, self.channel.poll_interval)
+        return self.channel.poll_interval
 
     def succeeded(self, duty: Duty, now: float, *, token_stale_at: float | None = None) -> float | None:
         """`duty` ran (whether or not it had to send anything); returns its next due time."""
@@ -329,7 +339,7 @@ class LinkSchedule:
     ) -> None:
         """A heartbeat's answer: the server's poll interval, and a policy version to fetch if new."""
         if poll_interval is not None and poll_interval > 0:
-            self.channel.poll_interval = max(self.timing.heartbeat_s, float(poll_interval))
+            self.channel.server_poll_interval = float(poll_interval)
         if policy_version is not None:
             self.policy_wanted = policy_version
         if policy_version is not None and policy_version != self.policy_settled:

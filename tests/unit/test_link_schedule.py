@@ -274,3 +274,16 @@ def test_appends_during_an_outage_do_not_cut_the_senders_backoff() -> None:
         assert down.attempts == 1  # seeded: the first backoff is ~50 s
     finally:
         sender.stop(5.0)
+
+
+def test_a_reload_changes_the_wait_and_the_poll_interval() -> None:
+    ch = channel(LinkTiming(heartbeat_s=60.0, wait_s=0))
+    assert ch.mode == "polling" and ch.next_request(T0).wait_s is None
+    ch.server_poll_interval = 120.0
+    assert ch.poll_interval == 120.0  # the server's, larger
+    ch.retime(LinkTiming(heartbeat_s=300.0, wait_s=30))
+    assert ch.poll_interval == 300.0 and ch.mode == "long_poll"
+    request = ch.next_request(T0)
+    assert request.wait_s is not None and 1 <= request.wait_s <= 30
+    ch.retime(LinkTiming(heartbeat_s=60.0, wait_s=0))
+    assert ch.mode == "polling" and ch.next_request(T0).wait_s is None
