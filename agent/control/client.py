@@ -173,6 +173,7 @@ class ApiClient:
         rng: random.Random | None = None,
         transport: httpx.BaseTransport | None = None,
         on_auth_invalid: Callable[[float], None] | None = None,
+        token_renewal_spread: float = 0.0,
     ) -> None:
         """``verify`` overrides the TLS context (tests with their own CA); ``transport`` replaces the
         network entirely (httpx.MockTransport in unit tests). ``clock`` is wall time (token expiry,
@@ -202,7 +203,14 @@ class ApiClient:
             headers={"User-Agent": USER_AGENT, "Accept": "application/json"},
             follow_redirects=False,
         )
-        self._tokens = TokenManager(api_key, self._token_post, clock=clock, on_auth_invalid=on_auth_invalid)
+        self._tokens = TokenManager(
+            api_key,
+            self._token_post,
+            clock=clock,
+            on_auth_invalid=on_auth_invalid,
+            renewal_spread=token_renewal_spread,
+            rng=self._rng,
+        )
 
     def __repr__(self) -> str:
         return f"ApiClient(base_url={self.base_url!r}, auth_state={self.auth_state!r})"

@@ -29,9 +29,10 @@ from typing import Any, Literal
 
 from agent.control.backoff import BackoffPolicy, RateBudget, RequestClass
 from agent.control.client import TOKEN_CALL_ATTEMPTS
+from agent.control.connect import TOKEN_RENEWAL_SPREAD
 from agent.control.errors import ApiError, code_for_status
 from agent.control.retry import Attempt, CallRetry
-from agent.control.tokens import REFRESH_MARGIN_S, TokenSet, stale_at
+from agent.control.tokens import REFRESH_MARGIN_S, TokenSet, renewal_spread, stale_at
 from agent.daemon.link_schedule import (
     DUTIES,
     Duty,
@@ -241,6 +242,7 @@ class Host:
         self.budget = RateBudget()
         self.backoff = BackoffPolicy(max_attempts=self.max_attempts)
         self.tokens: TokenSet | None = None
+        self.token_early = 0.0
         self._token_waiters: list[Callable[[bool], None]] | None = None
         self.changes = 0
         self.reported_changes: int | None = None
@@ -318,7 +320,7 @@ class Host:
     def _with_token(self, then: Callable[[bool], None]) -> None:
         """TokenManager.access_token: a token that is not stale, renewed once for all waiting callers."""
         tokens = self.tokens
-        if tokens is not None and self.loop.now < stale_at(tokens, REFRESH_MARGIN_S):
+        if tokens is not None and self.loop.now < stale_at(tokens, REFRESH_MARGIN_S, self.token_early):
             then(True)
             return
         if self._token_waiters is not None:
@@ -331,6 +333,7 @@ class Host:
             now = self.loop.now
             if ok:
                 self.tokens = TokenSet("a", "r", now + ACCESS_TTL_S, now + 7 * 86400, now)
+                self.token_early = renewal_spread(self.tokens, TOKEN_RENEWAL_SPREAD, self.rng)
             waiters, self._token_waiters = self._token_waiters or [], None
             for waiter in waiters:
                 waiter(ok)
@@ -396,13 +399,13 @@ class Host:
             self.call("write", "inventory", report_done, attempts=ONE_ATTEMPT)
         else:
             tokens = self.tokens
-            if tokens is not None and self.loop.now < stale_at(tokens, REFRESH_MARGIN_S):
+            if tokens is not None and self.loop.now < stale_at(tokens, REFRESH_MARGIN_S, self.token_early):
                 finished(True, None, None)
                 return
             self._with_token(lambda ok: finished(ok, None, None))
 
     def _stale_at(self) -> float | None:
-        return None if self.tokens is None else stale_at(self.tokens, REFRESH_MARGIN_S)
+        return None if self.tokens is None else stale_at(self.tokens, REFRESH_MARGIN_S, self.token_early)
 
     # -- the instruction channel (ServerLink._channel_loop / exchange_instructions) -------
 

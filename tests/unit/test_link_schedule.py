@@ -287,3 +287,15 @@ def test_a_reload_changes_the_wait_and_the_poll_interval() -> None:
     assert request.wait_s is not None and 1 <= request.wait_s <= 30
     ch.retime(LinkTiming(heartbeat_s=60.0, wait_s=0))
     assert ch.mode == "polling" and ch.next_request(T0).wait_s is None
+
+
+def test_token_renewals_of_a_fleet_do_not_stay_in_step() -> None:
+    from agent.control.tokens import TokenSet, renewal_spread, stale_at
+
+    token = TokenSet("a", "r", T0 + 900, T0 + 86400, T0)
+    draws = [stale_at(token, 60.0, renewal_spread(token, 0.2, random.Random(i))) for i in range(200)]
+    assert all(T0 + 840 - 180 <= at <= T0 + 840 for at in draws)
+    assert max(draws) - min(draws) > 120  # spread over minutes, not one instant
+    assert stale_at(token, 60.0) == T0 + 840  # no spread: a minute before expiry, as before
+    short = TokenSet("a", "r", T0 + 4, None, T0)
+    assert stale_at(short, 60.0, 100.0) == T0 + 2  # never more than half a short lifetime early
