@@ -384,6 +384,18 @@ def test_a_dribbling_server_cannot_hold_a_call_past_its_deadline(
     assert client.heartbeat(host, {"status": "ok"})  # the next call is fine
 
 
+def test_a_long_poll_may_be_held_past_the_deadline_for_its_wait(cp: ControlPlane, tmp_path: Path) -> None:
+    """A long-poll (contract 6.1) is held by the server up to its `wait` when nothing is pending:
+    its deadline and its read timeout grow by that wait. Without the growth, a wait longer than
+    the call's deadline ended every long-poll as a timeout ("the call's deadline passed")."""
+    client, host = enrolled(cp, tmp_path, backoff=ONE_TRY, timeouts=Timeouts(read=1.0, total=1.5))
+    answer = client.get_instructions(host, wait_s=3)
+    # Nothing pending and `wait_supported`: the reference server held it until the wait passed.
+    assert answer == ([], 60, True)
+    (request,) = [r for r in cp.requests if r.path.startswith(f"/v1/hosts/{host}/instructions")]
+    assert request.status == 200 and "wait=3" in request.path
+
+
 @pytest.mark.parametrize(
     ("header", "details"),
     [("1" + "0" * 400, None), ("99999999999", None), (None, b"1e308"), (None, b"1" + b"0" * 400)],

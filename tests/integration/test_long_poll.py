@@ -12,6 +12,7 @@ import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import jwt
 import pytest
@@ -84,6 +85,11 @@ def issue(cp: ControlPlane, host_id: str, n: int = 1) -> str:
 
 def waiting(cp: ControlPlane) -> bool:
     return cp._app.waiters.held > 0
+
+
+def reporting(link: ServerLink) -> dict[str, Any]:
+    """What the link recorded in its Core's LinkHealth (status's `reporting`)."""
+    return link._view().health.snapshot()
 
 
 @pytest.fixture
@@ -166,6 +172,11 @@ def test_a_proxy_cutting_idle_requests_costs_one_quick_retry_then_a_shorter_wait
         jti = issue(cp, host_id)
         wait_for(lambda: result_posted(cp, jti), what="an instruction after the cuts")
         assert jti in handled.jtis
+        # A planned cut is the path's habit, not a failed call: LinkHealth never saw one.
+        health = reporting(link)
+        assert "instructions" not in health["failing"] and health["last_error"] is None
+        assert link.status()["instructions"]["last_error"] is None
+        assert "instructions" in health["deliveries"]
 
 
 @pytest.mark.parametrize(("status", "retry_after"), [(429, 2), (503, None)])
@@ -190,9 +201,42 @@ def test_429_and_5xx_on_the_long_poll_back_off(
             assert len(refused) <= window / retry_after + 1
         else:
             assert len(refused) <= 8  # full jitter 1, 2, 4 s: a handful, never a loop
+        # The failing channel is in status: LinkHealth's record and when it tries next.
+        failing = reporting(link)["failing"]["instructions"]
+        assert failing["http_status"] == status and failing["calls"] >= 1
+        assert link.status()["instructions"]["next_retry_at"] is not None
         cp.faults.clear()
         jti = issue(cp, host_id, 2)
         wait_for(lambda: result_posted(cp, jti), timeout=40, what="the result once the faults end")
+        wait_for(lambda: "instructions" not in reporting(link)["failing"], what="the channel recovered")
+        assert link.status()["instructions"]["next_retry_at"] is None
+
+
+def test_a_redirected_long_poll_is_a_transient_failure_never_an_answer(
+    cp: ControlPlane, tmp_path: Path
+) -> None:
+    """A 3xx to the long-poll is never followed and never an (empty) answer: the channel backs off
+    as after a 5xx, LinkHealth records HTTP_REDIRECT, and the instruction arrives once the server
+    answers properly."""
+    with running_link(cp, tmp_path, "long_poll_s = 30\n") as (link, host_id, handled):
+        wait_for(lambda: waiting(cp), what="a request waiting")
+        cp.faults.redirect_next(3, path_prefix=f"/v1/hosts/{host_id}/instructions")
+        jti = issue(cp, host_id)  # answers the waiting request; the next ones are redirected
+        wait_for(lambda: result_posted(cp, jti), what="the first instruction")
+        wait_for(
+            lambda: len([r for r in instruction_requests(cp, host_id) if r.status == 302]) == 3,
+            timeout=20,
+            what="the redirects met",
+        )
+        jti = issue(cp, host_id, 2)
+        wait_for(lambda: result_posted(cp, jti), timeout=40, what="the instruction after the redirects")
+        assert handled.jtis.count(jti) == 1
+        # Recorded as failed calls (the last error outlives the recovery), naming no path or query.
+        last = reporting(link)["last_error"]
+        assert last["kind"] == "instructions" and last["code"] == "HTTP_REDIRECT"
+        assert last["http_status"] == 302
+        assert "not-for-logs" not in str(reporting(link)) and "not-for-logs" not in str(link.status())
+        assert "instructions" not in reporting(link)["failing"]
 
 
 def test_an_older_server_that_ignores_wait_is_polled(cp: ControlPlane, tmp_path: Path) -> None:

@@ -7,7 +7,17 @@ import threading
 from collections.abc import Sequence
 from typing import Any
 
+from agent.control.answers import redirect_error, unexpected_status_error
 from agent.control.backoff import BackoffPolicy
+from agent.control.errors import (
+    ANSWER_TOO_LARGE,
+    AUTH_FORBIDDEN,
+    AUTH_INVALID,
+    RATE_LIMITED,
+    SERVER_ERROR,
+    TRANSPORT_ERROR,
+    ApiError,
+)
 from agent.control.retry import Attempt, CallRetry
 from agent.daemon.link_schedule import (
     LONG_POLL_HEARTBEAT_S,
@@ -19,6 +29,7 @@ from agent.daemon.link_schedule import (
     delivery_delay,
 )
 from agent.daemon.sender import Sender
+from agent.daemon.server_link import channel_failure
 
 T0 = 1_000_000.0
 TIMING = LinkTiming(heartbeat_s=60.0, wait_s=60, full_report_s=3600.0, jitter=0.2, startup_splay_s=30.0)
@@ -220,6 +231,37 @@ def test_call_retry_decisions() -> None:
     done = CallRetry(policy).decide(Attempt(200, budget_wait=12.0), rng)
     assert done.verdict == "done" and done.hold_class_s == 12.0
     assert CallRetry(policy, attempts=1).decide(Attempt(502), rng).verdict == "give_up"
+
+
+def test_call_retry_takes_only_what_delivers_as_an_answer() -> None:
+    """Only a 2xx (or a 304 a conditional GET asked for) ends a call: a 3xx is never followed and
+    never success, a status no call expects and an answer refused unread are transient like a 5xx
+    (answers.judge_status, in the decision the client and the fleet simulator share)."""
+    rng = random.Random(5)
+    policy = BackoffPolicy(max_attempts=3)
+    for status in (301, 302, 307, 308, 304, 101, 600):
+        assert CallRetry(policy).decide(Attempt(status), rng).verdict == "retry", status
+        assert CallRetry(policy, attempts=1).decide(Attempt(status), rng).verdict == "give_up", status
+    assert CallRetry(policy).decide(Attempt(None, "unread"), rng).verdict == "retry"
+    assert CallRetry(policy, not_modified_ok=True).decide(Attempt(304), rng).verdict == "done"
+    for status in (200, 201, 204):
+        assert CallRetry(policy).decide(Attempt(status), rng).verdict == "done", status
+    assert CallRetry(policy).decide(Attempt(403), rng).verdict == "give_up"
+
+
+def test_instruction_channel_failures_match_the_calls_own_rules() -> None:
+    """A 4xx is a refusal; every other status that did not deliver is transient (a 3xx, a stray
+    304, a 2xx refused unread or not JSON, a 5xx); a cut is told apart; nothing sent: not ready."""
+    assert channel_failure(ApiError(RATE_LIMITED, "slow", {}, 429)) == "rate_limited"
+    assert channel_failure(ApiError(AUTH_FORBIDDEN, "no", {}, 403)) == "refused"
+    assert channel_failure(redirect_error(302, "https://elsewhere.example/x")) == "transient"
+    assert channel_failure(unexpected_status_error(304)) == "transient"
+    assert channel_failure(ApiError(ANSWER_TOO_LARGE, "big", {}, 200)) == "transient"
+    assert channel_failure(ApiError(SERVER_ERROR, "answer is not JSON", {}, 200)) == "transient"
+    assert channel_failure(ApiError(SERVER_ERROR, "down", {}, 503)) == "transient"
+    assert channel_failure(ApiError(TRANSPORT_ERROR, "cut", {"transport": "dropped"})) == "dropped"
+    assert channel_failure(ApiError(TRANSPORT_ERROR, "refused", {"transport": "connect"})) == "transient"
+    assert channel_failure(ApiError(AUTH_INVALID, "not connected")) == "not_ready"
 
 
 def test_the_sender_waits_out_its_backoff_whatever_is_appended() -> None:
