@@ -11,7 +11,10 @@ means), mirrored one for one, and the other side: a control plane enforcing the 
 limits (tests/controlplane/ratelimit.py, the reference server's own limiter) and a total capacity.
 
 Not simulated: the content of requests (an inventory's size, the instructions themselves), network
-latency beyond a fixed round trip, and the local work of a host (scans take no virtual time).
+latency beyond a fixed round trip, and the local work of a host (scans take no virtual time); so
+neither are the client's answer caps and per-attempt deadline (agent/control/transfer.py), which
+bound an attempt's bytes and time, not what follows it. What counts as an answer (only a 2xx, a
+3xx never) is `CallRetry`'s own (answers.judge_status), so the simulated hosts judge as agents do.
 
 (Over 500 lines: the two sides of the conversation and the host's three shells, kept together so
 the mirror of each shell stays next to the others.)
