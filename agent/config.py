@@ -51,6 +51,10 @@ def _one_of(*choices: str) -> Callable[[Any], str | None]:
     return check
 
 
+def _long_poll_wait(value: Any) -> str | None:
+    return None if 0 <= value <= 60 else "must be 0 (no long-poll) to 60"
+
+
 def _url(value: Any) -> str | None:
     if value == "" or value.startswith(("https://", "http://")):
         return None
@@ -110,6 +114,8 @@ class WatchConfig:
 @dataclass(frozen=True)
 class ScheduleConfig:
     heartbeat_s: float = field(default=60.0, metadata=_check(_positive))
+    # Seconds the server may hold each instruction request (contract §6.1); 0: poll every heartbeat_s.
+    long_poll_s: int = field(default=60, metadata=_check(_long_poll_wait))
     rescan_s: float = field(default=900.0, metadata=_check(_positive))
     full_report_s: float = field(default=3600.0, metadata=_check(_positive))
     ephemeral_sweep_s: float = field(default=60.0, metadata=_check(_positive))

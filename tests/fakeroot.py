@@ -97,3 +97,16 @@ class FakeRoot:
     ) -> Path:
         home = self.users[user][2]
         return self.write(f"{home}/.ssh/{name}", "".join(line + "\n" for line in lines), mode)
+
+
+def writable_root(path: Path, user: str = "alice", comment: str = "initial") -> FakeRoot:
+    """A fake root with one user whose home, ~/.ssh and authorized_keys (one key) are owned by whoever
+    runs the test (root in CI, else uid 1000 on paper), so the applier's owner checks pass."""
+    uid = os.geteuid() or 1000
+    fr = FakeRoot(path)
+    home = fr.add_user(user, uid)
+    fr.authorized_keys(user, [ed25519_line(comment)])
+    if os.geteuid() == 0:
+        for p in (home, home / ".ssh", home / ".ssh/authorized_keys"):
+            os.chown(p, uid, uid)
+    return fr

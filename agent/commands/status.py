@@ -123,6 +123,9 @@ def _reporting_rows(status: dict[str, Any], now: datetime) -> list[tuple[str, st
     retry = reporting.get("next_retry_at")
     if retry:
         rows.append(("next try:", f"{_ago(retry, now)} (delivery backoff)"))
+    channel = status.get("instructions")
+    if isinstance(channel, dict) and channel.get("next_retry_at"):
+        rows.append(("next try:", f"{_ago(channel['next_retry_at'], now)} (instructions backoff)"))
     return rows
 
 

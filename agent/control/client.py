@@ -9,11 +9,13 @@ deadline on its total time, the answer read up to the call's cap: transfer.py); 
 connection errors and refused answers with exponential backoff and full jitter up to
 ``max_attempts``; honours 429 Retry-After for the whole class; and raises ApiError for everything
 else (403 and validation errors are never retried). Bodies and the fields the agent reads are
-checked in answers.py. Time, sleep and randomness are injected so every branch is testable
-without waiting.
+checked in answers.py. What follows each attempt is decided by agent/control/retry.py (CallRetry,
+pure); `_call` sends (`_attempt`), describes the outcome and carries the decision out. Time, sleep
+and randomness are injected so every branch is testable without waiting.
 
 (Over 500 lines: one class for the contract's calls and the request engine they all share; the
-pure parts live in answers.py, backoff.py and tokens.py, the bounded exchange in transfer.py.)
+pure parts live in answers.py, backoff.py, retry.py and tokens.py, the bounded exchange in
+transfer.py.)
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, TypedDict
+from typing import Any, NamedTuple, TypedDict
 from urllib.parse import quote
 
 import httpx
@@ -61,6 +63,7 @@ from agent.control.errors import (
     ApiError,
     error_from_response,
 )
+from agent.control.retry import Attempt, CallRetry, TransportKind
 from agent.control.tokens import AuthState, TokenManager
 from agent.control.transfer import BoundedTransport, deadline, read_capped
 
@@ -76,6 +79,8 @@ MAX_ERROR_BODY_BYTES = 64 << 10
 # An upload's deadline grows with its size: the deadline plus a second per 64 KiB (a large
 # inventory over a slow link is not a stuck server).
 UPLOAD_FLOOR_BYTES_PER_S = 64 << 10
+MAX_WAIT_S = 60  # §6.1: 1 <= wait <= 60
+TOKEN_CALL_ATTEMPTS = 1  # POST /v1/auth/token and /v1/auth/refresh (see _token_post)
 _WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 
 JSONDict = dict[str, Any]
@@ -109,6 +114,30 @@ class EventBatchResult(TypedDict):
     dropped: list[DroppedEvent]  # rejected one by one as invalid: ack (drop) them too
 
 
+class Instructions(NamedTuple):
+    """A §6 answer: the pending instructions (compact JWS, oldest first), the server's poll interval,
+    and whether it honoured a `wait` (§6.1: it held the request; absent: an older server)."""
+
+    tokens: list[str]
+    poll_interval: int | float | None  # seconds, 1..86400 (answers.interval_s)
+    wait_supported: bool
+
+
+@dataclass(frozen=True)
+class _Request:
+    """One logical request, as every attempt of it sends it."""
+
+    method: str
+    path: str
+    json: Mapping[str, Any] | None
+    content: bytes | None
+    headers: dict[str, str]  # the Authorization header is refreshed before each attempt
+    timeout: httpx.Timeout  # httpx's per-operation timeouts (the read one grown by a long-poll's hold)
+    deadline_s: float  # each attempt's total time, before the growth for a large upload (transfer.py)
+    max_answer: int  # the answer's cap in bytes
+    not_modified_ok: bool  # a conditional GET: a 304 is an answer
+
+
 DEFAULT_TIMEOUTS = Timeouts()
 DEFAULT_BACKOFF = BackoffPolicy()
 
@@ -137,6 +166,19 @@ def _untrusted_certificate(exc: BaseException) -> bool:
     return False
 
 
+def transport_kind(exc: httpx.TransportError) -> TransportKind:
+    """How an attempt failed without an answer (see agent/control/retry.py)."""
+    if _untrusted_certificate(exc):
+        # A configuration problem (ca_file, the server's certificate), not a blip: retrying within
+        # the call cannot help. The next scheduled call tries again.
+        return "tls"
+    if isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout):
+        return "connect"
+    if isinstance(exc, httpx.TimeoutException):
+        return "timeout"
+    return "dropped"  # RemoteProtocolError (closed without an answer), ReadError/WriteError (reset)
+
+
 def _seg(value: str) -> str:
     """One path segment: an id from the server must not be able to change the path."""
     return quote(value, safe="")
@@ -160,6 +202,7 @@ class ApiClient:
         rng: random.Random | None = None,
         transport: httpx.BaseTransport | None = None,
         on_auth_invalid: Callable[[float], None] | None = None,
+        token_renewal_spread: float = 0.0,
     ) -> None:
         """``verify`` overrides the TLS context (tests with their own CA); ``transport`` replaces the
         network entirely (httpx.MockTransport in unit tests). ``clock`` is wall time (token expiry,
@@ -189,7 +232,14 @@ class ApiClient:
             headers={"User-Agent": USER_AGENT, "Accept": "application/json", "Accept-Encoding": "identity"},
             follow_redirects=False,
         )
-        self._tokens = TokenManager(api_key, self._token_post, clock=clock, on_auth_invalid=on_auth_invalid)
+        self._tokens = TokenManager(
+            api_key,
+            self._token_post,
+            clock=clock,
+            on_auth_invalid=on_auth_invalid,
+            renewal_spread=token_renewal_spread,
+            rng=self._rng,
+        )
 
     def __repr__(self) -> str:
         return f"ApiClient(base_url={self.base_url!r}, auth_state={self.auth_state!r})"
@@ -221,6 +271,11 @@ class ApiClient:
         """Keep to a pause after the API key was refused, begun by an earlier process (wall time)."""
         self._tokens.hold(until)
 
+    @property
+    def token_stale_at(self) -> float | None:
+        """When the access token is due for renewal (wall time; None before authenticating)."""
+        return self._tokens.stale_at
+
     def ensure_token(self) -> None:
         """Refresh (or re-authenticate) now if the access token is within a minute of expiry."""
         self._tokens.access_token()
@@ -243,7 +298,13 @@ class ApiClient:
         return enrollment
 
     def heartbeat(
-        self, host_id: str, body: Mapping[str, Any], *, idempotency_key: str | None = None, wait: bool = True
+        self,
+        host_id: str,
+        body: Mapping[str, Any],
+        *,
+        idempotency_key: str | None = None,
+        wait: bool = True,
+        attempts: int | None = None,
     ) -> JSONDict:
         """The answer, with `poll_interval`, `policy_version` and `pending_instructions` left out
         unless they are numbers in range (answers.heartbeat_answer)."""
@@ -253,6 +314,7 @@ class ApiClient:
             json=body,
             idempotency_key=idempotency_key,
             wait=wait,
+            attempts=attempts,
         )
         return heartbeat_answer(answer)
 
@@ -263,6 +325,7 @@ class ApiClient:
         *,
         idempotency_key: str | None = None,
         wait: bool = True,
+        attempts: int | None = None,
     ) -> JSONDict:
         """`inventory_json`: the document, or its JSON text (Inventory.to_json_text)."""
         return self._call_json(
@@ -271,6 +334,7 @@ class ApiClient:
             **_json_body(inventory_json),
             idempotency_key=idempotency_key,
             wait=wait,
+            attempts=attempts,
         )
 
     def post_events(
@@ -290,14 +354,29 @@ class ApiClient:
             self._post_event_batch(path, events[start : start + MAX_EVENTS_PER_CALL], result, wait)
         return result
 
-    def get_instructions(self, host_id: str, *, wait: bool = True) -> tuple[list[str], int | float | None]:
+    def get_instructions(
+        self, host_id: str, *, wait_s: int | None = None, attempts: int | None = None, wait: bool = True
+    ) -> Instructions:
+        """Pending instructions (§6); with `wait_s` (1..60) the server may hold the request until one
+        is pending or `wait_s` passed (§6.1), and the read timeout and the deadline grow by `wait_s`.
+        `attempts`: see `_call` (the instruction channel makes one and decides itself what follows a
+        failure). Items that are not strings and an out-of-range poll interval are left out
+        (answers.instructions_answer)."""
+        path = f"/v1/hosts/{_seg(host_id)}/instructions"
+        if wait_s is not None:
+            if not 1 <= wait_s <= MAX_WAIT_S:
+                raise ValueError(f"wait_s must be 1..{MAX_WAIT_S}")
+            path += f"?wait={wait_s}"
         answer = self._call_json(
             "GET",
-            f"/v1/hosts/{_seg(host_id)}/instructions",
+            path,
             wait=wait,
+            attempts=attempts,
+            hold_s=float(wait_s or 0),
             max_answer=MAX_INSTRUCTIONS_ANSWER_BYTES,
         )
-        return instructions_answer(answer)
+        instructions, poll_interval = instructions_answer(answer)
+        return Instructions(instructions, poll_interval, answer.get("wait_supported") is True)
 
     def post_instruction_result(
         self, jti: str, body: Mapping[str, Any], *, idempotency_key: str | None = None, wait: bool = True
@@ -328,12 +407,17 @@ class ApiClient:
         )
 
     def get_policy(
-        self, host_id: str, etag: str | None, *, wait: bool = True
+        self, host_id: str, etag: str | None, *, wait: bool = True, attempts: int | None = None
     ) -> tuple[JSONDict | None, str | None]:
         """(policy, etag); (None, etag) when the server answers 304 Not Modified."""
         headers = {"If-None-Match": etag} if etag else None
         response = self._call(
-            "GET", f"/v1/hosts/{_seg(host_id)}/policy", headers=headers, wait=wait, not_modified_ok=bool(etag)
+            "GET",
+            f"/v1/hosts/{_seg(host_id)}/policy",
+            headers=headers,
+            wait=wait,
+            attempts=attempts,
+            not_modified_ok=bool(etag),
         )
         if response.status_code == 304:
             return None, etag
@@ -342,7 +426,10 @@ class ApiClient:
     # -- the request engine --
 
     def _token_post(self, path: str, body: Mapping[str, Any]) -> Mapping[str, Any]:
-        return self._call_json("POST", path, json=body, auth=False)
+        # One attempt: a token exchange happens inside another call (or the link's token duty),
+        # whose owner retries on its own schedule. Retrying here too multiplied every call's
+        # attempts during an outage (the fleet simulator measured ~5x the load).
+        return self._call_json("POST", path, json=body, auth=False, attempts=TOKEN_CALL_ATTEMPTS)
 
     def _call_json(self, method: str, path: str, **kwargs: Any) -> JSONDict:
         return _json_object(self._call(method, path, **kwargs))
@@ -359,132 +446,160 @@ class ApiClient:
         idempotency_key: str | None = None,
         extra_secrets: Iterable[str] = (),
         wait: bool = True,
+        attempts: int | None = None,
+        hold_s: float = 0.0,
         max_answer: int = MAX_ANSWER_BYTES,
         not_modified_ok: bool = False,
         deadline_s: float | None = None,
     ) -> httpx.Response:
-        """`max_answer`: the answer's cap in bytes; `not_modified_ok`: a conditional GET, for which
-        a 304 is an answer; `deadline_s`: each attempt's deadline (default `Timeouts.total`; a call
-        the server may hold, such as a long-poll, needs more than it may be held)."""
+        """One logical call: the shell that carries out CallRetry's decisions (agent/control/retry.py).
+
+        `attempts`: tries at most (default `backoff.max_attempts`); `hold_s`: the server may hold
+        this request that long before answering (a long-poll), so the read timeout and the deadline
+        grow by it; `max_answer`: the answer's cap in bytes; `not_modified_ok`: a conditional GET,
+        for which a 304 is an answer; `deadline_s`: each attempt's deadline before the hold
+        (default `Timeouts.total`)."""
         cls = classify(method, path)
         send_headers = dict(headers or {})
         if content is not None:
             send_headers["Content-Type"] = "application/json"
         if method.upper() in _WRITE_METHODS:
             send_headers["Idempotency-Key"] = idempotency_key or str(uuid.uuid4())
-        retried_401 = False
-        failures = 0
+        request = _Request(
+            method,
+            path,
+            json,
+            content,
+            send_headers,
+            self._timeout_holding(hold_s),
+            (self._deadline_s if deadline_s is None else deadline_s) + hold_s,
+            max_answer,
+            not_modified_ok,
+        )
+        retry = CallRetry(self.backoff, attempts=attempts, wait=wait, not_modified_ok=not_modified_ok)
         while True:
             self._await_budget(cls, wait)
             token = self._tokens.access_token() if auth else None  # its errors are final here
             if token is not None:
                 send_headers["Authorization"] = f"Bearer {token}"
-            try:
-                response = self._exchange(method, path, json, content, send_headers, max_answer, deadline_s)
-            except httpx.UnsupportedProtocol as exc:
-                raise ApiError(TRANSPORT_ERROR, f"unsupported URL: {exc}") from None
-            except httpx.TransportError as exc:  # timeouts (the deadline too), connection and protocol errors
-                err = ApiError(TRANSPORT_ERROR, f"{type(exc).__name__}: {exc}")
-                if _untrusted_certificate(exc):
-                    # A configuration problem (ca_file, the server's certificate), not a blip:
-                    # retrying within the call cannot help. The next scheduled call tries again.
-                    raise err from None
-            except ApiError as exc:  # an answer refused unread (too large, compressed): transient
-                err = exc
-            else:
-                self._hold_if_exhausted(cls, response)
-                verdict = judge_status(response.status_code, not_modified_ok=not_modified_ok)
-                if verdict == "delivered":
-                    return response
-                if verdict == "redirect":
-                    err = redirect_error(response.status_code, response.headers.get("Location"))
-                elif verdict == "unexpected":
-                    err = unexpected_status_error(response.status_code)
-                else:
-                    err = error_from_response(
-                        response.status_code,
-                        response.content,
-                        (*self._tokens.secrets(), *extra_secrets),
-                    )
-                if response.status_code == 401 and token is not None and not retried_401:
-                    retried_401 = True
-                    log.info("%s %s: access token refused (%s); renewing once", method, path, err.code)
-                    self._tokens.reject(token)
-                    continue
-                if response.status_code == 429:
-                    failures += 1
-                    self._throttle(cls, err, response, failures)
-                    if not wait or failures >= self.backoff.max_attempts:
-                        raise err
-                    continue
-                if verdict == "error" and response.status_code < 500:
-                    if err.code == VALIDATION_ERROR:
-                        log.warning("%s %s refused: %s details=%s", method, path, err, err.details)
-                    raise err
-            failures += 1
-            # Debug only: the caller (the daemon's LinkHealth) logs a failed call, throttled.
-            if failures >= self.backoff.max_attempts:
-                log.debug("%s %s failed after %d attempts: %s", method, path, failures, err)
+            response, err, attempt = self._attempt(request, extra_secrets)
+            decision = retry.decide(attempt, self._rng, authenticated=token is not None)
+            if decision.hold_class_s is not None:
+                self._hold_class(cls, decision.hold_class_s, attempt)
+            if decision.verdict == "done":  # a delivered answer ends the call whatever else is true
+                assert response is not None
+                return response
+            assert err is not None
+            if attempt.status == 429:
+                err.details.setdefault("retry_after", round(decision.hold_class_s or 0.0, 3))
+            if decision.verdict == "renew":
+                log.info("%s %s: access token refused (%s); renewing once", method, path, err.code)
+                self._tokens.reject(token or "")
+                continue
+            if decision.verdict == "give_up":
+                self._log_final(method, path, err, decision.failures, retry.attempts)
                 raise err
-            delay = self.backoff.transient_delay(failures - 1, self._rng)
-            log.debug(
-                "%s %s: %s; retry %d/%d in %.2f s",
-                method,
-                path,
-                err,
-                failures,
-                self.backoff.max_attempts - 1,
-                delay,
-            )
-            self._sleep(delay)
+            if attempt.status != 429:  # a 429 waits in _await_budget: its class is held
+                # Debug only: the caller (the daemon's LinkHealth) logs a failed call, throttled.
+                log.debug(
+                    "%s %s: %s; retry %d/%d in %.2f s",
+                    method,
+                    path,
+                    err,
+                    decision.failures,
+                    retry.attempts - 1,
+                    decision.sleep_s,
+                )
+                self._sleep(decision.sleep_s)
 
-    def _exchange(
-        self,
-        method: str,
-        path: str,
-        json: Mapping[str, Any] | None,
-        content: bytes | None,
-        headers: Mapping[str, str],
-        max_answer: int,
-        deadline_s: float | None = None,
-    ) -> httpx.Response:
+    def _attempt(
+        self, request: _Request, extra_secrets: Iterable[str]
+    ) -> tuple[httpx.Response | None, ApiError | None, Attempt]:
+        """Send once: (the answer, when one was read; the error, unless the answer delivers; what
+        happened, for CallRetry). Only a 2xx, or an asked-for 304, delivers (answers.judge_status,
+        which CallRetry applies to the same status)."""
+        try:
+            response = self._exchange(request)
+        except httpx.UnsupportedProtocol as exc:
+            return None, ApiError(TRANSPORT_ERROR, f"unsupported URL: {exc}"), Attempt(None, "unsupported")
+        except httpx.TransportError as exc:  # timeouts (the deadline too), connection and protocol errors
+            kind = transport_kind(exc)
+            err = ApiError(TRANSPORT_ERROR, f"{type(exc).__name__}: {exc}", {"transport": kind})
+            return None, err, Attempt(None, kind)
+        except ApiError as exc:  # an answer refused unread (too large, compressed): transient
+            return None, exc, Attempt(None, "unread")
+        status = response.status_code
+        budget_wait = exhausted_budget_wait(
+            response.headers.get("X-RateLimit-Remaining"), response.headers.get("X-RateLimit-Reset")
+        )
+        verdict = judge_status(status, not_modified_ok=request.not_modified_ok)
+        if verdict == "delivered":
+            return response, None, Attempt(status, budget_wait=budget_wait)
+        if verdict == "redirect":
+            err = redirect_error(status, response.headers.get("Location"))
+        elif verdict == "unexpected":
+            err = unexpected_status_error(status)
+        else:
+            err = error_from_response(status, response.content, (*self._tokens.secrets(), *extra_secrets))
+        retry_after = None
+        if status == 429:
+            # Header, else details; held to an hour (answers.retry_after_s): "centuries" is not for ever.
+            now_wall = datetime.fromtimestamp(self._clock(), UTC)
+            retry_after = retry_after_s(parse_retry_after(response.headers.get("Retry-After"), now_wall))
+            if retry_after is None:
+                retry_after = retry_after_s(err.details.get("retry_after"))
+        return response, err, Attempt(status, retry_after=retry_after, budget_wait=budget_wait)
+
+    def _exchange(self, request: _Request) -> httpx.Response:
         """One attempt under the call's deadline (grown for a large upload), its answer read up to
-        `max_answer` bytes (an error answer up to MAX_ERROR_BODY_BYTES, cut there): transfer.py.
+        the call's cap (an error answer up to MAX_ERROR_BODY_BYTES, cut there): transfer.py.
         Raises httpx.TransportError (the deadline passed: a timeout) or ApiError (too large)."""
-        request = self._http.build_request(method, path, json=json, content=content, headers=headers)
-        upload = len(request.content)
-        base = self._deadline_s if deadline_s is None else deadline_s
-        with deadline(base + upload / UPLOAD_FLOOR_BYTES_PER_S):
-            streamed = self._http.send(request, stream=True)
+        sent = self._http.build_request(
+            request.method,
+            request.path,
+            json=request.json,
+            content=request.content,
+            headers=request.headers,
+            timeout=request.timeout,
+        )
+        upload = len(sent.content)
+        with deadline(request.deadline_s + upload / UPLOAD_FLOOR_BYTES_PER_S):
+            streamed = self._http.send(sent, stream=True)
             try:
                 if 200 <= streamed.status_code < 300:
-                    body = read_capped(streamed, max_answer)
+                    body = read_capped(streamed, request.max_answer)
                 else:
                     body = read_capped(streamed, MAX_ERROR_BODY_BYTES, truncate=True)
             finally:
                 streamed.close()
-        return httpx.Response(streamed.status_code, headers=streamed.headers, content=body, request=request)
+        return httpx.Response(streamed.status_code, headers=streamed.headers, content=body, request=sent)
 
-    def _hold_if_exhausted(self, cls: RequestClass, response: httpx.Response) -> None:
-        """The server says this class's budget is spent: wait for its reset rather than earn a 429."""
-        wait = exhausted_budget_wait(
-            response.headers.get("X-RateLimit-Remaining"), response.headers.get("X-RateLimit-Reset")
+    def _hold_class(self, cls: RequestClass, seconds: float, attempt: Attempt) -> None:
+        """No call of `cls` for `seconds`: the server throttled it (429) or said its budget is spent."""
+        self.budget.block_until(cls, self._monotonic() + seconds)
+        if attempt.status == 429:
+            log.warning(
+                "%s calls rate limited by the server (RATE_LIMITED); pausing them for %.2f s", cls, seconds
+            )
+        else:
+            log.info("%s budget spent on the server; next %s call in %.0f s", cls, cls, seconds)
+
+    @staticmethod
+    def _log_final(method: str, path: str, err: ApiError, failures: int, attempts: int) -> None:
+        if err.code == VALIDATION_ERROR:
+            log.warning("%s %s refused: %s details=%s", method, path, err, err.details)
+        elif attempts > 1 and failures >= attempts:
+            # Debug only: the caller (the daemon's LinkHealth) logs a failed call, throttled.
+            log.debug("%s %s failed after %d attempts: %s", method, path, failures, err)
+
+    def _timeout_holding(self, hold_s: float) -> httpx.Timeout:
+        """The client's timeouts, the read timeout grown by a long-poll's hold."""
+        base = self._http.timeout
+        if hold_s <= 0:
+            return base
+        return httpx.Timeout(
+            connect=base.connect, read=(base.read or 0.0) + hold_s, write=base.write, pool=base.pool
         )
-        if wait is not None:
-            self.budget.block_until(cls, self._monotonic() + wait)
-            log.info("%s budget spent on the server; next %s call in %.0f s", cls, cls, wait)
-
-    def _throttle(self, cls: RequestClass, err: ApiError, response: httpx.Response, failures: int) -> None:
-        """A 429: block the whole class for at least Retry-After (header, else details, else
-        exponential), held to an hour (answers.retry_after_s)."""
-        now_wall = datetime.fromtimestamp(self._clock(), UTC)
-        retry_after = retry_after_s(parse_retry_after(response.headers.get("Retry-After"), now_wall))
-        if retry_after is None:
-            retry_after = retry_after_s(err.details.get("retry_after"))
-        delay = self.backoff.rate_limited_delay(retry_after, failures - 1, self._rng)
-        self.budget.block_until(cls, self._monotonic() + delay)
-        err.details.setdefault("retry_after", round(delay, 3))
-        log.warning("%s calls rate limited by the server (%s); pausing them for %.2f s", cls, err.code, delay)
 
     def _await_budget(self, cls: RequestClass, wait: bool) -> None:
         while True:
@@ -572,6 +687,7 @@ __all__ = [
     "DroppedEvent",
     "Enrollment",
     "EventBatchResult",
+    "Instructions",
     "Timeouts",
     "tls_context",
 ]

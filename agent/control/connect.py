@@ -16,6 +16,9 @@ from agent.control.client import ApiClient, Timeouts
 from agent.control.enroll import load_credentials, read_api_key
 
 PLAIN_HTTP_REFUSED = "server.url must be https (plain http only to loopback with allow_plain_http_loopback)"
+# Access tokens are renewed up to this fraction of their lifetime earlier than a minute before expiry,
+# drawn afresh for each token: a fleet's renewals do not stay in step (agent/control/tokens.py).
+TOKEN_RENEWAL_SPREAD = 0.2
 NOT_ENROLLED = "not enrolled: run `sshklm-agent enroll --server URL --token-file FILE`"
 
 
@@ -62,6 +65,7 @@ def api_client(
         ),
         ca_file=s.ca_file or None,
         max_connections=s.max_connections,
+        token_renewal_spread=TOKEN_RENEWAL_SPREAD,
     )
 
 

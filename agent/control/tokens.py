@@ -11,6 +11,7 @@ concurrent callers share one refresh.
 from __future__ import annotations
 
 import logging
+import random
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -94,6 +95,23 @@ def token_set_from_response(
     return TokenSet(access, refresh_token, access_exp, refresh_exp, now)
 
 
+def stale_at(tokens: TokenSet, margin: float, early: float = 0.0) -> float:
+    """When the access token should be renewed (pure): about `margin` before it expires, plus `early`
+    (a random spread, see `renewal_spread`), but never more than half its lifetime early, so a
+    short-lived token (tests, a strict server) is not renewed on every call."""
+    lifetime = max(tokens.access_expires_at - tokens.obtained_at, 0.0)
+    return tokens.access_expires_at - min(margin + early, lifetime / 2)
+
+
+def renewal_spread(tokens: TokenSet, fraction: float, rng: random.Random) -> float:
+    """How much earlier than `margin` this token is renewed: uniform in [0, fraction x lifetime].
+    A fleet that obtained its tokens together (a mass restart, the end of an outage) would otherwise
+    renew them together every lifetime, a burst the fleet simulator showed fourteen minutes after
+    each such event; a fresh draw at each renewal spreads them out."""
+    lifetime = max(tokens.access_expires_at - tokens.obtained_at, 0.0)
+    return rng.uniform(0.0, fraction * lifetime) if fraction > 0 else 0.0
+
+
 class TokenManager:
     def __init__(
         self,
@@ -104,6 +122,8 @@ class TokenManager:
         refresh_margin: float = REFRESH_MARGIN_S,
         auth_invalid_retry: float = AUTH_INVALID_RETRY_S,
         on_auth_invalid: Callable[[float], None] | None = None,
+        renewal_spread: float = 0.0,
+        rng: random.Random | None = None,
     ) -> None:
         """``on_auth_invalid(until)`` hears of each refusal of the API key, with the wall time the
         pause ends (the daemon keeps it across restarts; see ``hold``)."""
@@ -114,6 +134,9 @@ class TokenManager:
         self._refresh_margin = refresh_margin
         self._auth_invalid_retry = auth_invalid_retry
         self._tokens: TokenSet | None = None
+        self._spread = renewal_spread  # a fraction of the token's lifetime (renewal_spread())
+        self._rng = rng or random.Random()
+        self._early = 0.0  # the current token's draw
         self._state: AuthState = "unauthenticated"
         self._auth_invalid_until = 0.0
         self._lock = threading.Lock()
@@ -129,6 +152,12 @@ class TokenManager:
     def token_expires_at(self) -> datetime | None:
         tokens = self._tokens
         return None if tokens is None else datetime.fromtimestamp(tokens.access_expires_at, UTC)
+
+    @property
+    def stale_at(self) -> float | None:
+        """When the current access token is due for renewal (wall time); None without one."""
+        tokens = self._tokens
+        return None if tokens is None else stale_at(tokens, self._refresh_margin, self._early)
 
     def secrets(self) -> tuple[str, ...]:
         """Every secret currently held, so error messages from the server can be scrubbed of them."""
@@ -179,11 +208,7 @@ class TokenManager:
     # -- internals (called with the lock held) --
 
     def _stale(self, tokens: TokenSet) -> bool:
-        # About a minute early, but never more than half the lifetime: a short-lived token
-        # (tests, a strict server) must not be renewed on every call.
-        lifetime = tokens.access_expires_at - tokens.obtained_at
-        margin = min(self._refresh_margin, max(lifetime, 0.0) / 2)
-        return self._clock() >= tokens.access_expires_at - margin
+        return self._clock() >= stale_at(tokens, self._refresh_margin, self._early)
 
     def _renew(self, tokens: TokenSet | None) -> TokenSet:
         if tokens is not None and tokens.refresh_token and self._refresh_usable(tokens):
@@ -229,6 +254,7 @@ class TokenManager:
         answer = self._post(path, body)
         previous_refresh = previous.refresh_token if previous is not None else None
         tokens = token_set_from_response(answer, self._clock(), previous_refresh)
+        self._early = renewal_spread(tokens, self._spread, self._rng)
         self._tokens = tokens
         self._state = "ok"
         log.debug("obtained access token via %s, expires %s", path, self.token_expires_at)

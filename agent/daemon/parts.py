@@ -10,9 +10,8 @@ root (`agent/commands/run.py`) and handed to the Daemon, which drives it:
     stop()           when the agent stops: end threads, abandon waits; no new work
 
 `Core` is everything a part sees of the daemon: what it may read, and the calls through which
-data flows back (events into the outbox, a key's use, a policy from the server, a job's new
-interval). A part never holds the daemon, and the daemon imports no part: service.py knows
-only these types.
+data flows back (events into the outbox, a key's use, a policy from the server, a one-off job).
+A part never holds the daemon, and the daemon imports no part: service.py knows only these types.
 """
 
 from __future__ import annotations
@@ -70,8 +69,8 @@ class Core:
     note_used: Callable[[str, str | None, datetime], None]  # (fingerprint, user, at)
     # (fingerprint, user, path, managed_by, expires_at) of a line the agent wrote itself
     note_managed: Callable[[str, str | None, str, str, datetime | None], None]
+    # A one-off job (replacing one of the same id): a grant's expiry, the link's next duty.
     schedule_once: Callable[[str, Callable[[], None], datetime], None]
-    reschedule: Callable[[str, float], None]  # a job's new interval in seconds
     # Where the link records each call to the control plane (`with health.call(kind): ...`): the
     # deliveries, failures and the server's last answer that `status` shows; it logs outages.
     health: LinkHealth = field(default_factory=LinkHealth)

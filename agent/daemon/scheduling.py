@@ -69,7 +69,8 @@ class Jobs:
         )
 
     def once(self, job_id: str, fn: JobFn, when: datetime) -> None:
-        """A one-off job (an ephemeral grant's expiry). Late runs still run: expiry must happen."""
+        """A one-off job (an ephemeral grant's expiry, the server link's next duty, which re-arms
+        itself when it ends). Late runs still run: expiry must happen."""
         self._scheduler.add_job(
             self._guard(job_id, fn),
             DateTrigger(run_date=when, timezone=UTC),
@@ -88,10 +89,6 @@ class Jobs:
             replace_existing=True,
             next_run_time=datetime.now(UTC),
         )
-
-    def reschedule(self, job_id: str, seconds: float) -> None:
-        if self._scheduler.get_job(job_id) is not None:
-            self._scheduler.reschedule_job(job_id, trigger=self._interval(seconds))
 
     def next_runs(self) -> dict[str, str | None]:
         """Each job's next run time (RFC 3339), for `status`; empty when not running."""

@@ -3,7 +3,8 @@
 Events leave the outbox only when the destination accepted them (at-least-once, in seq
 order, batches of <= 500). A failed delivery is retried with the agent's one backoff
 (control/backoff.py: full jitter, base 1 s, cap 5 min, for any number of consecutive failures);
-the events wait on disk meanwhile. When the outbox collapsed
+the events wait on disk meanwhile, and new ones do not cut the backoff short (the wait is
+link_schedule.delivery_delay, which the fleet simulator runs too). When the outbox collapsed
 during a long outage, a full inventory is sent first (it supersedes the dropped events).
 In standalone mode the destination is the log.
 """
@@ -17,8 +18,9 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
-from agent.control.backoff import backoff_delay
+from agent.control.backoff import BackoffPolicy
 from agent.control.errors import ApiError
+from agent.daemon.link_schedule import delivery_delay
 from agent.store.outbox import Outbox
 
 log = logging.getLogger("sshklm.sender")
@@ -76,8 +78,7 @@ class Sender:
         self._outbox = outbox
         self.destination = destination
         self._rng = rng or random.Random()
-        self._base = base_s
-        self._cap = cap_s
+        self._backoff = BackoffPolicy(base=base_s, cap=cap_s)
         self._idle = idle_wake_s
         self._on_error = on_error
         self._wake = threading.Event()
@@ -101,17 +102,15 @@ class Sender:
     def is_alive(self) -> bool:
         return self._thread.is_alive()
 
-    def _delay(self) -> float:
-        if self._failures == 0:
-            return self._idle
-        return backoff_delay(self._failures - 1, self._rng, base=self._base, cap=self._cap)
-
     def _loop(self) -> None:
         while not self._stop.is_set():
-            delay = self._delay()
-            # When the next attempt goes while failing (status: "backoff remaining"); a wake() is sooner.
+            delay, wakeable = delivery_delay(
+                self._failures, self._rng, backoff=self._backoff, idle_s=self._idle
+            )
+            # When the next attempt goes while failing (status: "backoff remaining"); appends do not
+            # cut a backoff short, only the agent's stop does.
             self.retry_at = time.time() + delay if self._failures else None
-            self._wake.wait(delay)
+            (self._wake if wakeable else self._stop).wait(delay)
             self._wake.clear()
             if self._stop.is_set():
                 break

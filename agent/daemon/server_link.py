@@ -1,21 +1,34 @@
-"""The daemon's conversation with the control plane (enrolled mode).
+"""The daemon's conversation with the control plane (enrolled mode): the shell around link_schedule.
 
-Owns the one ApiClient. It is the sender's destination (events, full inventories) and a part of
-the daemon (agent/daemon/parts.py) whose jobs are the server conversation: heartbeat +
-instruction poll, full report, token refresh, policy. It sees the daemon only as the `Core` it
-is given at prepare(): it reads the inventory and vitals there, and hands back a new policy or a
-job's new interval through it. Credentials come from `server.api_key_file` + `server.host_id`,
-else from what `enroll` stored; without either the link waits (events stay in the outbox) and
-says so in status.
+Owns the one ApiClient. It is the sender's destination (events, full inventories) and a part of the
+daemon (agent/daemon/parts.py). Every timing decision is agent/daemon/link_schedule.py's; this
+module carries them out:
+
+- the duties (heartbeat, full report, policy, token refresh) run as one-off scheduler jobs, each
+  re-armed when it ends at the time the schedule gives for its outcome: one failing call never keeps
+  another from running, and each is retried on its own schedule;
+- the instruction channel runs on its own thread (a long-poll holds it up to a minute, which the
+  scheduler's two workers must not pay for): one request outstanding, instructions applied and their
+  results posted, then the next.
+
+It sees the daemon only as the `Core` it is given at prepare(): it reads the inventory and vitals
+there and hands back a new policy through it. Credentials come from `server.api_key_file` +
+`server.host_id`, else from what `enroll` stored; without either the link waits (events stay in the
+outbox) and says so in status.
+
+(Over 500 lines: one class whose parts - connection, duties, instruction channel, the sender's
+destination - share one client, one set of credentials and one schedule under one lock.)
 """
 
 from __future__ import annotations
 
 import logging
+import random
 import threading
+import time
 import uuid
 from collections.abc import Callable, Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 from agent import __version__
@@ -30,7 +43,8 @@ from agent.control.connect import (
     plain_http_allowed,
 )
 from agent.control.enroll import EnrollmentError
-from agent.control.errors import TRANSPORT_ERROR, ApiError
+from agent.control.errors import AUTH_FORBIDDEN, NOT_FOUND, TRANSPORT_ERROR, ApiError
+from agent.daemon.link_schedule import DUTIES, Duty, Failure, LinkSchedule, LinkTiming
 from agent.daemon.memory import release_free_memory
 from agent.daemon.parts import Core, Job
 from agent.inventory.evaluate import Policy
@@ -43,18 +57,52 @@ JSON = dict[str, Any]
 # A verified, validated and applied instruction -> (its jti or None when unreadable, its result).
 HandleInstruction = Callable[[str], tuple[str | None, JSON]]
 
-TOKEN_REFRESH_EVERY_S = 60.0
+# Duties and the instruction channel make one attempt per call: what follows a failure is the
+# schedule's decision (the backoff), not a retry loop holding a scheduler worker.
+ONE_ATTEMPT = 1
+
+
+def channel_failure(exc: ApiError) -> Failure:
+    """How an instruction request failed, as the channel's schedule tells failures apart. As in
+    CallRetry (agent/control/retry.py), a 4xx is a refusal and every other status that did not
+    deliver is transient: a 5xx, a 3xx (never followed), a status no call expects, an answer that is
+    not a JSON object or was refused unread (too large: ANSWER_TOO_LARGE carries the 2xx status)."""
+    if exc.status == 429:
+        return "rate_limited"
+    if exc.status is not None:
+        return "refused" if 400 <= exc.status < 500 else "transient"
+    transport = exc.details.get("transport")
+    if transport == "dropped":
+        return "dropped"
+    if transport is not None:
+        return "transient"
+    return "not_ready"  # raised before anything was sent: not connected, or the key is paused
+
+
+def _retry_after(exc: ApiError) -> float | None:
+    value = exc.details.get("retry_after") if exc.status == 429 else None
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
 
 
 class ServerLink:
-    def __init__(self, config: Config) -> None:
+    def __init__(
+        self,
+        config: Config,
+        *,
+        clock: Callable[[], float] = time.time,
+        rng: random.Random | None = None,
+    ) -> None:
         self.config = config
         self.host_id: str | None = None
         self.client: ApiClient | None = None
         self.last_report_at: datetime | None = None
         self.last_heartbeat_at: datetime | None = None
         self.problem: str | None = None
-        self.poll_interval: float = config.schedule.heartbeat_s
+        self.channel_error: str | None = None
+        self._clock = clock
+        self._rng = rng or random.Random()
+        self._timing = LinkTiming.from_config(config.schedule)
+        self._schedule = LinkSchedule(self._timing, clock(), self._rng)
         self._policy_version: int | None = None
         self._policy_etag: str | None = None
         # The daemon's change count at the last inventory the server accepted (None: none yet,
@@ -62,7 +110,10 @@ class ServerLink:
         self._reported_changes: int | None = None
         self._core: Core | None = None
         self._handle_instruction: HandleInstruction | None = None
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # credentials and the connection
+        self._timing_lock = threading.Lock()  # the schedule (duties and the channel thread)
+        self._armed: dict[Duty, float | None] = {}
+        self._channel: threading.Thread | None = None
         # Set when the agent stops: a call waiting to retry gives up at once instead of sleeping
         # on (backoff waits reach minutes) and then using a closed client.
         self._stopping = threading.Event()
@@ -83,24 +134,31 @@ class ServerLink:
             self._connect()
 
     def jobs(self, schedule: ScheduleConfig, first_contact: datetime) -> list[Job]:
+        """The duties as one-off jobs at first contact (each re-arms itself when it ends); asked again
+        after a reload, with the new settings."""
+        first = first_contact.timestamp()
+        with self._timing_lock:
+            self._timing = LinkTiming.from_config(schedule)
+            if self._channel is None:
+                self._schedule = LinkSchedule(self._timing, first, self._rng)
+            else:
+                self._schedule.retime(self._timing)
+                for duty in ("heartbeat", "full_report", "token_refresh"):
+                    self._schedule.duties[duty].due = first
+            dues = dict(self._schedule.dues())
+        self._armed = dues
         return [
-            ("heartbeat", self.heartbeat, self.heartbeat_interval(schedule.heartbeat_s), first_contact),
-            (
-                "full_report",
-                self.report_if_changed,
-                schedule.full_report_s,
-                first_contact + timedelta(seconds=1),
-            ),
-            (
-                "token_refresh",
-                self.refresh_token,
-                TOKEN_REFRESH_EVERY_S,
-                first_contact + timedelta(seconds=2),
-            ),
+            (duty, self._duty_runner(duty), None, datetime.fromtimestamp(due, UTC))
+            for duty, due in dues.items()
+            if due is not None
         ]
 
     def start(self) -> None:
-        return None
+        """The instruction channel's thread (a standalone or refused link has none)."""
+        if not self._url_allowed or self._channel is not None:
+            return
+        self._channel = threading.Thread(target=self._channel_loop, name="sshklm-instructions", daemon=True)
+        self._channel.start()
 
     def stop(self) -> None:
         """Abandon retries in progress (the agent is stopping); close() follows."""
@@ -110,6 +168,10 @@ class ServerLink:
         self._stopping.set()
         if self.client is not None:
             self.client.close()
+        if self._channel is not None:
+            # A long-poll in flight ends with the connection or the server's answer; the thread is a
+            # daemon thread and nothing waits for it past this.
+            self._channel.join(1.0)
 
     def _view(self) -> Core:
         if self._core is None:
@@ -179,15 +241,64 @@ class ServerLink:
     def send_full_inventory(self) -> None:
         self.report()
 
-    # -- jobs ------------------------------------------------------------------------------
+    # -- duties ----------------------------------------------------------------------------
 
-    def heartbeat_interval(self, configured: float) -> float:
-        return max(configured, self.poll_interval)
+    def _duty_runner(self, duty: Duty) -> Callable[[], None]:
+        def run() -> None:
+            self.run_duty(duty)
+
+        run.__name__ = duty
+        return run
+
+    def run_duty(self, duty: Duty) -> None:
+        """Run one duty now and re-arm every duty whose time changed. An ApiError still reaches the
+        caller (the scheduler's guard logs it and notes it as the daemon's last error)."""
+        try:
+            self._perform(duty)
+        except ApiError as exc:
+            with self._timing_lock:
+                self._schedule.failed(duty, self._clock(), retry_after=_retry_after(exc))
+            raise
+        except Exception:
+            with self._timing_lock:
+                self._schedule.failed(duty, self._clock())
+            raise
+        else:
+            stale_at = self.client.token_stale_at if self.client is not None else None
+            with self._timing_lock:
+                self._schedule.succeeded(duty, self._clock(), token_stale_at=stale_at)
+        finally:
+            self._arm()
+
+    def _perform(self, duty: Duty) -> None:
+        if duty == "heartbeat":
+            self.heartbeat()
+        elif duty == "full_report":
+            self.report_if_changed()
+        elif duty == "policy":
+            self.fetch_policy()
+        else:
+            self.refresh_token()
+
+    def _arm(self) -> None:
+        """Hand the scheduler every duty whose due time moved (none once the agent stops)."""
+        if self._stopping.is_set() or self._core is None:
+            return
+        with self._timing_lock:
+            dues = dict(self._schedule.dues())
+        for duty in DUTIES:
+            due = dues[duty]
+            if due is not None and due != self._armed.get(duty):
+                self._core.schedule_once(duty, self._duty_runner(duty), datetime.fromtimestamp(due, UTC))
+            self._armed[duty] = due
+
+    def heartbeat_interval(self) -> float:
+        with self._timing_lock:
+            return self._schedule.heartbeat_interval()
 
     def heartbeat(self) -> None:
         client, host_id = self._require()
-        core = self._view()
-        vitals = core.vitals()
+        vitals = self._view().vitals()
         body = {
             "agent_version": __version__,
             "status": "ok" if vitals.healthy else "degraded",
@@ -197,76 +308,73 @@ class ServerLink:
             "outbox": vitals.outbox,
         }
         try:
-            with core.health.call("heartbeat"):
-                answer = client.heartbeat(host_id, body)
+            with self._view().health.call("heartbeat"):
+                answer = client.heartbeat(host_id, body, attempts=ONE_ATTEMPT)
         except ApiError as exc:
-            if exc.code == "NOT_FOUND":
+            if exc.code == NOT_FOUND:
                 self.problem = "host unknown to the server: enroll again"
             raise
         self.last_heartbeat_at = datetime.now(UTC)
         poll = answer.get("poll_interval")
-        if isinstance(poll, int | float) and not isinstance(poll, bool) and poll > 0:
-            wanted = max(self.config.schedule.heartbeat_s, float(poll))
-            if wanted != self.poll_interval:
-                self.poll_interval = wanted
-                core.reschedule("heartbeat", wanted)
         version = answer.get("policy_version")
-        if isinstance(version, int) and version != self._policy_version:
-            self.fetch_policy()
-        self.poll_instructions()
+        with self._timing_lock:
+            self._schedule.heartbeat_answered(
+                self._clock(),
+                poll_interval=float(poll)
+                if isinstance(poll, int | float) and not isinstance(poll, bool)
+                else None,
+                policy_version=version
+                if isinstance(version, int) and not isinstance(version, bool)
+                else None,
+            )
 
     def fetch_policy(self) -> None:
+        """The server's policy for this host (contract §7). None for this host (404) keeps the local
+        policy and is not an error (§2); a refusal (403) is not retried until the version changes."""
         client, host_id = self._require()
         core = self._view()
-        with core.health.call("policy"):
-            document, etag = client.get_policy(host_id, self._policy_etag)
+        try:
+            document, etag = client.get_policy(host_id, self._policy_etag, attempts=ONE_ATTEMPT)
+        except ApiError as exc:
+            if exc.code == NOT_FOUND:
+                core.health.succeeded("policy", http_status=404)  # an answer: the server has none
+            else:
+                core.health.failed("policy", exc)
+            if exc.code not in (NOT_FOUND, AUTH_FORBIDDEN):
+                raise
+            with self._timing_lock:
+                self._schedule.policy_settled_at(None)
+            if exc.code == NOT_FOUND:
+                log.info("the server has no policy for this host; the local policy stays in force")
+            else:
+                log.warning(
+                    "the server refuses this host its policy (%s); the local policy stays in force", exc
+                )
+            return
+        core.health.succeeded("policy")
         self._policy_etag = etag
         if document is None:
+            with self._timing_lock:
+                self._schedule.policy_settled_at(self._policy_version)
             return
         try:
             policy = policy_from_json(document, core.policy())
         except (TypeError, ValueError):
             log.warning("policy from the server is malformed; keeping the current one")
+            with self._timing_lock:
+                self._schedule.policy_settled_at(None)
             return
         core.adopt_policy(policy)
         self._policy_version = policy.version
+        with self._timing_lock:
+            self._schedule.policy_settled_at(policy.version)
         log.info("policy version %s in force", self._policy_version)
-
-    def poll_instructions(self) -> None:
-        client, host_id = self._require()
-        with self._view().health.call("instructions"):
-            tokens, _ = client.get_instructions(host_id)
-        for token in tokens:
-            if self._handle_instruction is None:
-                log.warning("instruction received but applying is disabled (apply.enabled = false)")
-                break
-            try:
-                jti, result = self._handle_instruction(token)
-            except Exception:
-                log.exception("instruction handling failed")
-                continue
-            if jti is None:
-                # Not even a jti could be read: there is no instruction id to answer for.
-                log.warning("unreadable instruction dropped (%s)", result.get("error"))
-                continue
-            self.post_result(jti, result)
-
-    def post_result(self, jti: str, result: JSON) -> None:
-        client, _ = self._require()
-        try:
-            with self._view().health.call("results"):
-                client.post_instruction_result(
-                    jti, result, idempotency_key=str(uuid.uuid5(uuid.NAMESPACE_URL, jti))
-                )
-        except ApiError as exc:
-            if exc.code != "NOT_FOUND":  # unknown instruction: drop its result (contract table)
-                raise
 
     def report_if_changed(self) -> None:
         if self._view().changes() != self._reported_changes:
-            self.report()
+            self.report(attempts=ONE_ATTEMPT)
 
-    def report(self) -> None:
+    def report(self, *, attempts: int | None = None) -> None:
         """The full inventory now; on success, what it covers counts as reported."""
         client, host_id = self._require()
         core = self._view()
@@ -277,7 +385,7 @@ class ServerLink:
         text = inventory.to_json_text(host_id=host_id)
         try:
             with core.health.call("inventory"):
-                client.put_inventory(host_id, text)
+                client.put_inventory(host_id, text, attempts=attempts)
         finally:
             del text
             release_free_memory()  # the JSON text and its request: ~15 MB at 10,000 keys
@@ -296,9 +404,128 @@ class ServerLink:
         if self.ready and self.client is not None:
             self.client.ensure_token()
 
+    # -- the instruction channel -----------------------------------------------------------
+
+    def _channel_loop(self) -> None:
+        while not self._stopping.is_set():
+            with self._timing_lock:
+                request = self._schedule.channel.next_request(self._clock())
+            delay = request.at - self._clock()
+            if delay > 0 and self._stopping.wait(delay):
+                return
+            try:
+                self.exchange_instructions(request.wait_s)
+            except Exception:  # the channel must outlive anything one exchange can raise
+                log.exception("instruction request failed unexpectedly")
+                with self._timing_lock:
+                    self._schedule.channel.failed(
+                        self._clock(), held_s=0.0, asked_wait=request.wait_s, failure="transient"
+                    )
+
+    def exchange_instructions(self, wait_s: int | None) -> None:
+        """One instruction request (a long-poll with `wait_s`, else a plain poll), what it brought
+        applied and answered, and the channel told how it went. LinkHealth records the request
+        ("instructions"), except when nothing was sent (not connected) and a planned idle cut."""
+        started = self._clock()
+        try:
+            client, host_id = self._require()
+            batch = client.get_instructions(host_id, wait_s=wait_s, attempts=ONE_ATTEMPT)
+        except ApiError as exc:
+            failure = channel_failure(exc)
+            held = self._clock() - started
+            with self._timing_lock:
+                channel = self._schedule.channel
+                cuts_before = channel.failures
+                next_at = channel.failed(
+                    self._clock(),
+                    held_s=held,
+                    asked_wait=wait_s,
+                    failure=failure,
+                    retry_after=_retry_after(exc),
+                )
+            if self._stopping.is_set() or failure == "not_ready":
+                return
+            # A cut after a hold that the channel takes as a proxy's idle timeout (one quick retry,
+            # or a lower wait) is the path's habit, not a failed call: not recorded, said at info.
+            planned_cut = failure == "dropped" and channel.failures == cuts_before
+            if not planned_cut:
+                self.channel_error = f"{rfc3339(datetime.now(UTC))} {exc}"
+                self._view().health.failed("instructions", exc)
+            (log.info if planned_cut else log.debug)(
+                "instructions request: %s; next in %.1f s", exc, max(0.0, next_at - self._clock())
+            )
+            return
+        self._view().health.succeeded("instructions")
+        if self._stopping.is_set():
+            return  # what it brought stays pending at the server: the next start applies it
+        settled = self._apply(batch.tokens)
+        with self._timing_lock:
+            self._schedule.channel.answered(
+                self._clock(),
+                held_s=self._clock() - started,
+                asked_wait=wait_s,
+                wait_supported=batch.wait_supported,
+                brought=len(batch.tokens),
+                settled=settled,
+                poll_interval=float(batch.poll_interval) if batch.poll_interval is not None else None,
+            )
+        self.channel_error = None
+
+    def _apply(self, tokens: Sequence[str]) -> bool:
+        """Apply each instruction and post its result. True when every one was answered (a result
+        posted, or nothing to answer for); False leaves some pending at the server."""
+        settled = True
+        for token in tokens:
+            if self._handle_instruction is None:
+                log.warning("instruction received but applying is disabled (apply.enabled = false)")
+                return False
+            try:
+                jti, result = self._handle_instruction(token)
+            except Exception:
+                log.exception("instruction handling failed")
+                settled = False
+                continue
+            if jti is None:
+                # Not even a jti could be read: there is no instruction id to answer for.
+                log.warning("unreadable instruction dropped (%s)", result.get("error"))
+                continue
+            try:
+                self.post_result(jti, result)
+            except ApiError as exc:
+                log.warning("result of instruction %s not delivered (%s); asked again later", jti, exc)
+                settled = False
+        return settled
+
+    def post_result(self, jti: str, result: JSON) -> None:
+        client, _ = self._require()
+        try:
+            with self._view().health.call("results"):
+                client.post_instruction_result(
+                    jti, result, idempotency_key=str(uuid.uuid5(uuid.NAMESPACE_URL, jti))
+                )
+        except ApiError as exc:
+            if exc.code != NOT_FOUND:  # unknown instruction: drop its result (contract table)
+                raise
+
+    # -- status ----------------------------------------------------------------------------
+
     def status(self) -> JSON:
         client = self.client
         expires = client.token_expires_at if client is not None else None
+        with self._timing_lock:
+            channel = self._schedule.channel
+            instructions = {
+                "mode": channel.mode,
+                "long_polling": channel.long_polling,
+                "wait_s": channel.wait_s if channel.mode == "long_poll" else None,
+                "failures": channel.failures,
+                "last_error": self.channel_error,
+                # While failing, when the channel's backoff sends the next request (as the
+                # sender's reporting.next_retry_at).
+                "next_retry_at": rfc3339(datetime.fromtimestamp(channel.next_at, UTC))
+                if channel.failures
+                else None,
+            }
         return {
             "host_id": self.host_id,
             "server": self.config.server.url,
@@ -308,6 +535,7 @@ class ServerLink:
             "last_heartbeat_at": rfc3339(self.last_heartbeat_at),
             "link_problem": self.problem,
             "policy_version": self._policy_version,
+            "instructions": instructions,
         }
 
 

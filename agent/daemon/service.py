@@ -2,7 +2,7 @@
 
 Threads (bounded, whatever the number of users): main (signals), the watcher's reader,
 dispatcher and poller, the sender, APScheduler's scheduler thread and a pool of two job
-workers, and the usage-log follower — at most 9.
+workers, the usage-log follower and the server link's instruction channel — at most 10.
 
 Every change goes the same way: watcher -> LiveDiscovery (re-read the changed files, diff)
 -> events -> outbox (durable) -> sender (woken at once) -> control plane, or the log in
@@ -31,6 +31,7 @@ from agent.config import Config, ConfigError, load_config
 from agent.daemon.discovery import LiveDiscovery
 from agent.daemon.history import KeyHistory
 from agent.daemon.link_health import LinkHealth
+from agent.daemon.link_schedule import startup_splay
 from agent.daemon.memory import release_free_memory, tune_allocator
 from agent.daemon.notify import Notifier, monotonic_usec
 from agent.daemon.parts import Core, Link, Part, Vitals
@@ -169,7 +170,7 @@ class Daemon:
             note_error=self._note_error,
             stopping=lambda: self.stopping,
         )
-        self._schedule_jobs(self.jobs, first_delay=self.rng.uniform(0, cfg.schedule.startup_splay_s))
+        self._schedule_jobs(self.jobs, first_delay=startup_splay(cfg.schedule.startup_splay_s, self.rng))
         self.jobs.start()
         self._schedule_deferred()  # a change deferred before the scheduler existed
         for part in self.parts:
@@ -195,7 +196,6 @@ class Daemon:
             note_used=self.history.note_used,
             note_managed=self.history.note_managed,
             schedule_once=self._schedule_once,
-            reschedule=self._reschedule,
             health=self.health,
         )
 
@@ -459,10 +459,6 @@ class Daemon:
         """A one-off job (an ephemeral grant's expiry); nothing before the scheduler exists."""
         if self.jobs is not None:
             self.jobs.once(job_id, fn, when)
-
-    def _reschedule(self, job_id: str, seconds: float) -> None:
-        if self.jobs is not None:
-            self.jobs.reschedule(job_id, seconds)
 
     # -- health ----------------------------------------------------------------------------
 

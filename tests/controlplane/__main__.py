@@ -35,6 +35,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--rate-scan", type=int, default=10, help="POST /v1/scans per minute per key")
     p.add_argument("--rate-ephemeral", type=int, default=50, help="POST /v1/ephemeral per minute per key")
     p.add_argument("--poll-interval", type=int, default=60, help="poll_interval sent to agents, seconds")
+    p.add_argument(
+        "--no-long-poll", action="store_true", help="ignore `wait` on instruction requests (an older server)"
+    )
+    p.add_argument("--max-held", type=int, default=1000, help="requests held at once for §6.1 (default 1000)")
     p.add_argument("--signing-key", help="Ed25519 private key file (PEM or OpenSSH); created if absent")
     p.add_argument("--print-env", action="store_true", help="print `export NAME='value'` lines, no banner")
     p.add_argument("--env-file", metavar="FILE", help="also write the export lines to FILE (mode 0600)")
@@ -98,6 +102,8 @@ def serve(args: argparse.Namespace, announce: int | None) -> int:
         signing_key=load_or_create_signing_key(args.signing_key) if args.signing_key else None,
         poll_interval=args.poll_interval,
     )
+    cp.long_poll = not args.no_long_poll
+    cp.max_held = args.max_held
     stopping = threading.Event()
 
     def on_signal(signum: int, frame: FrameType | None) -> None:

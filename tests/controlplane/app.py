@@ -17,6 +17,7 @@ from typing import Any, Literal
 from . import trust_routes
 from .errors import ApiError
 from .keyview import apply_events, expired_grants
+from .longpoll import Hold, Waiters
 from .messages import Request, Response
 from .ratelimit import SlidingWindowLimiter
 from .signing import InstructionSigner, generate_ssh_keypair
@@ -104,6 +105,15 @@ def _bearer(req: Request) -> str:
     return token.strip()
 
 
+def _wait_seconds(value: str | None) -> int | None:
+    """§6.1's `wait`: None when absent; 1..60 seconds, else 422."""
+    if value is None:
+        return None
+    if not value.isdigit() or not 1 <= int(value) <= 60:
+        raise ApiError(422, "wait must be an integer from 1 to 60", {"field": "wait"})
+    return int(value)
+
+
 def _etag_matches(header: str, etag: str) -> bool:
     candidates = [c.strip().removeprefix("W/") for c in header.split(",")]
     return "*" in candidates or etag in candidates
@@ -126,6 +136,9 @@ class App:
         self.limiter = limiter
         self.clock = clock
         self.poll_interval = poll_interval
+        # §6.1: hold `wait` requests (False: an older server that ignores `wait` and answers at once).
+        self.long_poll = True
+        self.waiters = Waiters()
         self.event_validator: EventValidator | None = None
         self.bootstrap_token = new_secret("bt")
         self.admin_api_key = new_secret("sk_admin")
@@ -516,13 +529,35 @@ class App:
         else:
             jws = self.signer.forge(signed_claims, sign=sign, alg=alg, key=key)
         self.store.add_instruction(jti, host_id, kind, body, jws, now, now + exp_s)
+        self.waiters.issued(host_id)  # under the store lock: answered once this request commits
         return jti, jws
 
     def get_instructions(self, principal: Principal, params: dict[str, str], req: Request) -> Response:
-        pending = self.store.pending_instructions(params["host_id"])
-        return Response(
-            200, {"instructions": [i["jws"] for i in pending], "poll_interval": self.poll_interval}
-        )
+        host_id = params["host_id"]
+        wait = _wait_seconds(req.query.get("wait")) if self.long_poll else None
+        response = self.instructions_answer(host_id, waited=wait is not None)
+        if wait is None or response.body["instructions"]:
+            return response
+        if self.waiters.full():
+            raise ApiError(
+                503,
+                "too many requests waiting for instructions",
+                {"retry_after": 5, "held": self.waiters.max_held},
+                headers={"Retry-After": "5"},
+            )
+        response.hold = Hold(host_id, float(wait), self.waiters.generation(host_id))
+        return response
+
+    def instructions_answer(self, host_id: str, *, waited: bool) -> Response:
+        """The §6 answer now (after a §6.1 hold too: the caller holds the store lock)."""
+        pending = self.store.pending_instructions(host_id)
+        body: dict[str, Any] = {
+            "instructions": [i["jws"] for i in pending],
+            "poll_interval": self.poll_interval,
+        }
+        if waited:
+            body["wait_supported"] = True
+        return Response(200, body)
 
     def post_instruction_result(self, principal: Principal, params: dict[str, str], req: Request) -> Response:
         instruction = self.store.instruction(params["jti"])

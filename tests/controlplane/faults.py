@@ -52,6 +52,9 @@ class Faults:
         self._drops: list[DropRule] = []
         self._delays: dict[str | None, float] = {}
         self._hostile: list[HostileRule] = []
+        # A proxy in front that cuts idle connections: a held (§6.1) request is dropped, unanswered,
+        # after this many seconds. None: no such proxy.
+        self.cut_idle_s: float | None = None
 
     def fail_next(
         self,
@@ -127,7 +130,15 @@ class Faults:
             raise ValueError("phase must be body or headers")
         self._answer_next(n, path_prefix, DribbleAnswer(interval, phase))
 
+    # -- a proxy in front --
+
+    def cut_idle(self, seconds: float | None) -> None:
+        """Drop every request held longer than `seconds` without an answer (None: never), as a proxy
+        with an idle timeout does."""
+        self.cut_idle_s = seconds
+
     def clear(self) -> None:
+        self.cut_idle_s = None
         with self._lock:
             self._fails.clear()
             self._drops.clear()

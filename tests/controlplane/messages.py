@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .longpoll import Hold
 
 
 @dataclass(frozen=True)
@@ -40,6 +43,7 @@ class Response:
     status: int
     body: Any = None  # None = no body (204/304)
     headers: dict[str, str] = field(default_factory=dict)
+    hold: Hold | None = None  # §6.1: the server holds this answer until an instruction or the wait's end
 
     def encoded(self) -> bytes:
         if self.body is None:

@@ -59,6 +59,10 @@ class _Server(ThreadingHTTPServer):
         if isinstance(exc, ssl.SSLError):
             log.debug("TLS handshake with %s failed: %s", client_address[0], exc)
             return
+        if isinstance(exc, ConnectionResetError | BrokenPipeError):
+            # A client that went away (an agent stopped while its long-poll waited): not a fault.
+            log.debug("client %s went away: %s", client_address[0], exc)
+            return
         super().handle_error(request, client_address)
 
 
@@ -198,6 +202,7 @@ class ControlPlane:
 
     def stop(self) -> None:
         self._stopping.set()
+        self._app.waiters.close()  # held requests end unanswered, as a restarting server drops them
         self._server.shutdown()
         self._server.server_close()
         for conn in list(self._connections):  # keep-alive connections would otherwise outlive the server
@@ -245,6 +250,8 @@ class ControlPlane:
             ).response()
         else:
             response = self._app.handle(request)
+            if response.hold is not None:
+                response = self._held(response)
             if plan.drop is not None:
                 response = None
         status = 0 if response is None else response.status
@@ -253,7 +260,37 @@ class ControlPlane:
         )
         return response
 
+    def _held(self, response: Response) -> Response | None:
+        """§6.1: hold the request until an instruction is issued for its host or its wait passes; None
+        (no answer, the connection closes) when the server stops or the idle-cut knob cuts it."""
+        hold = response.hold
+        assert hold is not None
+        if self._app.waiters.wait(hold, cut_after=self.faults.cut_idle_s) is None:
+            return None
+        with self._app.store.lock:
+            answer = self._app.instructions_answer(hold.host_id, waited=True)
+        answer.headers.update(response.headers)
+        return answer
+
     # -- test helpers (thread-safe: the store lock serialises them with requests) ----------------------------
+    @property
+    def long_poll(self) -> bool:
+        """§6.1 served (True, the default); False: an older server that ignores `wait`."""
+        return self._app.long_poll
+
+    @long_poll.setter
+    def long_poll(self, enabled: bool) -> None:
+        self._app.long_poll = enabled
+
+    @property
+    def max_held(self) -> int:
+        """Requests held at once (§6.1) before further ones are answered 503 with Retry-After."""
+        return self._app.waiters.max_held
+
+    @max_held.setter
+    def max_held(self, count: int) -> None:
+        self._app.waiters.max_held = count
+
     @property
     def poll_interval(self) -> int:
         return self._app.poll_interval

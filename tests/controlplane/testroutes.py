@@ -112,6 +112,13 @@ def _route(cp: ControlPlane, req: Request) -> Response:  # noqa: C901 - a flat d
         )
     elif method == "POST" and path.startswith("/_test/faults/") and path.rsplit("/", 1)[1] in _HOSTILE:
         _HOSTILE[path.rsplit("/", 1)[1]](cp, body)
+    elif method == "POST" and path == "/_test/faults/cut-idle":
+        seconds = body.get("seconds")
+        if seconds is not None and (not isinstance(seconds, int | float) or isinstance(seconds, bool)):
+            raise ApiError(422, "seconds must be a number or null", {"field": "seconds"})
+        cp.faults.cut_idle(None if seconds is None else float(seconds))
+    elif method == "POST" and path == "/_test/long-poll":
+        cp.long_poll = bool(body.get("enabled", True))
     elif method == "POST" and path == "/_test/faults/clear":
         cp.faults.clear()
     elif method == "POST" and path == "/_test/tokens/expire-access":

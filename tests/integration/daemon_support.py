@@ -101,19 +101,6 @@ def agents() -> Iterator[list[Agent]]:
         agent.kill()
 
 
-def owned_root(tmp_path: Path) -> FakeRoot:
-    """A fake root whose user alice (with one key, "initial") owns her home, ~/.ssh and file as
-    whoever runs the test (root in CI), so the applier's writes pass the owner checks."""
-    uid = os.geteuid() or 1000
-    root = FakeRoot(tmp_path / "root")
-    home = root.add_user("alice", uid)
-    root.authorized_keys("alice", [ed25519_line("initial")])
-    if os.geteuid() == 0:
-        for p in (home, home / ".ssh", home / ".ssh/authorized_keys"):
-            os.chown(p, uid, uid)
-    return root
-
-
 def append_key(root: FakeRoot, label: str) -> str:
     """A new key appended to alice's authorized_keys by hand; its fingerprint."""
     line = ed25519_line(label)

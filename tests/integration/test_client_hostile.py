@@ -222,7 +222,7 @@ def test_a_204_delivers_a_write_that_needs_no_answer(cp: ControlPlane, tmp_path:
     cp.faults.answer_next(1, 204, path_prefix=f"/v1/hosts/{host}/events", length=False)
     assert client.post_events(host, [event(1)])["accepted_ids"] == ["ev-0001"]
     cp.faults.answer_next(1, 204, path_prefix=f"/v1/hosts/{host}/instructions", length=False)
-    assert client.get_instructions(host) == ([], None)
+    assert client.get_instructions(host) == ([], None, False)
 
 
 @pytest.mark.parametrize(
@@ -300,7 +300,7 @@ def test_heartbeat_and_instruction_fields_of_the_wrong_type_are_left_out(
             b'{"instructions": ["a", 5, null, {"x": 1}], "poll_interval": %s}' % poll,
             path_prefix=instructions,
         )
-        assert client.get_instructions(host) == (["a"], None), poll
+        assert client.get_instructions(host) == (["a"], None, False), poll
     for number in (b"1e400", b"1" + b"0" * 400, b"-5", b"true", b'"3"', b"1.5", b"[3]", b"null"):
         body = b'{"policy_version": %s, "pending_instructions": %s}' % (number, number)
         cp.faults.answer_next(1, 200, body, path_prefix=heartbeat)
@@ -329,7 +329,7 @@ def test_a_huge_instructions_answer_is_refused_at_the_cap_without_growing_memory
     # At most the cap (what was read before it was refused) and a little more: not 200 MiB.
     assert peak < MAX_INSTRUCTIONS_ANSWER_BYTES * 2 + (4 << 20), peak
     # The client still works.
-    assert client.get_instructions(host) == ([], 60)
+    assert client.get_instructions(host) == ([], 60, False)
 
 
 @pytest.mark.parametrize("name", [n for n in CALL_NAMES if n != "instructions"])
@@ -382,6 +382,18 @@ def test_a_dribbling_server_cannot_hold_a_call_past_its_deadline(
     assert isinstance(error, ApiError) and error.transient, error
     assert "deadline" in str(error)
     assert client.heartbeat(host, {"status": "ok"})  # the next call is fine
+
+
+def test_a_long_poll_may_be_held_past_the_deadline_for_its_wait(cp: ControlPlane, tmp_path: Path) -> None:
+    """A long-poll (contract 6.1) is held by the server up to its `wait` when nothing is pending:
+    its deadline and its read timeout grow by that wait. Without the growth, a wait longer than
+    the call's deadline ended every long-poll as a timeout ("the call's deadline passed")."""
+    client, host = enrolled(cp, tmp_path, backoff=ONE_TRY, timeouts=Timeouts(read=1.0, total=1.5))
+    answer = client.get_instructions(host, wait_s=3)
+    # Nothing pending and `wait_supported`: the reference server held it until the wait passed.
+    assert answer == ([], 60, True)
+    (request,) = [r for r in cp.requests if r.path.startswith(f"/v1/hosts/{host}/instructions")]
+    assert request.status == 200 and "wait=3" in request.path
 
 
 @pytest.mark.parametrize(

@@ -9,13 +9,12 @@ from pathlib import Path
 import pytest
 
 from tests.controlplane import ControlPlane
-from tests.fakeroot import FakeRoot, ed25519_line
+from tests.fakeroot import ed25519_line, writable_root
 from tests.integration.daemon_support import (
     Agent,
     enroll,
     fingerprint_of,
     jti_of,
-    owned_root,
     results_for,
     wait_for,
     write_config,
@@ -25,7 +24,8 @@ pytestmark = pytest.mark.slow
 
 
 def test_rotation_add_and_forged_instruction(tmp_path: Path, agents: list[Agent]) -> None:
-    fr = owned_root(tmp_path)
+    # The fake user owns its files as whoever runs the test (root in CI), so writes pass the owner checks.
+    fr = writable_root(tmp_path / "root")
     with ControlPlane.start() as cp:
         cp.poll_interval = 1  # the server's poll_interval wins over the agent's when larger
         state = tmp_path / "state"
@@ -67,14 +67,8 @@ def test_ephemeral_sweep_runs_at_the_configured_interval(tmp_path: Path, agents:
     """schedule.ephemeral_sweep_s is honoured: a grant whose removal at expiry failed (its ~/.ssh
     was unsafe then) is removed by the next sweep, within seconds with a 1 s sweep (the default
     sweep runs once a minute)."""
-    uid = os.geteuid() or 1000
-    fr = FakeRoot(tmp_path / "root")
-    home = fr.add_user("alice", uid)
-    fr.authorized_keys("alice", [ed25519_line("initial")])
-    ssh = home / ".ssh"
-    if os.geteuid() == 0:
-        for p in (home, ssh, ssh / "authorized_keys"):
-            os.chown(p, uid, uid)
+    fr = writable_root(tmp_path / "root")
+    ssh = fr.path("/home/alice/.ssh")
     with ControlPlane.start() as cp:
         cp.poll_interval = 1
         state = tmp_path / "state"

@@ -86,3 +86,12 @@ def test_scan_with_unreadable_config_exits_2(tmp_path: Path, capsys: pytest.Capt
     assert main(["scan", "--config", str(bad), "--root", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "TOML syntax error" in err
+
+
+@pytest.mark.parametrize("value", ["-1", "61", "1.5"])
+def test_long_poll_wait_is_zero_to_sixty_seconds(value: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        parse_config_text(f"[schedule]\nlong_poll_s = {value}\n")
+    assert any(p.startswith("schedule.long_poll_s") for p in err.value.problems)
+    assert parse_config_text("[schedule]\nlong_poll_s = 0\n").schedule.long_poll_s == 0
+    assert parse_config_text("").schedule.long_poll_s == 60

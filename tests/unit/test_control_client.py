@@ -392,7 +392,7 @@ def test_split_batch_shapes() -> None:
 
 def test_instructions_policy_scan_and_result_paths(server: FakeServer) -> None:
     client = server.client()
-    assert client.get_instructions("hst_1") == (["a.b.c"], 30)
+    assert client.get_instructions("hst_1") == (["a.b.c"], 30, False)
     policy, etag = client.get_policy("hst_1", None)
     assert policy == {"version": 3} and etag == '"v3"'
     assert client.get_policy("hst_1", etag) == (None, '"v3"')

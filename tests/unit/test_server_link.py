@@ -51,7 +51,7 @@ class FakeDaemon:
     changes: int = 0
     policy: Policy = field(default_factory=lambda: policy_from(parse_config_text("")))
     adopted: list[Policy] = field(default_factory=list)
-    rescheduled: list[tuple[str, float]] = field(default_factory=list)
+    armed: list[tuple[str, datetime]] = field(default_factory=list)
     rescans: int = 0
 
     def core(self, store: StateStore, fs: HostFS) -> Core:
@@ -80,8 +80,7 @@ class FakeDaemon:
             adopt_policy=adopt,
             note_used=lambda *_a: None,
             note_managed=lambda *_a: None,
-            schedule_once=lambda *_a: None,
-            reschedule=lambda job_id, seconds: self.rescheduled.append((job_id, seconds)),
+            schedule_once=lambda job_id, _fn, when: self.armed.append((job_id, when)),
         )
 
 
@@ -163,13 +162,18 @@ def test_a_policy_and_a_poll_interval_from_the_server_flow_back_through_the_core
 ) -> None:
     with _enrolled(cp, fr, tmp_path, scanned=False, extra="[schedule]\nheartbeat_s = 30\n") as (link, daemon):
         cp.poll_interval = 120
-        link.heartbeat()
+        link.run_duty("heartbeat")
+        # The heartbeat named a policy version: the policy duty is armed for now, as its own job.
+        assert "policy" in [job for job, _ in daemon.armed]
+        assert daemon.adopted == []
+        daemon.armed.clear()
+        link.run_duty("policy")
         assert [p.version for p in daemon.adopted] == [1]  # the reference plane's default policy
         assert link.status()["policy_version"] == 1
-        assert daemon.rescheduled == [("heartbeat", 120.0)]
-        assert link.heartbeat_interval(30.0) == 120.0
-        link.heartbeat()  # same policy version, same interval: nothing new flows back
-        assert len(daemon.adopted) == 1 and len(daemon.rescheduled) == 1
+        assert link.heartbeat_interval() == 120.0  # the server's poll_interval, larger than ours
+        link.run_duty("heartbeat")  # same policy version: nothing new flows back
+        assert len(daemon.adopted) == 1
+        assert [job for job, _ in daemon.armed] == ["heartbeat"]  # each duty re-armed by its own run
         assert link.status()["last_heartbeat_at"] is not None
 
 
@@ -189,8 +193,9 @@ def test_jobs_follow_the_schedule_they_are_given(tmp_path: Path) -> None:
     link = ServerLink(config)
     first = datetime(2026, 1, 1, tzinfo=UTC)
     jobs = {job_id: (seconds, at) for job_id, _fn, seconds, at in link.jobs(config.schedule, first)}
-    assert jobs["heartbeat"] == (45.0, first)
-    assert jobs["full_report"][0] == config.schedule.full_report_s
+    # One-off jobs, each re-armed by the link when it ends (link_schedule decides when).
+    assert jobs["heartbeat"] == (None, first)
+    assert jobs["full_report"][0] is None and jobs["full_report"][1] > first
     assert set(jobs) == {"heartbeat", "full_report", "token_refresh"}
 
 

@@ -148,6 +148,21 @@ def test_nothing_delivered_yet_says_what_it_waits_for() -> None:
     )
 
 
+def test_a_failing_instruction_channel_says_when_it_tries_next() -> None:
+    channel = {
+        "mode": "long_poll",
+        "long_polling": False,
+        "wait_s": 60,
+        "failures": 3,
+        "last_error": "2026-12-04T12:14:00Z SERVER_ERROR (HTTP 503): down",
+        "next_retry_at": "2026-12-04T12:15:20Z",
+    }
+    text = render(_document({**LINK, "instructions": channel}, FAILING), NOW)
+    assert "next try:     2026-12-04T12:15:20Z (in 20 s) (instructions backoff)" in text
+    channel.update(failures=0, next_retry_at=None)
+    assert "instructions backoff" not in render(_document({**LINK, "instructions": channel}, FAILING), NOW)
+
+
 def _fields(value: object, prefix: str = "") -> set[str]:
     out: set[str] = set()
     if isinstance(value, dict):
@@ -162,6 +177,8 @@ def _fields(value: object, prefix: str = "") -> set[str]:
 def test_every_field_of_status_json_is_documented() -> None:
     documented = set(re.findall(r"^\| `([A-Za-z_.]+)` \|", DOCS.read_text(), re.M))
     fields = _fields(_document(LINK, FAILING)) | _fields({"reporting": {"next_retry_at": None}})
+    # The server link's own fields, as ServerLink.status() gives them (the instruction channel's too).
+    fields |= _fields(ServerLink(parse_config_text('[server]\nurl = "https://cp.example.com"\n')).status())
     # After a reload, its record (agent/daemon/service.py Daemon._finish_reload).
     reload_record = {
         "started_usec": 1,
