@@ -332,6 +332,16 @@ class LogThrottle:
             condition.next_due = now + condition.interval
             return ThrottleVerdict(True, held, condition.occurrences, condition.since)
 
+    def now(self) -> float:
+        """The throttle's clock (what `began` compares with)."""
+        return self._clock()
+
+    def began(self, key: str) -> float | None:
+        """When the condition `key` began (the throttle's clock), None when it is not going on."""
+        with self._lock:
+            condition = self._conditions.get(key)
+        return condition.since if condition is not None else None
+
     def end(self, key: str) -> ThrottleEnded | None:
         """The condition is over; None when it was not going on."""
         now = self._clock()

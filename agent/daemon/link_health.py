@@ -86,18 +86,28 @@ class LinkHealth:
 
     # -- what the link calls ------------------------------------------------------------------
 
+    def stamp(self) -> float:
+        """Now, as `succeeded(begun=...)` wants it: taken when a call is sent."""
+        return self._throttle.now()
+
     @contextmanager
     def call(self, kind: str) -> Iterator[Outcome]:
         """Around one call to the control plane: success or failure (re-raised) is recorded."""
         outcome = Outcome()
+        begun = self.stamp()
         try:
             yield outcome
         except ApiError as exc:
             self.failed(kind, exc)
             raise
-        self.succeeded(kind, count=outcome.count)
+        self.succeeded(kind, count=outcome.count, begun=begun)
 
-    def succeeded(self, kind: str, *, count: int | None = None, http_status: int = 200) -> None:
+    def succeeded(
+        self, kind: str, *, count: int | None = None, http_status: int = 200, begun: float | None = None
+    ) -> None:
+        """`begun`: when the call was sent (the throttle's clock). An answer to a call sent before a
+        condition began (a long-poll held since before the outage) says nothing of the server
+        now: it is a delivery, but it ends no condition."""
         now = self._clock()
         with self._lock:
             self._deliveries[kind] = {"at": rfc3339(now), "count": count}
@@ -106,6 +116,9 @@ class LinkHealth:
             self._seen_this_run.add(kind)
         # Any answer ends the outage; a kind's own condition ends with its own success.
         for key in (OUTAGE, kind):
+            began = self._throttle.began(key)
+            if began is None or (begun is not None and begun < began):
+                continue
             ended = self._throttle.end(key)
             if ended is None:
                 continue

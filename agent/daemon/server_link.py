@@ -427,6 +427,7 @@ class ServerLink:
         applied and answered, and the channel told how it went. LinkHealth records the request
         ("instructions"), except when nothing was sent (not connected) and a planned idle cut."""
         started = self._clock()
+        sent = self._view().health.stamp()  # a long-poll held since before an outage ends none
         try:
             client, host_id = self._require()
             batch = client.get_instructions(host_id, wait_s=wait_s, attempts=ONE_ATTEMPT)
@@ -455,7 +456,7 @@ class ServerLink:
                 "instructions request: %s; next in %.1f s", exc, max(0.0, next_at - self._clock())
             )
             return
-        self._view().health.succeeded("instructions")
+        self._view().health.succeeded("instructions", begun=sent)
         if self._stopping.is_set():
             return  # what it brought stays pending at the server: the next start applies it
         settled = self._apply(batch.tokens)
