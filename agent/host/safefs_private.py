@@ -1,5 +1,7 @@
 """The agent's own private directories (state, credentials, backups): created 0700, never a
 symlink, never another uid's; files in them written with THE atomic write (``safefs_atomic``).
+And files the agent writes for others to read (the metrics text file for node_exporter) in a
+directory of ours that no one else may write in (``write_readable_file``).
 
 Part of the safe file layer (see ``agent/host/safefs.py``). Their paths are configuration, not user
 input, so they are opened by path (with O_NOFOLLOW), not walked by the trust rules.
@@ -81,3 +83,35 @@ def remove_private_file(directory: str, name: str) -> None:
     check_name(name)
     with _private_dir(directory) as fd:
         os.unlink(name, dir_fd=fd)
+
+
+def readable_dir_problem(st: os.stat_result) -> str | None:
+    """Why a directory may not hold a file the agent writes for others to read (its metrics), or
+    None: it must be a directory of ours (we run as root: root's) that no one else can write in,
+    or its entries could be swapped under us."""
+    if not stat.S_ISDIR(st.st_mode):
+        return _NOT_PLAIN_DIR
+    if st.st_uid != os.geteuid():
+        return f"is owned by uid {st.st_uid}, not by us (uid {os.geteuid()}): chown it to root"
+    if st.st_mode & 0o022:
+        return f"is writable by group or others (mode {stat.S_IMODE(st.st_mode):04o}): chmod go-w it"
+    return None
+
+
+def write_readable_file(directory: str, name: str, data: bytes, mode: int) -> None:
+    """Atomically replace ``directory/name`` with ``data`` at ``mode`` (e.g. 0644: others read it).
+    The directory is not created (it belongs to the reader, e.g. node_exporter's textfile
+    directory) and must pass ``readable_dir_problem`` (UnsafePath otherwise; a symlink is refused)."""
+    try:
+        fd = os.open(directory, _DIR_READ)
+    except OSError as exc:
+        if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+            raise UnsafePath(_NOT_PLAIN_DIR, directory) from None
+        raise
+    try:
+        problem = readable_dir_problem(os.fstat(fd))
+        if problem is not None:
+            raise UnsafePath(problem, directory)
+        replace_file_at(fd, name, data, mode=mode, shown_dir=directory)
+    finally:
+        os.close(fd)
