@@ -47,6 +47,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -398,17 +399,34 @@ def outbox_depths(fleet: Fleet) -> list[object]:
     return out
 
 
-def run_simulated(args: argparse.Namespace) -> Figures:
+def run_simulated(args: argparse.Namespace, runs: int = 5) -> Figures:
+    """The simulator's figures at the same N and timings: the median over `runs` seeds (one fleet
+    of 50 is one draw of its random timings; so is the real run)."""
+    each = [_simulated_once(args, args.seed + i) for i in range(runs)]
+
+    def med(name: str) -> Any:
+        values = [getattr(f, name) for f in each]
+        if isinstance(values[0], tuple):
+            return tuple(statistics.median(v[i] for v in values) for i in range(len(values[0])))
+        if any(v is None for v in values):
+            return None
+        return statistics.median(values)
+
+    fields = [name for name in Figures.__dataclass_fields__ if name != "label"]
+    return Figures(f"simulator (median of {runs})", *(med(name) for name in fields))
+
+
+def _simulated_once(args: argparse.Namespace, seed: int) -> Figures:
     n = args.agents
-    load, _ = scenarios.steady(n, wait_s=60, seed=args.seed)
-    restart = scenarios.mass_restart(n, wait_s=60, splay_s=30.0, seed=args.seed, after_min=args.settle + 5)
+    load, _ = scenarios.steady(n, wait_s=60, seed=seed)
+    restart = scenarios.mass_restart(n, wait_s=60, splay_s=30.0, seed=seed, after_min=int(args.settle) + 5)
     outage = scenarios.outage(
         n,
         wait_s=60,
         minutes=args.outage,
         changing=args.changing,
         change_every_s=args.change_every,
-        seed=args.seed,
+        seed=seed,
     )
     before = outage.series[: outage.outage[0] - outage.series_start]  # the 5 minutes before it
     return Figures(
@@ -540,10 +558,10 @@ def main() -> None:
     finally:
         shutil.rmtree(work, ignore_errors=True)
     real_minutes = (time.monotonic() - began) / 60
-    sim = run_simulated(args) if not args.skip_sim else real
-    print_side_by_side(real, sim, args)
-    print_real_extras(extra)
-    print(f"\n(real run {real_minutes:.1f} min)")
+    print_real_extras(extra)  # before the simulator: a real run is the expensive part
+    print(f"\n(real run {real_minutes:.1f} min)", flush=True)
+    if not args.skip_sim:
+        print_side_by_side(real, run_simulated(args), args)
 
 
 if __name__ == "__main__":
