@@ -49,6 +49,11 @@ class _Exposition:
         if value is not None:
             self.family(name, "gauge", help_text, [({}, value)])
 
+    def info(self, name: str, help_text: str, labels: Mapping[str, object]) -> None:
+        """An info-style gauge: always 1, what it says is in its labels (None becomes empty)."""
+        shown = {key: "" if value is None else value for key, value in labels.items()}
+        self.family(name, "gauge", help_text + " (always 1)", [(shown, 1)])
+
     def text(self) -> str:
         return "\n".join(self.lines) + "\n"
 
@@ -57,20 +62,10 @@ def render(status: Mapping[str, Any], now: datetime) -> str:
     """The metrics of one status document; `now` gives the age of the oldest outbox event."""
     out = _Exposition()
     mode = status.get("mode")
-    out.family(
+    out.info(
         "info",
-        "gauge",
-        "The agent: its version, mode (standalone, enrolled, not connected) and host id (always 1).",
-        [
-            (
-                {
-                    "version": status.get("version") or "",
-                    "mode": mode or "",
-                    "host_id": status.get("host_id") or "",
-                },
-                1,
-            )
-        ],
+        "The agent: its version, mode (standalone, enrolled, not connected) and host id",
+        {"version": status.get("version"), "mode": mode, "host_id": status.get("host_id")},
     )
     out.gauge(
         "running",
@@ -230,21 +225,10 @@ def _link(out: _Exposition, status: Mapping[str, Any]) -> None:
     )
     error = _mapping(reporting.get("last_error"))
     if error:
-        status_code = error.get("http_status")
-        out.family(
+        out.info(
             "last_error_info",
-            "gauge",
-            "The last failed call to the control plane: its kind, error code and HTTP status (always 1).",
-            [
-                (
-                    {
-                        "kind": error.get("kind") or "",
-                        "code": error.get("code") or "",
-                        "http_status": "" if status_code is None else status_code,
-                    },
-                    1,
-                )
-            ],
+            "The last failed call to the control plane: its kind, error code and HTTP status",
+            {"kind": error.get("kind"), "code": error.get("code"), "http_status": error.get("http_status")},
         )
         out.gauge(
             "last_error_timestamp_seconds",
@@ -265,11 +249,10 @@ def _link(out: _Exposition, status: Mapping[str, Any]) -> None:
         )
     auth = status.get("auth_state")
     if isinstance(auth, str):
-        out.family(
+        out.info(
             "auth_info",
-            "gauge",
-            "The client's authentication state (token_valid, auth_invalid, not_connected, ...; always 1).",
-            [({"state": auth}, 1)],
+            "The client's authentication state (token_valid, auth_invalid, not_connected, ...)",
+            {"state": auth},
         )
 
 

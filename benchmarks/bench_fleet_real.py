@@ -56,7 +56,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import tests.controlplane.server as cp_server
 from agent.control.enroll import enroll_host
-from benchmarks.bench_long_poll import call_name
+from benchmarks.bench_long_poll import call_name, host_facts
 from benchmarks.fleetsim import scenarios
 from tests.controlplane import ControlPlane, RequestRecord
 from tests.fakeroot import ed25519_line, writable_root
@@ -158,16 +158,7 @@ class Fleet:
             base = self.work / f"host-{i:03d}"
             fr = writable_root(base / "root", comment=f"initial-{i}")
             state = base / "state"
-            facts = {
-                "machine_id": f"fleet-{i:03d}",
-                "hostname": f"fleet-{i:03d}",
-                "fqdn": f"fleet-{i:03d}",
-                "os": {},
-                "kernel": "",
-                "agent_version": "0.1.0",
-                "sshd_version": None,
-                "host_keys": [],
-            }
+            facts = host_facts(f"fleet-{i:03d}")
             host_id = enroll_host(self.cp.url, self.cp.bootstrap_token, str(state), facts).host_id
             config = base / "agent.toml"
             config.write_text(

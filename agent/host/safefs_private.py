@@ -32,12 +32,7 @@ def open_private_dir(path: str) -> int:
         os.makedirs(path, mode=PRIVATE_DIR_MODE, exist_ok=True)
     except FileExistsError:
         raise UnsafePath(_NOT_PLAIN_DIR, path) from None
-    try:
-        fd = os.open(path, _DIR_READ)
-    except OSError as exc:
-        if exc.errno in (errno.ELOOP, errno.ENOTDIR):
-            raise UnsafePath(_NOT_PLAIN_DIR, path) from None
-        raise
+    fd = _open_plain_dir(path)
     try:
         st = os.fstat(fd)
         if st.st_uid != os.geteuid():
@@ -51,6 +46,17 @@ def open_private_dir(path: str) -> int:
 
 
 _NOT_PLAIN_DIR: Final = "is not a plain directory (a symlink, or not a directory)"
+
+
+def _open_plain_dir(path: str) -> int:
+    """An O_RDONLY descriptor of the directory ``path``; UnsafePath when it is a symlink or not a
+    directory."""
+    try:
+        return os.open(path, _DIR_READ)
+    except OSError as exc:
+        if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+            raise UnsafePath(_NOT_PLAIN_DIR, path) from None
+        raise
 
 
 @contextlib.contextmanager
@@ -102,12 +108,7 @@ def write_readable_file(directory: str, name: str, data: bytes, mode: int) -> No
     """Atomically replace ``directory/name`` with ``data`` at ``mode`` (e.g. 0644: others read it).
     The directory is not created (it belongs to the reader, e.g. node_exporter's textfile
     directory) and must pass ``readable_dir_problem`` (UnsafePath otherwise; a symlink is refused)."""
-    try:
-        fd = os.open(directory, _DIR_READ)
-    except OSError as exc:
-        if exc.errno in (errno.ELOOP, errno.ENOTDIR):
-            raise UnsafePath(_NOT_PLAIN_DIR, directory) from None
-        raise
+    fd = _open_plain_dir(directory)
     try:
         problem = readable_dir_problem(os.fstat(fd))
         if problem is not None:

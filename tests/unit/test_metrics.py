@@ -18,7 +18,7 @@ from agent.daemon.counters import Counters, attempt_outcome, instruction_result
 from agent.daemon.status import status_document
 from agent.inventory.model import Event
 from agent.metrics import render
-from tests.unit.test_status_render import FAILING, LINK, NOW
+from tests.unit.test_status_render import FAILING, LINK, NOW, _document
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "status.md"
 
@@ -49,24 +49,11 @@ def _enrolled_document() -> dict[str, Any]:
     counters.attempt("write", Attempt(204))
     counters.instruction("applied")
     counters.instruction("rejected")
-    doc = status_document(
-        running=True,
-        pid=4242,
-        now=NOW,
-        started_at=datetime(2026, 12, 4, 10, 0, 0, tzinfo=UTC),
-        last_scan_at=datetime(2026, 12, 4, 12, 14, 0, tzinfo=UTC),
-        inventory=None,
-        outbox=42,
+    doc = _document(
+        {**LINK, "instructions": {"mode": "long_poll", "long_polling": True, "wait_s": 60, "failures": 0}},
+        FAILING,
         watch={"targets_inotify": 5, "targets_polled": 2},
-        last_error=None,
-        next_jobs={},
-        link={
-            **LINK,
-            "instructions": {"mode": "long_poll", "long_polling": True, "wait_s": 60, "failures": 0},
-        },
-        outbox_oldest_at=datetime(2026, 12, 4, 12, 1, 2, tzinfo=UTC),
         outbox_dropped={"total": 3, "by_type": {"key_used": 3}, "merged": 0, "last_at": None},
-        reporting=FAILING,
         counters=counters.snapshot(),
     )
     doc["key_counts"] = {
