@@ -61,7 +61,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     status = add("status", "Show what the running agent reports about itself (no server call).")
-    status.add_argument("--json", action="store_true", help="machine-readable output")
+    shown = status.add_mutually_exclusive_group()
+    shown.add_argument("--json", action="store_true", help="machine-readable output")
+    shown.add_argument(
+        "--prometheus",
+        action="store_true",
+        help="the metrics, in Prometheus' text format (as metrics.textfile holds them)",
+    )
 
     add("check-config", "Validate the configuration file: prints ok or each problem with its key.")
 
@@ -132,7 +138,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "status":
             from agent.commands.status import cmd_status
 
-            return cmd_status(config, as_json=args.json)
+            return cmd_status(config, as_json=args.json, prometheus=args.prometheus)
         if args.command == "enroll":
             from agent.commands.enroll import cmd_enroll
 

@@ -71,6 +71,17 @@ def _absolute_or_empty(value: Any) -> str | None:
     return None if value == "" else _absolute(value)
 
 
+def _textfile(value: Any) -> str | None:
+    # node_exporter's textfile collector reads only *.prom files of its directory.
+    if value == "":
+        return None
+    if not value.startswith("/"):
+        return "must be an absolute path (or empty: no metrics file)"
+    if not value.rsplit("/", 1)[1].endswith(".prom") or value.rsplit("/", 1)[1] == ".prom":
+        return "must name a file ending in .prom (node_exporter's textfile collector reads only those)"
+    return None
+
+
 def _check(fn: Callable[[Any], str | None]) -> dict[str, Any]:
     return {"check": fn}
 
@@ -183,6 +194,13 @@ class UsageConfig:
 
 
 @dataclass(frozen=True)
+class MetricsConfig:
+    # The Prometheus text file for node_exporter's textfile collector, rewritten atomically on the
+    # status cadence (docs/status.md, "Metrics"). Empty: none is written.
+    textfile: str = field(default="", metadata=_check(_textfile))
+
+
+@dataclass(frozen=True)
 class LoggingConfig:
     level: str = field(default="info", metadata=_check(_one_of("debug", "info", "warning", "error")))
     format: str = field(default="auto", metadata=_check(_one_of("auto", "plain", "json", "journal")))
@@ -200,6 +218,7 @@ class Config:
     trust: TrustConfig = TrustConfig()
     policy: PolicyConfig = PolicyConfig()
     usage: UsageConfig = UsageConfig()
+    metrics: MetricsConfig = MetricsConfig()
     logging: LoggingConfig = LoggingConfig()
 
     @property

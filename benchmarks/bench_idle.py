@@ -7,9 +7,10 @@ count, and CPU time used (utime+stime) as a share of one core. Targets: RSS <= 6
 users and <= 100 MB at 10,000; threads <= 10; CPU < 1%.
 
 With --enrolled the agent is enrolled with the reference control plane on loopback (heartbeats,
-reports, token refresh: the production configuration); without, it runs standalone.
+reports, token refresh: the production configuration); without, it runs standalone. With
+--metrics it also writes its metrics file (metrics.textfile) on every status publication.
 
-Usage: python benchmarks/bench_idle.py [--sizes 1000 10000] [--idle 60] [--enrolled]
+Usage: python benchmarks/bench_idle.py [--sizes 1000 10000] [--idle 60] [--enrolled] [--metrics]
 """
 
 from __future__ import annotations
@@ -59,12 +60,15 @@ def build(root: Path, users: int) -> None:
     del fr
 
 
-def measure(users: int, idle: float, work: Path, server: str | None) -> None:
+def measure(users: int, idle: float, work: Path, server: str | None, metrics: bool = False) -> None:
     root = work / f"root-{users}"
     build(root, users)
     state = work / f"state-{users}"
     config = work / f"agent-{users}.toml"
     text = f'[state]\ndir = "{state}"\n[usage]\nenabled = false\n'
+    if metrics:
+        (work / f"metrics-{users}").mkdir(mode=0o755)
+        text += f'[metrics]\ntextfile = "{work}/metrics-{users}/sshklm-agent.prom"\n'
     if server is not None:
         from agent.control.enroll import enroll_host
 
@@ -129,6 +133,7 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 10_000])
     parser.add_argument("--idle", type=float, default=60.0)
     parser.add_argument("--enrolled", action="store_true", help="enrolled with the reference control plane")
+    parser.add_argument("--metrics", action="store_true", help="with metrics.textfile set")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench-idle-"))
     cp = None
@@ -140,10 +145,11 @@ def main() -> None:
             cp = ControlPlane.start()
             server = f"{cp.url} {cp.bootstrap_token}"
         mode = "enrolled (reference control plane on loopback)" if args.enrolled else "standalone"
+        mode += ", metrics file written" if args.metrics else ""
         print(f"mode: {mode}")
         print("targets: RSS <= 60 MB (1,000 users), <= 100 MB (10,000 users); threads <= 10; CPU < 1%")
         for users in args.sizes:
-            measure(users, args.idle, work, server)
+            measure(users, args.idle, work, server, args.metrics)
     finally:
         if cp is not None:
             cp.stop()

@@ -49,21 +49,26 @@ class Group:
     by_call: dict[str, float] = field(default_factory=dict)
 
 
+def host_facts(name: str) -> dict[str, object]:
+    """The facts `enroll` would send for a host of this name (its machine id too)."""
+    return {
+        "machine_id": name,
+        "hostname": name,
+        "fqdn": name,
+        "os": {},
+        "kernel": "",
+        "agent_version": "0.1.0",
+        "sshd_version": None,
+        "host_keys": [],
+    }
+
+
 def start_agents(group: Group, n: int, work: Path) -> None:
     for i in range(n):
         base = work / f"{group.label}-{i}"
         fr = writable_root(base / "root", comment=f"initial-{i}")
         state = base / "state"
-        facts = {
-            "machine_id": f"{group.label}-{i}",
-            "hostname": f"{group.label}-{i}",
-            "fqdn": f"{group.label}-{i}",
-            "os": {},
-            "kernel": "",
-            "agent_version": "0.1.0",
-            "sshd_version": None,
-            "host_keys": [],
-        }
+        facts = host_facts(f"{group.label}-{i}")
         group.hosts.append(enroll_host(group.cp.url, group.cp.bootstrap_token, str(state), facts).host_id)
         config = base / "agent.toml"
         config.write_text(

@@ -149,6 +149,35 @@ def check_state_dir(path: str) -> Finding | None:
     return None
 
 
+def check_metrics_file(path: str) -> Finding | None:
+    """`metrics.textfile`: its directory must exist (the agent does not create it), be root's and
+    writable by no one else (the rule the daemon's write applies: safefs_private), and be writable
+    here. A warning: metrics never stop the agent, which logs the same when a write fails."""
+    from agent.host.safefs import readable_dir_problem
+
+    directory = os.path.dirname(path)
+    try:
+        st = os.lstat(directory)
+    except FileNotFoundError:
+        return _warning(
+            "metrics.textfile",
+            f"{directory}: no such directory (node_exporter's package or you create it: "
+            f"`install -d -m 0755 {directory}`); no metrics are written until it exists",
+        )
+    except OSError as exc:
+        return _warning("metrics.textfile", f"{directory}: {exc.strerror}")
+    problem = readable_dir_problem(st)
+    if problem is not None:
+        return _warning("metrics.textfile", f"{directory} {problem}; no metrics are written there")
+    if _read_only(directory):
+        return _warning(
+            "metrics.textfile",
+            f"{directory} is read-only here (under systemd: the unit's ProtectSystem=strict): make it "
+            f"writable (`systemctl edit sshklm-agent`: [Service] ReadWritePaths={directory})",
+        )
+    return None
+
+
 def _check_public_keys(config: Config) -> list[Finding]:
     from agent.instructions.verify import load_public_keys
 
@@ -248,6 +277,10 @@ def check_config(config: Config, *, daemon: bool = True, root: str | None = None
             from agent.instructions.trust import host_path
 
             problem = check_trust_dir(host_path(root, config.trust.dir))
+            if problem is not None:
+                out.append(problem)
+        if config.metrics.textfile:
+            problem = check_metrics_file(config.metrics.textfile)
             if problem is not None:
                 out.append(problem)
     return out

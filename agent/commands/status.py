@@ -1,4 +1,5 @@
-"""`sshklm-agent status`: what the daemon last recorded about itself. No server call, no secrets."""
+"""`sshklm-agent status`: what the daemon last recorded about itself. No server call, no secrets.
+The screen (`render`), the document itself (`--json`), or its metrics (`--prometheus`: agent/metrics.py)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from typing import Any
 from agent.commands import UsageError
 from agent.config import Config
 from agent.inventory.model import parse_rfc3339
+from agent.metrics import render as render_metrics
 from agent.timefmt import duration
 
 STALE_AFTER_S = 60  # the daemon writes its status every 10 s
@@ -205,7 +207,7 @@ def render(status: dict[str, Any], now: datetime | None = None) -> str:
     return "\n".join(lines)
 
 
-def cmd_status(config: Config, *, as_json: bool) -> int:
+def cmd_status(config: Config, *, as_json: bool, prometheus: bool = False) -> int:
     state_dir = config.state.dir
     if os.path.isdir(state_dir) and not os.access(state_dir, os.R_OK | os.X_OK):
         raise UsageError(f"cannot read the agent's state in {state_dir}: permission denied: run as root")
@@ -217,12 +219,21 @@ def cmd_status(config: Config, *, as_json: bool) -> int:
             file=sys.stderr,
         )
         return 1
+    now = datetime.now(UTC)
     if status is None:
         status = {"running": False, "mode": None, "note": "the agent has not run on this host yet"}
-        print(json.dumps(status) if as_json else "agent: not running (no state yet)")
+        if prometheus:
+            print(render_metrics(status, now), end="")
+        else:
+            print(json.dumps(status) if as_json else "agent: not running (no state yet)")
         return 3
-    status["running"] = assess(status, datetime.now(UTC))
-    print(json.dumps(status, indent=2, sort_keys=True) if as_json else render(status, datetime.now(UTC)))
+    status["running"] = assess(status, now)
+    if prometheus:
+        print(render_metrics(status, now), end="")
+    elif as_json:
+        print(json.dumps(status, indent=2, sort_keys=True))
+    else:
+        print(render(status, now))
     return 0 if status["running"] else 3
 
 

@@ -203,10 +203,13 @@ class ApiClient:
         transport: httpx.BaseTransport | None = None,
         on_auth_invalid: Callable[[float], None] | None = None,
         token_renewal_spread: float = 0.0,
+        on_attempt: Callable[[RequestClass, Attempt], None] | None = None,
     ) -> None:
         """``verify`` overrides the TLS context (tests with their own CA); ``transport`` replaces the
         network entirely (httpx.MockTransport in unit tests). ``clock`` is wall time (token expiry,
-        HTTP-dates); ``monotonic`` drives the rate budget and Retry-After blocks."""
+        HTTP-dates); ``monotonic`` drives the rate budget and Retry-After blocks. ``on_attempt``
+        hears every attempt's outcome, token calls included (the daemon counts them for metrics)."""
+        self._on_attempt = on_attempt
         self.base_url = base_url.rstrip("/")
         self._clock = clock
         self._monotonic = monotonic
@@ -483,6 +486,8 @@ class ApiClient:
             if token is not None:
                 send_headers["Authorization"] = f"Bearer {token}"
             response, err, attempt = self._attempt(request, extra_secrets)
+            if self._on_attempt is not None:
+                self._on_attempt(cls, attempt)
             decision = retry.decide(attempt, self._rng, authenticated=token is not None)
             if decision.hold_class_s is not None:
                 self._hold_class(cls, decision.hold_class_s, attempt)

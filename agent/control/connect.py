@@ -11,9 +11,10 @@ from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 from agent.config import Config
-from agent.control.backoff import BackoffPolicy
+from agent.control.backoff import BackoffPolicy, RequestClass
 from agent.control.client import ApiClient, Timeouts
 from agent.control.enroll import load_credentials, read_api_key
+from agent.control.retry import Attempt
 
 PLAIN_HTTP_REFUSED = "server.url must be https (plain http only to loopback with allow_plain_http_loopback)"
 # Access tokens are renewed up to this fraction of their lifetime earlier than a minute before expiry,
@@ -45,10 +46,12 @@ def api_client(
     *,
     sleep: Callable[[float], None] = time.sleep,
     on_auth_invalid: Callable[[float], None] | None = None,
+    on_attempt: Callable[[RequestClass, Attempt], None] | None = None,
 ) -> ApiClient:
     """The one way the agent builds its HTTP client from configuration (daemon and `enroll`).
     `sleep` waits between retries (the daemon's can be interrupted when it stops);
-    `on_auth_invalid(until)` hears when the server refuses the API key."""
+    `on_auth_invalid(until)` hears when the server refuses the API key; `on_attempt(class,
+    attempt)` hears every attempt's outcome (the daemon's metrics count them)."""
     s = config.server
     return ApiClient(
         url,
@@ -66,6 +69,7 @@ def api_client(
         ca_file=s.ca_file or None,
         max_connections=s.max_connections,
         token_renewal_spread=TOKEN_RENEWAL_SPREAD,
+        on_attempt=on_attempt,
     )
 
 

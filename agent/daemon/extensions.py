@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Protocol
 
 from agent.config import Config, ScheduleConfig, UsageConfig
+from agent.daemon.counters import instruction_result
 from agent.daemon.parts import Core, Job
 from agent.daemon.usage import UsageFollower
 from agent.daemon.usage_parse import UsageHit
@@ -155,7 +156,14 @@ class InstructionHandler:
         return self._prepared()[1].policy()
 
     def emit(self, events: Sequence[Event]) -> None:
-        self._prepared()[1].emit([_logged(event) for event in events])
+        core = self._prepared()[1]
+        for event in events:
+            # Every instruction decided emits exactly one such event (a re-sent instruction
+            # answered again from the jti registry emits none): its result is counted here once.
+            result = instruction_result(event)
+            if result is not None:
+                core.counters.instruction(result)
+        core.emit([_logged(event) for event in events])
 
     def note_managed(
         self, fingerprint: str, user: str | None, path: str, managed_by: str, expires_at: datetime | None
@@ -183,6 +191,7 @@ class InstructionHandler:
         applier.start()
         # Applies a crash interrupted between writing and acknowledging: check, then report.
         for jti, result in applier.reconcile():
+            self._prepared()[1].counters.instruction(result.get("status"))  # decided without an event
             if not self.link.ready:
                 log.info(
                     "reconciled instruction %s: %s (not reported: not connected)", jti, result.get("status")

@@ -22,6 +22,7 @@ from datetime import datetime
 from typing import Any, Protocol
 
 from agent.config import ScheduleConfig
+from agent.daemon.counters import Counters
 from agent.daemon.link_health import LinkHealth
 from agent.daemon.sender import Destination
 from agent.host.safefs import HostFS
@@ -74,6 +75,8 @@ class Core:
     # Where the link records each call to the control plane (`with health.call(kind): ...`): the
     # deliveries, failures and the server's last answer that `status` shows; it logs outages.
     health: LinkHealth = field(default_factory=LinkHealth)
+    # What the metrics count: the client's attempts (its on_attempt hook), instructions decided.
+    counters: Counters = field(default_factory=Counters)
 
 
 class Part(Protocol):

@@ -204,6 +204,7 @@ class ServerLink:
             credentials.api_key,
             sleep=self._pause,
             on_auth_invalid=lambda until: store.save_auth_hold(key_id, until),
+            on_attempt=self._core.counters.attempt,
         )
         # A key refused before a restart stays paused: restarting must not retry it at once.
         held = store.auth_hold(key_id)

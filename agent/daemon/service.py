@@ -28,11 +28,13 @@ from typing import Any
 
 from agent import __version__
 from agent.config import Config, ConfigError, load_config
+from agent.daemon.counters import Counters
 from agent.daemon.discovery import LiveDiscovery
 from agent.daemon.history import KeyHistory
 from agent.daemon.link_health import LinkHealth
 from agent.daemon.link_schedule import startup_splay
 from agent.daemon.memory import release_free_memory, tune_allocator
+from agent.daemon.metrics_file import MetricsFile
 from agent.daemon.notify import Notifier, monotonic_usec
 from agent.daemon.parts import Core, Link, Part, Vitals
 from agent.daemon.scheduling import Jobs
@@ -124,6 +126,9 @@ class Daemon:
         # The server conversation as status shows it (the link records into it through Core).
         self.health = LinkHealth()
         self.health.on_change = self._publish_soon
+        # What the metrics count (requests, instructions), kept across restarts like the above.
+        self.counters = Counters()
+        self.metrics_file = MetricsFile(config.metrics.textfile) if config.metrics.textfile else None
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -137,6 +142,7 @@ class Daemon:
         previous = self.store.get_status()
         if isinstance(previous, dict):
             self.health.restore(previous.get("reporting"))  # deliveries survive a restart
+            self.counters.restore(previous.get("counters"))
         self._sshd_version = None if self.root else sshd_version(cfg.discovery.sshd_binary)
         self.fs, self.users = open_host(cfg, self.root)
         self.discovery = LiveDiscovery(self.fs, self.users, settings_from(cfg), self._context)
@@ -197,6 +203,7 @@ class Daemon:
             note_managed=self.history.note_managed,
             schedule_once=self._schedule_once,
             health=self.health,
+            counters=self.counters,
         )
 
     def run(self) -> int:
@@ -251,8 +258,8 @@ class Daemon:
 
         Applied at once: discovery settings (with a full rescan), the local policy (in force
         unless the control plane sent one), schedule intervals, log level. Read only at start
-        (restart to change): [server], [state], [watch], [usage], [apply] and [instructions],
-        which own connections, files and threads.
+        (restart to change): [server], [state], [watch], [usage], [apply], [instructions] and
+        [metrics], which own connections, files and threads.
 
         The outcome is published in the status before READY=1 (`last_reload`, with the
         CLOCK_MONOTONIC time the file was read, and `config_generation`): `sshklm-agent reload`,
@@ -511,6 +518,7 @@ class Daemon:
             retry_at=datetime.fromtimestamp(retry_at, UTC) if retry_at is not None else None,
             config_generation=self.config_generation,
             last_reload=self.last_reload,
+            counters=self.counters.snapshot(),
         )
 
     def _publish_soon(self) -> None:
@@ -525,6 +533,9 @@ class Daemon:
     def publish_status(self, running: bool = True) -> None:
         status = self.status(running=running)
         self.store.set_status(status)
+        # After the document: a counter the file showed is never lost to a crash (counters.py).
+        if self.metrics_file is not None:
+            self.metrics_file.write(status)
         self.notifier.status(summary_line(status))
 
     def status_line(self) -> str:

@@ -11,7 +11,8 @@ from datetime import datetime
 from typing import Any
 
 from agent import __version__
-from agent.inventory.model import Inventory, rfc3339
+from agent.inventory.evaluate import RISK_WEIGHTS
+from agent.inventory.model import KEY_KINDS, Inventory, rfc3339
 
 JSON = dict[str, Any]
 
@@ -43,12 +44,15 @@ def status_document(
     retry_at: datetime | None = None,
     config_generation: int = 0,
     last_reload: Mapping[str, Any] | None = None,
+    counters: Mapping[str, Any] | None = None,
 ) -> JSON:
     """`link`: the server link's own fields (enrolled mode), None in standalone mode; `reporting`:
     the LinkHealth snapshot (deliveries, failures, the server's last answer); `retry_at`: when the
     sender tries again after a failed delivery; `outbox_dropped`: what the outbox bound has cost
     (store/outbox.py `dropped()`); `config_generation` and `last_reload`: SIGHUP reloads applied
-    since start and the outcome of the last one (what `sshklm-agent reload` waits for)."""
+    since start and the outcome of the last one (what `sshklm-agent reload` waits for); `counters`:
+    what the metrics count (daemon/counters.py `snapshot()`)."""
+    summary = inventory_summary(inventory)
     return {
         "running": running,
         "pid": pid,
@@ -59,6 +63,8 @@ def status_document(
         "last_scan_at": rfc3339(last_scan_at),
         "keys": len(inventory.keys) if inventory else 0,
         "problems": len(inventory.errors) if inventory else 0,
+        "key_counts": summary["key_counts"] if summary else None,
+        "risk_factors": summary["risk_factors"] if summary else None,
         "revocation": revocation_status(inventory),
         "outbox": outbox,
         "outbox_oldest_at": rfc3339(outbox_oldest_at),
@@ -68,6 +74,7 @@ def status_document(
         "next_jobs": dict(next_jobs),
         "config_generation": config_generation,
         "last_reload": dict(last_reload) if last_reload is not None else None,
+        "counters": _jsonable(dict(counters)) if counters is not None else None,
         "last_delivery_at": _last_delivery(reporting),
         "reporting": (
             {**_jsonable(dict(reporting)), "next_retry_at": rfc3339(retry_at)}
@@ -76,6 +83,32 @@ def status_document(
         ),
         **(link or {}),
     }
+
+
+# The summary of the last inventory summarised, by its snapshot id: the document is built every
+# 10 seconds and an inventory of 100,000 keys changes far less often.
+_summary: tuple[str, JSON] | None = None
+
+
+def inventory_summary(inventory: Inventory | None) -> JSON | None:
+    """Keys by kind and effectiveness, and keys by risk factor (every factor of the risk model,
+    0 when no key has it; policy violations as `policy:<rule>` when some key has one)."""
+    global _summary
+    if inventory is None:
+        return None
+    cached = _summary
+    if cached is not None and cached[0] == inventory.snapshot_id:
+        return cached[1]
+    kinds: dict[str, dict[str, int]] = {kind: {"effective": 0, "ineffective": 0} for kind in KEY_KINDS}
+    factors: dict[str, int] = dict.fromkeys(RISK_WEIGHTS, 0)
+    for record in inventory.keys:
+        counts = kinds.setdefault(record.kind, {"effective": 0, "ineffective": 0})
+        counts["effective" if record.effective else "ineffective"] += 1
+        for factor in record.risk.factors:
+            factors[factor] = factors.get(factor, 0) + 1
+    summary: JSON = {"key_counts": kinds, "risk_factors": factors}
+    _summary = (inventory.snapshot_id, summary)
+    return summary
 
 
 def _last_delivery(reporting: Mapping[str, Any] | None) -> str | None:

@@ -41,7 +41,8 @@ Where things are (this module is the entry point; it re-exports the public names
 * ``safefs_write.py``: users' directories opened for writing by the trust rules (``open_dir``,
   ``atomic_replace``, ``remove_at``);
 * ``safefs_private.py``: the agent's own private directories (``open_private_dir``,
-  ``write_private_file``: credentials, backups);
+  ``write_private_file``: credentials, backups), and files it writes for others to read in a
+  directory only it may write in (``write_readable_file``: the metrics text file);
 * here: ``HostFS``, the object the rest of the agent holds, with the read and write API.
 
 Using it (every call says whose file it is):
@@ -56,7 +57,9 @@ Using it (every call says whose file it is):
   ``fs.read(path)``; to write, ``fs.open_dir(dirname, confine=dirname, user_uid=0)`` and
   ``atomic_replace(..., uid=0, gid=0, mode=0o644)`` — every directory from ``/`` must be root's;
 * the agent's private files (state, credentials, backups): ``write_private_file`` /
-  ``read_private_file`` / ``remove_private_file`` (plain paths: configuration, not user input).
+  ``read_private_file`` / ``remove_private_file`` (plain paths: configuration, not user input);
+* a file of the agent that others read (the metrics for node_exporter): ``write_readable_file``
+  (0644, in an existing directory of root's that no one else can write in).
 """
 
 from __future__ import annotations
@@ -66,8 +69,10 @@ from agent.host.safefs_atomic import SELINUX_XATTR, replace_file_at, write_all
 from agent.host.safefs_private import (
     open_private_dir,
     read_private_file,
+    readable_dir_problem,
     remove_private_file,
     write_private_file,
+    write_readable_file,
 )
 from agent.host.safefs_read import DirReads, FileReads, ReadDir, ReadResult, Reads
 from agent.host.safefs_walk import (
@@ -99,10 +104,12 @@ __all__ = [
     "open_private_dir",
     "parse_mountinfo",
     "read_private_file",
+    "readable_dir_problem",
     "remove_private_file",
     "replace_file_at",
     "write_all",
     "write_private_file",
+    "write_readable_file",
 ]
 
 

@@ -1,5 +1,7 @@
 """The agent's own private directories (state, credentials, backups): created 0700, never a
 symlink, never another uid's; files in them written with THE atomic write (``safefs_atomic``).
+And files the agent writes for others to read (the metrics text file for node_exporter) in a
+directory of ours that no one else may write in (``write_readable_file``).
 
 Part of the safe file layer (see ``agent/host/safefs.py``). Their paths are configuration, not user
 input, so they are opened by path (with O_NOFOLLOW), not walked by the trust rules.
@@ -30,12 +32,7 @@ def open_private_dir(path: str) -> int:
         os.makedirs(path, mode=PRIVATE_DIR_MODE, exist_ok=True)
     except FileExistsError:
         raise UnsafePath(_NOT_PLAIN_DIR, path) from None
-    try:
-        fd = os.open(path, _DIR_READ)
-    except OSError as exc:
-        if exc.errno in (errno.ELOOP, errno.ENOTDIR):
-            raise UnsafePath(_NOT_PLAIN_DIR, path) from None
-        raise
+    fd = _open_plain_dir(path)
     try:
         st = os.fstat(fd)
         if st.st_uid != os.geteuid():
@@ -49,6 +46,17 @@ def open_private_dir(path: str) -> int:
 
 
 _NOT_PLAIN_DIR: Final = "is not a plain directory (a symlink, or not a directory)"
+
+
+def _open_plain_dir(path: str) -> int:
+    """An O_RDONLY descriptor of the directory ``path``; UnsafePath when it is a symlink or not a
+    directory."""
+    try:
+        return os.open(path, _DIR_READ)
+    except OSError as exc:
+        if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+            raise UnsafePath(_NOT_PLAIN_DIR, path) from None
+        raise
 
 
 @contextlib.contextmanager
@@ -81,3 +89,30 @@ def remove_private_file(directory: str, name: str) -> None:
     check_name(name)
     with _private_dir(directory) as fd:
         os.unlink(name, dir_fd=fd)
+
+
+def readable_dir_problem(st: os.stat_result) -> str | None:
+    """Why a directory may not hold a file the agent writes for others to read (its metrics), or
+    None: it must be a directory of ours (we run as root: root's) that no one else can write in,
+    or its entries could be swapped under us."""
+    if not stat.S_ISDIR(st.st_mode):
+        return _NOT_PLAIN_DIR
+    if st.st_uid != os.geteuid():
+        return f"is owned by uid {st.st_uid}, not by us (uid {os.geteuid()}): chown it to root"
+    if st.st_mode & 0o022:
+        return f"is writable by group or others (mode {stat.S_IMODE(st.st_mode):04o}): chmod go-w it"
+    return None
+
+
+def write_readable_file(directory: str, name: str, data: bytes, mode: int) -> None:
+    """Atomically replace ``directory/name`` with ``data`` at ``mode`` (e.g. 0644: others read it).
+    The directory is not created (it belongs to the reader, e.g. node_exporter's textfile
+    directory) and must pass ``readable_dir_problem`` (UnsafePath otherwise; a symlink is refused)."""
+    fd = _open_plain_dir(directory)
+    try:
+        problem = readable_dir_problem(os.fstat(fd))
+        if problem is not None:
+            raise UnsafePath(problem, directory)
+        replace_file_at(fd, name, data, mode=mode, shown_dir=directory)
+    finally:
+        os.close(fd)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import json
+import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -22,6 +23,7 @@ from agent.timefmt import parse_rfc3339, rfc3339
 __all__ = ["Certificate", "KrlContents", "parse_rfc3339", "rfc3339"]
 
 KeyKind = Literal["authorized_key", "authorized_principal_ca", "host_key", "identity_key", "trusted_user_ca"]
+KEY_KINDS: tuple[KeyKind, ...] = typing.get_args(KeyKind)
 
 EventType = Literal[
     "key_added",

@@ -84,3 +84,28 @@ def test_a_writable_trust_dir_passes(tmp_path: Path) -> None:
     (tmp_path / "trust").mkdir(mode=0o755)
     assert check_trust_dir(str(tmp_path / "trust")) is None
     assert check_trust_dir(str(tmp_path / "absent")) is None
+
+
+def test_a_read_only_metrics_directory_is_a_warning_naming_the_drop_in(read_only: Path) -> None:
+    """Metrics never stop the agent: a directory it cannot write there is a warning, with the fix."""
+    path = str(read_only / "existing" / "sshklm-agent.prom")
+    finding = preflight.check_metrics_file(path)
+    assert finding is not None and finding.severity == "warning" and finding.key == "metrics.textfile"
+    assert "read-only" in finding.message and f"ReadWritePaths={read_only / 'existing'}" in finding.message
+
+
+def test_a_missing_or_unsafe_metrics_directory_is_a_warning(tmp_path: Path) -> None:
+    missing = preflight.check_metrics_file(str(tmp_path / "absent" / "a.prom"))
+    assert missing is not None and missing.severity == "warning" and "install -d" in missing.message
+    loose = tmp_path / "loose"
+    loose.mkdir()
+    loose.chmod(0o777)
+    unsafe = preflight.check_metrics_file(str(loose / "a.prom"))
+    assert (
+        unsafe is not None
+        and unsafe.severity == "warning"
+        and "writable by group or others" in unsafe.message
+    )
+    good = tmp_path / "good"
+    good.mkdir(mode=0o755)
+    assert preflight.check_metrics_file(str(good / "a.prom")) is None

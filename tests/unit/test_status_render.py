@@ -8,6 +8,7 @@ from pathlib import Path
 
 from agent.commands.status import render
 from agent.config import parse_config_text
+from agent.daemon.counters import Counters
 from agent.daemon.server_link import ServerLink
 from agent.daemon.status import status_document, summary_line
 
@@ -169,7 +170,17 @@ def _fields(value: object, prefix: str = "") -> set[str]:
         for key, item in value.items():
             name = f"{prefix}{key}"
             out.add(name)
-            if isinstance(item, dict) and key not in ("next_jobs", "watch", "deliveries", "failing"):
+            if isinstance(item, dict) and key not in (
+                "next_jobs",
+                "watch",
+                "deliveries",
+                "failing",
+                # Maps of kinds, factors, classes and results to counts (described as one field each).
+                "key_counts",
+                "risk_factors",
+                "requests",
+                "instruction_results",
+            ):
                 out |= _fields(item, name + ".")
     return out
 
@@ -194,6 +205,8 @@ def test_every_field_of_status_json_is_documented() -> None:
     fields |= _fields(
         {"revocation": {"state": "ok", "path": "/k", "entries": 0, "version": 1, "problem": None}}
     )
+    # The metrics' counters (agent/daemon/counters.py Counters.snapshot()).
+    fields |= _fields({"counters": Counters().snapshot()})
     # The per-kind records: one documented shape each.
     fields |= {f"reporting.deliveries.KIND.{k}" for k in FAILING["deliveries"]["events"]}  # type: ignore[index]
     fields |= {f"reporting.failing.KIND.{k}" for k in FAILING["failing"]["events"]}  # type: ignore[index]
