@@ -192,19 +192,32 @@ def _counters(out: _Exposition, status: Mapping[str, Any]) -> None:
     )
 
 
+def _times_by_kind(
+    out: _Exposition, name: str, help_text: str, by_kind: Mapping[str, Any], field: str
+) -> None:
+    """A gauge family of timestamps, one series per kind whose entry has a valid time in `field`."""
+    out.family(
+        name,
+        "gauge",
+        help_text,
+        [
+            ({"kind": k}, t)
+            for k, v in sorted(by_kind.items())
+            if (t := _time(_mapping(v).get(field))) is not None
+        ],
+    )
+
+
 def _link(out: _Exposition, status: Mapping[str, Any]) -> None:
     reporting = _mapping(status.get("reporting"))
     deliveries = _mapping(reporting.get("deliveries"))
     failing = _mapping(reporting.get("failing"))
-    out.family(
+    _times_by_kind(
+        out,
         "last_delivery_timestamp_seconds",
-        "gauge",
         "The last time the control plane accepted a call of each kind (inventory, events, heartbeat, ...).",
-        [
-            ({"kind": k}, t)
-            for k, v in sorted(deliveries.items())
-            if (t := _time(_mapping(v).get("at"))) is not None
-        ],
+        deliveries,
+        "at",
     )
     kinds = sorted(set(deliveries) | set(failing))
     out.family(
@@ -213,15 +226,12 @@ def _link(out: _Exposition, status: Mapping[str, Any]) -> None:
         "Failed calls in each kind's current failure streak (0: the kind is not failing).",
         [({"kind": k}, _number_or_none(_mapping(failing.get(k)).get("calls")) or 0) for k in kinds],
     )
-    out.family(
+    _times_by_kind(
+        out,
         "failing_since_timestamp_seconds",
-        "gauge",
         "When each failing kind of call began to fail.",
-        [
-            ({"kind": k}, t)
-            for k, v in sorted(failing.items())
-            if (t := _time(_mapping(v).get("since"))) is not None
-        ],
+        failing,
+        "since",
     )
     error = _mapping(reporting.get("last_error"))
     if error:

@@ -8,9 +8,12 @@ users and <= 100 MB at 10,000; threads <= 10; CPU < 1%.
 
 With --enrolled the agent is enrolled with the reference control plane on loopback (heartbeats,
 reports, token refresh: the production configuration); without, it runs standalone. With
---metrics it also writes its metrics file (metrics.textfile) on every status publication.
+--metrics it also writes its metrics file (metrics.textfile) on every status publication. With
+--prometheus-client the agent process first imports prometheus_client and renders its default
+registry once (what using the library for the metrics would cost; docs/choices.md "Metrics").
 
 Usage: python benchmarks/bench_idle.py [--sizes 1000 10000] [--idle 60] [--enrolled] [--metrics]
+           [--prometheus-client]
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.bench_long_poll import host_facts
 from tests.fakeroot import FakeRoot, ed25519_line
 
 TICKS = os.sysconf("SC_CLK_TCK")
@@ -60,7 +64,17 @@ def build(root: Path, users: int) -> None:
     del fr
 
 
-def measure(users: int, idle: float, work: Path, server: str | None, metrics: bool = False) -> None:
+# The agent's entry point with prometheus_client loaded first and its default registry (process,
+# platform and GC collectors) rendered once, as a daemon using the library would.
+WITH_PROMETHEUS_CLIENT = (
+    "import runpy, sys, prometheus_client; prometheus_client.generate_latest(); "
+    "sys.argv[0] = 'sshklm-agent'; runpy.run_module('agent', run_name='__main__')"
+)
+
+
+def measure(
+    users: int, idle: float, work: Path, server: str | None, metrics: bool = False, library: bool = False
+) -> None:
     root = work / f"root-{users}"
     build(root, users)
     state = work / f"state-{users}"
@@ -73,17 +87,7 @@ def measure(users: int, idle: float, work: Path, server: str | None, metrics: bo
         from agent.control.enroll import enroll_host
 
         cp_url, token = server.split(" ", 1)
-        facts = {
-            "machine_id": f"bench-{users}",
-            "hostname": f"bench-{users}",
-            "fqdn": "",
-            "os": {},
-            "kernel": "",
-            "agent_version": "0.1.0",
-            "sshd_version": None,
-            "host_keys": [],
-        }
-        enroll_host(cp_url, token, str(state), facts)
+        enroll_host(cp_url, token, str(state), host_facts(f"bench-{users}"))
         text += (
             f'[server]\nurl = "{cp_url}"\nallow_plain_http_loopback = true\n[schedule]\nstartup_splay_s = 0\n'
         )
@@ -91,14 +95,17 @@ def measure(users: int, idle: float, work: Path, server: str | None, metrics: bo
     # The first start finds an empty state directory; a restart (an upgrade, a reboot) finds the
     # last inventory and first_seen times of every key in it: production's usual start.
     for start in ("first start", "restart"):
-        run_once(users, idle, work, root, config, start)
+        run_once(users, idle, work, root, config, start, library)
 
 
-def run_once(users: int, idle: float, work: Path, root: Path, config: Path, start: str) -> None:
+def run_once(
+    users: int, idle: float, work: Path, root: Path, config: Path, start: str, library: bool
+) -> None:
     log = work / f"agent-{users}.log"
     started = time.monotonic()
+    entry = ["-c", WITH_PROMETHEUS_CLIENT] if library else ["-m", "agent"]
     proc = subprocess.Popen(
-        [sys.executable, "-m", "agent", "run", "--config", str(config), "--root", str(root)],
+        [sys.executable, *entry, "run", "--config", str(config), "--root", str(root)],
         stderr=log.open("wb"),
     )
     try:
@@ -134,6 +141,9 @@ def main() -> None:
     parser.add_argument("--idle", type=float, default=60.0)
     parser.add_argument("--enrolled", action="store_true", help="enrolled with the reference control plane")
     parser.add_argument("--metrics", action="store_true", help="with metrics.textfile set")
+    parser.add_argument(
+        "--prometheus-client", action="store_true", help="prometheus_client loaded in the agent process"
+    )
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench-idle-"))
     cp = None
@@ -146,10 +156,11 @@ def main() -> None:
             server = f"{cp.url} {cp.bootstrap_token}"
         mode = "enrolled (reference control plane on loopback)" if args.enrolled else "standalone"
         mode += ", metrics file written" if args.metrics else ""
+        mode += ", prometheus_client loaded" if args.prometheus_client else ""
         print(f"mode: {mode}")
         print("targets: RSS <= 60 MB (1,000 users), <= 100 MB (10,000 users); threads <= 10; CPU < 1%")
         for users in args.sizes:
-            measure(users, args.idle, work, server, args.metrics)
+            measure(users, args.idle, work, server, args.metrics, args.prometheus_client)
     finally:
         if cp is not None:
             cp.stop()

@@ -11,6 +11,10 @@ standalone mode. Scheduled jobs are the safety nets and the server conversation.
 The parts (the server link, the usage tracker, the instruction handler) are built by the
 composition root (agent/commands/run.py) and known here only through agent/daemon/parts.py:
 they see the daemon as a `Core`, and this module imports none of them.
+
+(Over 500 lines: one class, the Daemon, whose methods are the steps of that one path and the
+scheduled jobs around it; the decisions it calls are pure and live elsewhere - LiveDiscovery,
+link_schedule, the status document - and splitting the sequencing itself would scatter it.)
 """
 
 from __future__ import annotations
