@@ -159,7 +159,8 @@ class TrustSteps:
         assert self.op.login("new"), "the key does not log in after unrevoke_keys"
         assert "hash: SHA256:" not in self.c.run("ssh-keygen", "-Q", "-l", "-f", KRL).stdout
         assert self.authorized_keys_digest() == digest, "authorized_keys changed"
-        self.op.facts.append(f"revocation: call -> sshd refuses in {latency:.1f} s (polling)")
+        mode = (self.op.status().get("instructions") or {}).get("mode", "unknown")
+        self.op.facts.append(f"revocation: call -> sshd refuses in {latency:.1f} s (instructions: {mode})")
         return f"refused {latency:.1f} s after the call, authorized_keys unchanged; withdrawn: logs in again"
 
     def ca(self) -> str:
