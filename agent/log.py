@@ -62,29 +62,38 @@ def _extra_fields(record: logging.LogRecord) -> dict[str, Any]:
     return {k: v for k, v in record.__dict__.items() if k not in _RECORD_ATTRS and not k.startswith("_")}
 
 
-class RedactingFilter(logging.Filter):
-    """Rewrites each record in place, before any formatter sees it: the message is rendered
-    with its args and redacted (so args are cleared), the exception text is rendered and
-    redacted into `exc_text` (which logging's formatters reuse), stack text and string
-    extra fields are redacted. Never drops a record."""
+class _RewritingFilter(logging.Filter):
+    """Rewrites each record in place, before any formatter sees it, with `rewrite`: the message
+    rendered with its args (args cleared), the exception text rendered into `exc_text` (which
+    logging's formatters reuse), stack text, and string extra fields. Never drops a record."""
+
+    def rewrite(self, text: str, *, multiline: bool) -> str:
+        raise NotImplementedError
 
     def filter(self, record: logging.LogRecord) -> bool:
         try:
             message = record.getMessage()
-        except Exception:  # a bad format string: keep what we have, still redacted
+        except Exception:  # a bad format string: keep what we have, still rewritten
             message = f"{record.msg!s} {record.args!r}"
-        record.msg = redact(message)
+        record.msg = self.rewrite(message, multiline=False)
         record.args = None
         if record.exc_info and not record.exc_text:
             record.exc_text = logging.Formatter().formatException(record.exc_info)
         if record.exc_text:
-            record.exc_text = redact(record.exc_text)
+            record.exc_text = self.rewrite(record.exc_text, multiline=True)
         if record.stack_info:
-            record.stack_info = redact(record.stack_info)
+            record.stack_info = self.rewrite(record.stack_info, multiline=True)
         for key, value in _extra_fields(record).items():
             if isinstance(value, str):
-                setattr(record, key, redact(value))
+                setattr(record, key, self.rewrite(value, multiline=False))
         return True
+
+
+class RedactingFilter(_RewritingFilter):
+    """Redacts every part of a record (agent.redact.redact)."""
+
+    def rewrite(self, text: str, *, multiline: bool) -> str:
+        return redact(text)
 
 
 _NAMED_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
@@ -115,28 +124,12 @@ def escape_controls(text: str, *, keep_newlines: bool = False) -> str:
     return "".join(out)
 
 
-class ControlCharFilter(logging.Filter):
-    """Escapes control characters in each record (see the module docstring, "Escaping"): the
-    message with its args (rendered here, args cleared), string extra fields, and — keeping
-    their line breaks — exception and stack text. Never drops a record."""
+class ControlCharFilter(_RewritingFilter):
+    """Escapes control characters in every part of a record (see the module docstring,
+    "Escaping"); exception and stack text keep their line breaks."""
 
-    def filter(self, record: logging.LogRecord) -> bool:
-        try:
-            message = record.getMessage()
-        except Exception:  # a bad format string: keep what we have, still escaped
-            message = f"{record.msg!s} {record.args!r}"
-        record.msg = escape_controls(message)
-        record.args = None
-        if record.exc_info and not record.exc_text:
-            record.exc_text = logging.Formatter().formatException(record.exc_info)
-        if record.exc_text:
-            record.exc_text = escape_controls(record.exc_text, keep_newlines=True)
-        if record.stack_info:
-            record.stack_info = escape_controls(record.stack_info, keep_newlines=True)
-        for key, value in _extra_fields(record).items():
-            if isinstance(value, str):
-                setattr(record, key, escape_controls(value))
-        return True
+    def rewrite(self, text: str, *, multiline: bool) -> str:
+        return escape_controls(text, keep_newlines=multiline)
 
 
 def journal_priority(levelno: int) -> int:
