@@ -5,10 +5,7 @@ from __future__ import annotations
 
 import json
 import os
-import pwd
-import secrets
 import shutil
-import socket
 import subprocess
 import threading
 import time
@@ -20,6 +17,7 @@ import pytest
 
 from agent.daemon.usage import UsageFollower
 from agent.daemon.usage_parse import UsageHit
+from tests.integration.sshd_support import add_user, free_port, remove_user, ssh_login
 
 FP = "SHA256:o6tOjwaQ04Kkn2YQuHGGGv4mPuuxvagTp3cv4XMQ1CM"
 FP2 = "SHA256:QqLqKKFuR4SJcujBQ+977q1xdIaFNjjGr1DTdr1SV+c"
@@ -440,18 +438,11 @@ def test_auto_falls_back_to_a_file_then_to_disabled(tmp_path: Path) -> None:
 SSHD = "/usr/sbin/sshd"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.mark.root(reason="starts sshd and adds a throwaway user")
 @pytest.mark.skipif(
     not os.path.exists(SSHD) or shutil.which("ssh") is None, reason="needs openssh-server and ssh"
 )
 def test_real_sshd_login_is_seen_with_the_keys_fingerprint(tmp_path: Path) -> None:
-    user = "sklmu" + secrets.token_hex(3)
     work = tmp_path / "sshd"
     work.mkdir()
     os.chmod(tmp_path, 0o755)
@@ -463,19 +454,18 @@ def test_real_sshd_login_is_seen_with_the_keys_fingerprint(tmp_path: Path) -> No
         capture_output=True,
         text=True,
     ).stdout.split()[1]
-    port = _free_port()
+    port = free_port()
     logfile = work / "sshd.log"
+    user, account = add_user("sklmu")  # removed in the finally below
     (work / "config").write_text(
         f"Port {port}\nListenAddress 127.0.0.1\nHostKey {work / 'host'}\nPidFile {work / 'pid'}\n"
         "UsePAM no\nLogLevel INFO\nPasswordAuthentication no\nKbdInteractiveAuthentication no\n"
         f"AllowUsers {user}\n"
     )
-    subprocess.run(["useradd", "-m", "-s", "/bin/sh", user], check=True)
     sshd: subprocess.Popen[bytes] | None = None
     follower: UsageFollower | None = None
     try:
-        subprocess.run(["usermod", "-p", "*", user], check=True)  # sshd without PAM refuses locked accounts
-        home = Path(pwd.getpwnam(user).pw_dir)
+        home = Path(account.pw_dir)
         (home / ".ssh").mkdir(mode=0o700)
         (home / ".ssh" / "authorized_keys").write_text((work / "user.pub").read_text())
         shutil.chown(home / ".ssh", user, user)
@@ -492,32 +482,8 @@ def test_real_sshd_login_is_seen_with_the_keys_fingerprint(tmp_path: Path) -> No
         while "Server listening" not in (logfile.read_text() if logfile.exists() else ""):
             assert time.monotonic() < deadline and sshd.poll() is None, "sshd did not start"
             time.sleep(0.05)
-        login = subprocess.run(
-            [
-                "ssh",
-                "-i",
-                str(work / "user"),
-                "-o",
-                "StrictHostKeyChecking=no",
-                "-o",
-                "UserKnownHostsFile=/dev/null",
-                "-o",
-                "IdentitiesOnly=yes",
-                "-o",
-                "BatchMode=yes",
-                "-o",
-                "LogLevel=ERROR",
-                "-p",
-                str(port),
-                f"{user}@127.0.0.1",
-                "true",
-            ],
-            capture_output=True,
-            text=True,
-            timeout=30,
-            check=False,
-        )
-        assert login.returncode == 0, login.stderr
+        logged_in = ssh_login(user, port, work / "user")
+        assert logged_in, logfile.read_text()[-2000:]
         ((hit, at),) = hits.wait_for(1, timeout=10)
         assert (hit.user, hit.address, hit.key_type, hit.fingerprint) == (
             user,
@@ -533,4 +499,4 @@ def test_real_sshd_login_is_seen_with_the_keys_fingerprint(tmp_path: Path) -> No
         if sshd is not None:
             sshd.terminate()
             sshd.wait(10)
-        subprocess.run(["userdel", "-r", user], check=False, capture_output=True)
+        remove_user(user)

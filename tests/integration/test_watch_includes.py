@@ -30,15 +30,20 @@ def _root(tmp_path: Path) -> FakeRoot:
     return root
 
 
-def test_a_file_added_to_an_empty_include_directory_is_seen_at_once(
-    tmp_path: Path, agents: list[Agent]
-) -> None:
+def _running_agent(tmp_path: Path, agents: list[Agent]) -> tuple[FakeRoot, Agent]:
+    """The demo root and an agent on it, ready (stopped by the `agents` fixture)."""
     root = _root(tmp_path)
-    config = _config(tmp_path)
-    agent = Agent(config, root.root).start()
+    agent = Agent(_config(tmp_path), root.root).start()
     agents.append(agent)
     wait_for(lambda: "ready" in agent.text(), what="ready")
     assert agent.proc is not None and agent.proc.poll() is None, agent.text()
+    return root, agent
+
+
+def test_a_file_added_to_an_empty_include_directory_is_seen_at_once(
+    tmp_path: Path, agents: list[Agent]
+) -> None:
+    root, agent = _running_agent(tmp_path, agents)
     # A drop-in turns public keys off: every key becomes ineffective, and the config changed.
     root.write("/etc/ssh/sshd_config.d/50-lockdown.conf", "PubkeyAuthentication no\n", mode=0o644)
     wait_for(lambda: "sshd_config_changed" in agent.text(), timeout=10, what="sshd_config_changed")
@@ -48,12 +53,7 @@ def test_a_file_added_to_an_empty_include_directory_is_seen_at_once(
 def test_a_file_outside_the_include_pattern_is_not_a_config_change(
     tmp_path: Path, agents: list[Agent]
 ) -> None:
-    root = _root(tmp_path)
-    config = _config(tmp_path)
-    agent = Agent(config, root.root).start()
-    agents.append(agent)
-    wait_for(lambda: "ready" in agent.text(), what="ready")
-    assert agent.proc is not None and agent.proc.poll() is None, agent.text()
+    root, agent = _running_agent(tmp_path, agents)
     root.write("/etc/ssh/sshd_config.d/README", "not read by sshd: the pattern is *.conf\n", mode=0o644)
     root.write("/etc/ssh/sshd_config.d/60-keys.conf", "AuthorizedKeysFile /etc/ssh/keys/%u\n", mode=0o644)
     wait_for(lambda: "sshd_config_changed" in agent.text(), timeout=10, what="sshd_config_changed")
